@@ -1,0 +1,3 @@
+"""diffdfkd: data-free knowledge distillation with diffusion models."""
+
+__version__ = "0.1.0"

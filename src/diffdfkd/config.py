@@ -1,0 +1,338 @@
+"""Experiment configuration: frozen dataclasses per component, nested in one ``ExperimentConfig``.
+
+YAML is loaded strictly (an unknown key is an error naming it and the valid keys) and ``a.b=value``
+overrides are applied on top. ``write_run_info`` records the resolved config, seed, package version and
+git SHA in an output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+DTYPES = ("fp32", "bf16", "fp16")
+GUIDANCE_MODES = ("none", "full", "detach_unet", "one_pass")
+SCHEDULERS = ("ddpm", "ddim", "euler_ancestral", "dpm_sde")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with a message saying what was wrong."""
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid; choose from {', '.join(choices)}")
+
+
+def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The teacher classifier. Empty ``arch``/``weights`` mean: the world's shipped teacher."""
+
+    arch: str = ""
+    weights: str = ""
+    class_names: tuple[str, ...] = ()
+    input_size: int = 32
+    in_channels: int = 3
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """The latent diffusion model and its sampler. Empty ``path``: the world's shipped generator."""
+
+    path: str = ""
+    scheduler: str = "ddpm"
+    num_steps: int = 50
+    cfg_scale: float = 3.0
+    prompt: str = "a realistic photo"
+    # A class template such as "a realistic photo of a {label}"; empty means the class-free prompt.
+    prompt_template: str = ""
+    negative_prompt: str = ""
+    resolution: int = 0  # 0: the pipeline's native resolution
+    dtype: str = "fp32"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice("generator.scheduler", self.scheduler, SCHEDULERS)
+        _check_choice("generator.dtype", self.dtype, DTYPES)
+        _check_positive("generator.num_steps", self.num_steps)
+        _check_positive("generator.cfg_scale", self.cfg_scale, allow_zero=True)
+        if self.prompt_template and "{label}" not in self.prompt_template:
+            raise ConfigError("generator.prompt_template must contain '{label}'")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Teacher guidance: ``L = ce * CE + bn * L_bn + adv * L_adv``; ``z_t -= step_size * grad L``."""
+
+    mode: str = "full"
+    ce_weight: float = 1.0
+    bn_weight: float = 0.1
+    adv_weight: float = 0.0
+    step_size: float = 1.0
+    # Guide only on steps whose fraction of the schedule lies in [window_start, window_end).
+    window_start: float = 0.0
+    window_end: float = 1.0
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        _check_choice("guidance.mode", self.mode, GUIDANCE_MODES)
+        for name in ("ce_weight", "bn_weight", "adv_weight", "step_size"):
+            _check_positive(f"guidance.{name}", getattr(self, name), allow_zero=True)
+        if not 0.0 <= self.window_start < self.window_end <= 1.0:
+            raise ConfigError("guidance window must satisfy 0 <= window_start < window_end <= 1")
+        _check_positive("guidance.every", self.every)
+
+
+@dataclass(frozen=True)
+class CutMixConfig:
+    """Latent CutMix at fractions of the schedule; pairs samples of the same class by default."""
+
+    enabled: bool = True
+    at: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    cross_class: bool = False
+    keep_intermediates: bool = False
+
+    def __post_init__(self) -> None:
+        if any(not 0.0 < f < 1.0 for f in self.at):
+            raise ConfigError(f"cutmix.at fractions must lie in (0, 1), got {self.at}")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """How many images, in which batches, written where."""
+
+    source: str = "diffdfkd"
+    images_per_class: int = 100
+    batch_size: int = 20
+    samples_per_class_in_group: int = 2
+    group_size: int = 20
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("images_per_class", "batch_size", "samples_per_class_in_group", "group_size"):
+            _check_positive(f"synth.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Stage 2: KD of a student on the fixed synthetic set."""
+
+    student: str = "lenet5"
+    epochs: int = 60
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
+    warmup_epochs: int = 0
+    temperature: float = 4.0
+    ce_weight: float = 0.0
+    ema_decay: float = 0.0
+    holdout_fraction: float = 0.1
+    crop_padding: int = 4
+    hflip: bool = False
+    amp: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("distill.optimizer", self.optimizer, ("sgd", "adamw"))
+        _check_choice("distill.schedule", self.schedule, ("cosine", "multistep"))
+        _check_positive("distill.epochs", self.epochs)
+        _check_positive("distill.batch_size", self.batch_size)
+        _check_positive("distill.lr", self.lr)
+        _check_positive("distill.temperature", self.temperature)
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError("distill.holdout_fraction must lie in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError("distill.ema_decay must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one run needs. ``world`` names the shipped world whose parts fill empty fields."""
+
+    world: str = "digits"
+    seed: int = 0
+    out_dir: str = "runs/default"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    cutmix: CutMixConfig = field(default_factory=CutMixConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Strict conversion between dicts and dataclasses.
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field's type annotation, converting where lossless (int -> float)."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of {annotation.__name__} fields")
+        return from_dict(annotation, value, where)
+    if origin is tuple:
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (item_type, *_rest) = typing.get_args(annotation)
+        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            if option is type(None) and value is None:
+                return None
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _coerce(value, options[0], where)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if annotation in (int, float) and (isinstance(value, bool) or not isinstance(value, annotation)):
+        raise ConfigError(f"{where} must be {annotation.__name__}, got {value!r}")
+    if annotation is str and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise ``ConfigError`` naming the valid ones."""
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys{' of ' + where if where else ''}: {', '.join(valid)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise ConfigError(f"{where or cls.__name__}: {error}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples as lists), ready for YAML or JSON."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}``; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = tree
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} sets a field inside a value")
+        node[leaf] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, cls: type[C] = ExperimentConfig
+) -> C:
+    """Load a YAML config strictly, apply ``a.b=value`` overrides, and build ``cls``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded or {}
+    data = _merge(data, parse_overrides(overrides or []))
+    return from_dict(cls, data)
+
+
+def replace(config: C, **changes: Any) -> C:
+    """``dataclasses.replace`` with nested ``"a.b"`` keys: ``replace(cfg, **{"synth.batch_size": 8})``."""
+    tree = parse_overrides([f"{k}={json.dumps(v)}" for k, v in changes.items()])
+    return from_dict(type(config), _merge(to_dict(config), tree))
+
+
+def git_sha() -> str:
+    """The git SHA of the source tree this package runs from, or 'unknown' outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_info(config: Any) -> dict[str, Any]:
+    """Versions, git SHA and seed, for reproducibility."""
+    import diffusers
+    import torch
+    import transformers
+
+    from diffdfkd import __version__
+
+    return {
+        "diffdfkd": __version__,
+        "git_sha": git_sha(),
+        "seed": getattr(config, "seed", None),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def write_run_info(out_dir: str | Path, config: Any) -> None:
+    """Write ``config.yaml`` (the resolved config) and ``run_info.json`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    (out_dir / "run_info.json").write_text(json.dumps(run_info(config), indent=2) + "\n")

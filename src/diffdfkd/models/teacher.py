@@ -1,0 +1,207 @@
+"""The teacher wrapper and checkpoint loading.
+
+``Teacher`` owns everything about feeding the teacher: its input size and channels, its mean/std
+normalisation, eval mode and frozen weights. Callers hand it images in [0, 1] of any size and get
+logits; nobody else re-implements "resize and normalise for the teacher".
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be loaded into the requested model, with the reason."""
+
+
+class Teacher(nn.Module):
+    """A frozen classifier that takes images in [0, 1].
+
+    ``forward(images [B, C, H, W] in [0, 1]) -> logits [B, K]``: resizes (bicubic, antialiased) to
+    ``input_size``, matches channels (RGB -> grey by averaging, grey -> RGB by copying), normalises
+    with ``mean``/``std``. The inner ``model`` stays in eval mode with ``requires_grad=False``;
+    gradients still flow to the input images.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        input_size: int,
+        in_channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        class_names: Sequence[str],
+    ) -> None:
+        super().__init__()
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError(f"mean/std need {in_channels} values, got {len(mean)}/{len(std)}")
+        self.model = model.eval().requires_grad_(False)
+        self.input_size = input_size
+        self.in_channels = in_channels
+        self.class_names = tuple(class_names)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def train(self, mode: bool = True) -> Teacher:
+        """The teacher is always in eval mode: BatchNorm uses its running statistics."""
+        return super().train(False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` in [0, 1] -> the normalised ``[B, in_channels, S, S]`` the model expects."""
+        if images.ndim != 4:
+            raise ValueError(f"teacher expects images [B, C, H, W], got shape {tuple(images.shape)}")
+        if images.shape[1] != self.in_channels:
+            if self.in_channels == 1:
+                images = images.mean(dim=1, keepdim=True)
+            elif images.shape[1] == 1:
+                images = images.expand(-1, self.in_channels, -1, -1)
+            else:
+                raise ValueError(f"teacher takes {self.in_channels} channels, got {images.shape[1]}")
+        if images.shape[-2:] != (self.input_size, self.input_size):
+            images = F.interpolate(
+                images, size=(self.input_size, self.input_size), mode="bicubic", antialias=True
+            )
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.preprocess(images))
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a weights-only torch checkpoint.
+
+    Accepts a bare state dict or one nested under ``state_dict``/``model`` (the CMI/Fast-Datafree
+    checkpoints nest it under ``state_dict``); strips a DDP ``module.`` prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"{path} is not a valid safetensors file: {error}") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(
+                f"{path} is not a weights-only checkpoint (it pickles code, which is never loaded "
+                f"for safety); re-save its state_dict with torch.save(model.state_dict(), ...). "
+                f"Detail: {str(error).splitlines()[0]}"
+            ) from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+            raise CheckpointError(f"{path} is not a torch checkpoint: {error}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load ``path`` into ``model`` strictly, with errors that name what does not fit."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match the model: missing keys {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''}"
+        )
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if state[k].shape != v.shape]
+    if wrong:
+        details = "; ".join(f"{k}: file {f} vs model {m}" for k, f, m in wrong[:4])
+        raise CheckpointError(
+            f"{path} has tensors of other shapes than the model (wrong number of classes or "
+            f"channels?): {details}"
+        )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return model
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def load_teacher(
+    arch: str,
+    weights: str | Path,
+    *,
+    class_names: Sequence[str],
+    input_size: int = 32,
+    in_channels: int = 3,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+) -> Teacher:
+    """Build a ``Teacher`` from a zoo name plus a weights file, a TorchScript file, or ``timm:<name>``.
+
+    ``arch`` may be empty when ``weights`` is a TorchScript file. Raises ``CheckpointError`` when the
+    file does not fit, naming the wrong keys or shapes.
+    """
+    num_classes = len(class_names)
+    if num_classes < 2:
+        raise ValueError("a teacher needs at least two class names")
+    weights = Path(weights)
+    if weights.is_file() and _is_torchscript(weights):
+        model: nn.Module = torch.jit.load(str(weights), map_location="cpu")
+    elif arch.startswith("timm:"):
+        try:
+            import timm
+        except ImportError:
+            raise ImportError("timm teachers need the optional extra: pip install 'diffdfkd[timm]'") from None
+        model = timm.create_model(arch.removeprefix("timm:"), num_classes=num_classes, in_chans=in_channels)
+        load_weights(model, weights)
+    else:
+        from diffdfkd.models import create_model
+
+        model = load_weights(create_model(arch, num_classes=num_classes, in_channels=in_channels), weights)
+    teacher = Teacher(
+        model, input_size=input_size, in_channels=in_channels, mean=mean, std=std, class_names=class_names
+    )
+    with torch.no_grad():
+        out = teacher(torch.zeros(1, in_channels, input_size, input_size))
+    if out.shape != (1, num_classes):
+        raise CheckpointError(f"{weights} gives {tuple(out.shape)} logits, expected {num_classes} classes")
+    return teacher
+
+
+def load_world_teacher(world_name: str) -> Teacher:
+    """The teacher shipped with a world, e.g. ``load_world_teacher("digits")``."""
+    from diffdfkd.worlds import get_world
+
+    world = get_world(world_name)
+    if not world.teacher_weights.is_file():
+        raise FileNotFoundError(
+            f"world {world_name!r} has no shipped teacher at {world.teacher_weights}; "
+            f"train one with `diffdfkd train-teacher --world {world_name}`"
+        )
+    return load_teacher(
+        world.teacher_arch,
+        world.teacher_weights,
+        class_names=world.class_names,
+        input_size=world.image_size,
+        mean=world.teacher_mean,
+        std=world.teacher_std,
+    )
