@@ -1,0 +1,58 @@
+"""A word-level tokenizer for the digits world's text encoder, built in code (no hub files).
+
+The vocabulary is the handful of words the digits generator is trained on (plus the words of the
+method's default prompts, so they map to known ids rather than ``<unk>``). Every prompt is encoded as
+``<bos> w_1 ... w_n <eos> <pad> ...`` and padded on the right to ``model_max_length``, the layout a
+CLIP text encoder expects (it pools at the ``<eos>`` position).
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedTokenizerFast
+
+from diffdfkd.worlds.digits import CLASS_NAMES
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
+BASE_WORDS = ("a", "an", "handwritten", "digit", "number", "of", "the", "realistic", "photo", "image")
+VOCAB_WORDS = BASE_WORDS + CLASS_NAMES
+DEFAULT_MAX_LENGTH = 8
+
+
+def vocabulary() -> dict[str, int]:
+    """Token -> id: the special tokens first (pad 0, unk 1, bos 2, eos 3), then the words."""
+    tokens = list(SPECIAL_TOKENS) + list(VOCAB_WORDS)
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def build_tokenizer(max_length: int = DEFAULT_MAX_LENGTH) -> PreTrainedTokenizerFast:
+    """A lower-casing, whitespace-split, word-level ``PreTrainedTokenizerFast``.
+
+    ``max_length`` (>= 3) is the padded length, ``<bos>`` and ``<eos>`` included; longer prompts are
+    truncated by callers that pass ``truncation=True`` (as diffusers' pipelines do).
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+
+    if not isinstance(max_length, int) or max_length < 3:
+        raise ValueError(f"max_length must be an int >= 3 (bos, one word, eos), got {max_length!r}")
+    vocab = vocabulary()
+    core = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}",
+        pair=f"{BOS} $A {EOS} $B {EOS}",
+        special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        model_max_length=max_length,
+        padding_side="right",
+        truncation_side="right",
+        model_input_names=["input_ids", "attention_mask"],
+    )
