@@ -43,7 +43,9 @@ class Teacher(nn.Module):
         super().__init__()
         if len(mean) != in_channels or len(std) != in_channels:
             raise ValueError(f"mean/std need {in_channels} values, got {len(mean)}/{len(std)}")
-        self.model = model.eval().requires_grad_(False)
+        self.model = model.eval()
+        for parameter in model.parameters():  # works for TorchScript modules too
+            parameter.requires_grad_(False)
         self.input_size = input_size
         self.in_channels = in_channels
         self.class_names = tuple(class_names)
@@ -105,8 +107,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"for safety); re-save its state_dict with torch.save(model.state_dict(), ...). "
                 f"Detail: {str(error).splitlines()[0]}"
             ) from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-            raise CheckpointError(f"{path} is not a torch checkpoint: {error}") from None
+        except Exception as error:  # torch.load raises many types on a file that is not a checkpoint
+            raise CheckpointError(f"{path} is not a torch checkpoint ({type(error).__name__}: {error})") from error
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
