@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from diffdfkd.errors import UserError
+
 C = TypeVar("C")
 
 DTYPES = ("fp32", "bf16", "fp16")
@@ -25,7 +27,7 @@ GUIDANCE_MODES = ("none", "full", "detach_unet", "one_pass")
 SCHEDULERS = ("ddpm", "ddim", "euler_ancestral", "dpm_sde")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used, with a message saying what was wrong."""
 
 
@@ -41,15 +43,19 @@ def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """The teacher classifier. Empty ``arch``/``weights`` mean: the world's shipped teacher."""
+    """The teacher classifier. Empty ``arch``/``weights`` mean: the world's shipped teacher.
+
+    ``mean``/``std`` are the teacher's input normalisation of images in [0, 1] (CIFAR teachers:
+    (0.4914, 0.4822, 0.4465) / (0.2470, 0.2435, 0.2616)); the default is none, as for models trained here.
+    """
 
     arch: str = ""
     weights: str = ""
     class_names: tuple[str, ...] = ()
     input_size: int = 32
     in_channels: int = 3
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from diffdfkd.errors import UserError
+
 T = TypeVar("T")
+
+
+class UnknownNameError(UserError, KeyError):
+    """A name that is not registered; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class Registry(Generic[T]):
@@ -34,7 +43,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Callable[..., T]:
         if name not in self._factories:
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._factories[name]
 
     def create(self, name: str, **kwargs: Any) -> T:

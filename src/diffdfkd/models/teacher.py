@@ -16,8 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from diffdfkd.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A weights file that cannot be loaded into the requested model, with the reason."""
 
 
@@ -154,8 +156,8 @@ def load_teacher(
     class_names: Sequence[str],
     input_size: int = 32,
     in_channels: int = 3,
-    mean: Sequence[float] = (0.5, 0.5, 0.5),
-    std: Sequence[float] = (0.5, 0.5, 0.5),
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> Teacher:
     """Build a ``Teacher`` from a zoo name plus a weights file, a TorchScript file, or ``timm:<name>``.
 

