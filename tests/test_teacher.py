@@ -34,8 +34,14 @@ def test_normalises_resizes_and_matches_channels():
 
 
 def test_weights_frozen_eval_mode_but_gradient_reaches_input():
-    teacher = Teacher(create_model("cnn_small"), input_size=32, in_channels=3, mean=(0.5,) * 3,
-                      std=(0.5,) * 3, class_names=NAMES)
+    teacher = Teacher(
+        create_model("cnn_small"),
+        input_size=32,
+        in_channels=3,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        class_names=NAMES,
+    )
     teacher.train()
     assert not teacher.model.training
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -47,8 +53,10 @@ def test_weights_frozen_eval_mode_but_gradient_reaches_input():
 def test_loads_safetensors_and_nested_torch_checkpoints(tmp_path):
     model = create_model("lenet5")
     save_file(model.state_dict(), tmp_path / "w.safetensors")
-    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3},
-               tmp_path / "w.pth")
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3},
+        tmp_path / "w.pth",
+    )
     for name in ("w.safetensors", "w.pth"):
         teacher = load_teacher("lenet5", tmp_path / name, class_names=NAMES, mean=(0.5,) * 3, std=(0.5,) * 3)
         x = torch.rand(2, 3, 32, 32)

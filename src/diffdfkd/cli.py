@@ -83,7 +83,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     world = get_world(args.world)
     if args.weights:
         model = load_teacher(
-            args.arch or world.teacher_arch, args.weights, class_names=world.class_names, input_size=world.image_size
+            args.arch or world.teacher_arch,
+            args.weights,
+            class_names=world.class_names,
+            input_size=world.image_size,
         )
     else:
         model = load_world_teacher(args.world)
@@ -92,7 +95,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         images, labels, names = load_image_folder(args.folder)
         if len(names) != len(world.class_names):
-            raise UserError(f"{args.folder} has {len(names)} class folders, the model has {len(world.class_names)}")
+            raise UserError(
+                f"{args.folder} has {len(names)} class folders, the model has {len(world.class_names)}"
+            )
         source = str(args.folder)
     else:
         images, labels = world.load(args.split)
@@ -131,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", default="digits", help="world name (see `diffdfkd world list`)")
     p.add_argument("--arch", default="", help="zoo model name; empty: the world's teacher architecture")
     p.add_argument("--split", default="private:train", help="training split")
-    p.add_argument("--out", default="runs/teacher", help="output folder (checkpoints, logs, teacher.safetensors)")
+    p.add_argument(
+        "--out", default="runs/teacher", help="output folder (checkpoints, logs, teacher.safetensors)"
+    )
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
     p.add_argument("--half", action="store_true", help="export fp16 weights (as shipped)")
@@ -142,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", default="digits", help="world whose classes (and data) to use")
     p.add_argument("--split", default="private:test", help="world split to evaluate on")
     p.add_argument("--folder", default="", help="evaluate on an ImageFolder-style folder instead of a split")
-    p.add_argument("--arch", default="", help="zoo model name of --weights; empty: the world's teacher architecture")
+    p.add_argument(
+        "--arch", default="", help="zoo model name of --weights; empty: the world's teacher architecture"
+    )
     p.add_argument("--weights", default="", help="weights file; empty: the world's shipped teacher")
     p.add_argument("--json", default="", help="also write the report as JSON here")
     p.set_defaults(func=cmd_evaluate)

@@ -138,26 +138,30 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Stage 2: KD of a student on the fixed synthetic set."""
+    """Stage 2 training recipe: KD of a student on the fixed synthetic set (also used, without a
+    teacher, to train a teacher with cross-entropy on real data). See ``diffdfkd.distill.fit``.
+    """
 
     student: str = "lenet5"
     epochs: int = 60
+    # The global batch: under torchrun each of the W processes takes batch_size / W of it.
     batch_size: int = 128
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"  # sgd (momentum, no nesterov) or adamw
     lr: float = 0.05
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # cosine to 0, or multistep
+    # multistep: multiply the lr by lr_decay at these fractions of the epochs (0.625 of 240 = 150).
     milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
-    warmup_epochs: int = 0
-    temperature: float = 4.0
-    ce_weight: float = 0.0
-    ema_decay: float = 0.0
+    lr_decay: float = 0.1
+    warmup_epochs: int = 0  # linear warmup from 0, per step, before the schedule
+    temperature: float = 4.0  # KD: T^2 * KL(softmax(t/T) || softmax(s/T))
+    ce_weight: float = 0.0  # KD: + ce_weight * CE(student, labels)
+    ema_decay: float = 0.0  # > 0: keep an EMA of the weights; evaluate and save the EMA weights
     holdout_fraction: float = 0.1
-    crop_padding: int = 4
-    hflip: bool = False
-    amp: bool = True
-    num_workers: int = 0
+    crop_padding: int = 4  # random crop with this zero padding; 0 turns it off
+    hflip: bool = False  # random horizontal flip; never for digits
+    amp: bool = True  # bf16 autocast, on CUDA only
 
     def __post_init__(self) -> None:
         _check_choice("distill.optimizer", self.optimizer, ("sgd", "adamw"))
@@ -166,6 +170,20 @@ class DistillConfig:
         _check_positive("distill.batch_size", self.batch_size)
         _check_positive("distill.lr", self.lr)
         _check_positive("distill.temperature", self.temperature)
+        for name in ("weight_decay", "ce_weight", "crop_padding", "warmup_epochs"):
+            _check_positive(f"distill.{name}", getattr(self, name), allow_zero=True)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError("distill.momentum must lie in [0, 1)")
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"distill.warmup_epochs={self.warmup_epochs} must be < epochs={self.epochs}")
+        if any(not 0.0 < m < 1.0 for m in self.milestones) or list(self.milestones) != sorted(
+            set(self.milestones)
+        ):
+            raise ConfigError(
+                f"distill.milestones must be increasing fractions of the epochs in (0, 1), got {self.milestones}"
+            )
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ConfigError("distill.lr_decay must lie in (0, 1]")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError("distill.holdout_fraction must lie in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -17,7 +17,9 @@ import yaml
 from diffdfkd.config import to_dict
 
 
-def image_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, per_class: int = 8) -> np.ndarray:
+def image_grid(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, per_class: int = 8
+) -> np.ndarray:
     """One row per class of up to ``per_class`` images ``[N, 3, H, W]`` in [0, 1] -> uint8 ``[H', W', 3]``."""
     _, channels, height, width = images.shape
     grid = np.full((num_classes * (height + 2), per_class * (width + 2), 3), 255, dtype=np.uint8)
@@ -98,13 +100,18 @@ def write_report(
 
     accuracy = _table(
         ["model", "top-1 on the private test split"],
-        [["teacher", f"{teacher_eval['top1']:.4f}"], ["student (final epoch)", f"{student_eval['top1']:.4f}"]],
+        [
+            ["teacher", f"{teacher_eval['top1']:.4f}"],
+            ["student (final epoch)", f"{student_eval['top1']:.4f}"],
+        ],
     )
     per_class = _table(
         ["class", "teacher", "student"],
         [
             [name, f"{t:.3f}", f"{s:.3f}"]
-            for name, t, s in zip(class_names, teacher_eval["per_class"], student_eval["per_class"], strict=True)
+            for name, t, s in zip(
+                class_names, teacher_eval["per_class"], student_eval["per_class"], strict=True
+            )
         ],
     )
     synth = _table(["quantity", "value"], [[k, v] for k, v in synth_summary.items()])
@@ -141,7 +148,9 @@ def write_report(
         rows = [line.strip("|").split("|") for line in body.splitlines() if not line.startswith("|---")]
         head, *rest = rows
         out = "<tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"
-        out += "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rest)
+        out += "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rest
+        )
         return f"<table>{out}</table>"
 
     parts = [

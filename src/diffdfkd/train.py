@@ -13,7 +13,13 @@ from diffdfkd.models import create_model
 from diffdfkd.worlds import get_world
 
 TEACHER_RECIPE = DistillConfig(
-    epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, schedule="cosine", crop_padding=2, holdout_fraction=0.1
+    epochs=30,
+    batch_size=64,
+    lr=0.05,
+    weight_decay=5e-4,
+    schedule="cosine",
+    crop_padding=2,
+    holdout_fraction=0.1,
 )
 
 
@@ -56,7 +62,8 @@ def train_classifier(
 def export_weights(model: torch.nn.Module, path: str | Path, half: bool = True) -> Path:
     """Save ``model``'s state dict as safetensors (fp16 floats when ``half``, to keep shipped files small)."""
     state = {
-        k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()
+        k: (v.half() if half and v.is_floating_point() else v).contiguous()
+        for k, v in model.state_dict().items()
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

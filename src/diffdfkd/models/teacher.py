@@ -110,7 +110,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"Detail: {str(error).splitlines()[0]}"
             ) from None
         except Exception as error:  # torch.load raises many types on a file that is not a checkpoint
-            raise CheckpointError(f"{path} is not a torch checkpoint ({type(error).__name__}: {error})") from error
+            raise CheckpointError(
+                f"{path} is not a torch checkpoint ({type(error).__name__}: {error})"
+            ) from error
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -44,7 +44,9 @@ class World:
             return self.load_public(name)
         if part == "private" and name in self.private_splits:
             return self.load_private(name)
-        raise ValueError(f"unknown split {split!r} of world {self.name!r}; choose from {', '.join(self.splits())}")
+        raise ValueError(
+            f"unknown split {split!r} of world {self.name!r}; choose from {', '.join(self.splits())}"
+        )
 
     def splits(self) -> list[str]:
         return [f"public:{s}" for s in self.public_splits] + [f"private:{s}" for s in self.private_splits]
