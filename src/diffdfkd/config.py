@@ -24,7 +24,8 @@ C = TypeVar("C")
 
 DTYPES = ("fp32", "bf16", "fp16")
 GUIDANCE_MODES = ("none", "full", "detach_unet", "one_pass")
-SCHEDULERS = ("ddpm", "ddim", "euler_ancestral", "dpm_sde")
+# Samplers whose noise comes from per-sample generators (see diffdfkd.diffusion.components.SCHEDULER_CLASSES).
+SCHEDULERS = ("ddpm", "ddim", "euler_ancestral", "euler", "dpmpp_2m")
 
 
 class ConfigError(UserError, ValueError):
@@ -73,6 +74,8 @@ class GeneratorConfig:
     resolution: int = 0  # 0: the pipeline's native resolution
     dtype: str = "fp32"
     device: str = "auto"
+    # Recompute UNet / VAE-decoder activations in the backward pass of guidance: less memory, ~30% slower.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("generator.scheduler", self.scheduler, SCHEDULERS)
@@ -125,15 +128,31 @@ class SynthConfig:
     """How many images, in which batches, written where."""
 
     source: str = "diffdfkd"
+    # Total images: images_per_class * K rounded UP to whole batches (so the last classes may get a few more).
     images_per_class: int = 100
     batch_size: int = 20
+    # Sample i has class (i // samples_per_class_in_group) % K: consecutive samples share a class.
     samples_per_class_in_group: int = 2
+    # Mixing groups: consecutive blocks of group_size samples share CutMix partners and BN statistics.
     group_size: int = 20
+    # Side of the saved square images; 0: the teacher's input size.
+    save_size: int = 0
+    # Empty: <out_dir>/synth of the experiment.
     out_dir: str = ""
 
     def __post_init__(self) -> None:
         for name in ("images_per_class", "batch_size", "samples_per_class_in_group", "group_size"):
             _check_positive(f"synth.{name}", getattr(self, name))
+        _check_positive("synth.save_size", self.save_size, allow_zero=True)
+        if self.group_size % self.samples_per_class_in_group:
+            raise ConfigError(
+                f"synth.group_size={self.group_size} must be a multiple of "
+                f"synth.samples_per_class_in_group={self.samples_per_class_in_group}"
+            )
+        if self.batch_size % self.group_size:
+            raise ConfigError(
+                f"synth.batch_size={self.batch_size} must be a multiple of synth.group_size={self.group_size}"
+            )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,232 @@
+"""Loading the parts of a Stable-Diffusion-style latent diffusion model from a local folder.
+
+A pipeline folder in the diffusers ``StableDiffusionPipeline`` layout (``model_index.json`` plus the
+sub-folders ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``): SD 1.x / 2.x as saved by
+``save_pretrained`` or downloaded once, or the digits world's shipped generator. Nothing is fetched from
+a hub: loading is offline.
+
+Supported samplers (``generator.scheduler``) are those that draw their stochastic noise through the
+``generator`` argument of ``step`` (so a list of per-sample generators makes every sample's noise its
+own) and whose model input is either ``z_t = sqrt(abar) x0 + sqrt(1 - abar) eps`` (``ddpm``, ``ddim``,
+``dpmpp_2m``) or ``z = x0 + sigma eps`` scaled by ``scale_model_input`` (``euler``, ``euler_ancestral``).
+The UNet's own parameterisation (epsilon or v-prediction) is read from the folder's scheduler config;
+the sampler converts every model output to epsilon and builds the scheduler for epsilon.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddpm": ("DDPMScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+}
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ComponentsError(ValueError):
+    """A pipeline folder, scheduler name, device or dtype that cannot be used, with the reason."""
+
+
+@dataclass
+class DiffusionComponents:
+    """The parts of a latent text-to-image diffusion model, ready on one device.
+
+    Parameters stay fp32 on CPU; on CUDA they are cast to ``dtype``. Model calls run under
+    ``autocast()`` when ``dtype`` is not fp32. ``prediction_type`` is the UNet's own output
+    ("epsilon" or "v_prediction"); ``scheduler`` is configured for epsilon.
+    """
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: Any
+    scheduler: Any
+    prediction_type: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel, e.g. 8 for SD (512 px -> 64 latents)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_resolution(self) -> int:
+        """Image side the UNet was trained for: ``unet.sample_size * vae_scale_factor``."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    def autocast(self) -> torch.autocast:
+        """Mixed-precision context for model calls (a no-op for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` (``cuda:$LOCAL_RANK`` under torchrun) when available, else ``cpu``."""
+    import os
+
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ComponentsError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:<n>: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ComponentsError(f"device {device!r} was asked for but CUDA is not available; use cpu or auto")
+    return resolved
+
+
+def build_scheduler(path: str | Path, name: str) -> tuple[Any, str]:
+    """Scheduler ``name`` built from the pipeline's scheduler config -> ``(scheduler, prediction_type)``.
+
+    The returned scheduler expects epsilon; ``prediction_type`` is what the UNet actually predicts.
+    """
+    import diffusers
+
+    if name not in SCHEDULER_CLASSES:
+        raise ComponentsError(f"unknown scheduler {name!r}; supported: {', '.join(SCHEDULER_CLASSES)}")
+    config_file = Path(path) / "scheduler" / "scheduler_config.json"
+    if not config_file.is_file():
+        raise ComponentsError(f"pipeline folder {path} has no scheduler/scheduler_config.json")
+    config = json.loads(config_file.read_text())
+    prediction_type = config.get("prediction_type", "epsilon")
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ComponentsError(
+            f"the pipeline's UNet predicts {prediction_type!r}; supported: epsilon, v_prediction"
+        )
+    class_name, extra = SCHEDULER_CLASSES[name]
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    config.update(extra, prediction_type="epsilon")
+    scheduler_class = getattr(diffusers, class_name)
+    return scheduler_class.from_config(config), prediction_type
+
+
+def _part_class(index: dict[str, Any], part: str, path: Path) -> type:
+    """The class ``model_index.json`` names for ``part`` (e.g. transformers.CLIPTextModel)."""
+    entry = index.get(part)
+    if not isinstance(entry, list | tuple) or len(entry) != 2 or entry[1] is None:
+        raise ComponentsError(f"{path / 'model_index.json'} names no class for the part {part!r}")
+    library, class_name = entry
+    try:
+        return getattr(importlib.import_module(library), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ComponentsError(f"cannot import {library}.{class_name} for the part {part!r}: {error}") from None
+
+
+def load_components(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "fp32",
+    scheduler: str = "ddpm",
+    gradient_checkpointing: bool = False,
+) -> DiffusionComponents:
+    """Load UNet, VAE, text encoder, tokenizer and scheduler from a local pipeline folder, offline.
+
+    ``dtype``: "fp32" | "bf16" | "fp16" (or the torch dtype). ``scheduler``: a key of
+    ``SCHEDULER_CLASSES``. ``gradient_checkpointing``: recompute UNet and VAE activations during the
+    guidance backward pass (same gradients, less memory). Raises ``ComponentsError`` naming a missing folder or part, an unknown
+    scheduler, device or dtype.
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = Path(path)
+    if isinstance(dtype, str):
+        if dtype not in TORCH_DTYPES:
+            raise ComponentsError(f"unknown dtype {dtype!r}; choose from {', '.join(TORCH_DTYPES)}")
+        dtype = TORCH_DTYPES[dtype]
+    elif dtype not in TORCH_DTYPES.values():
+        raise ComponentsError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+    device = resolve_device(device)
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ComponentsError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json); give generator.path a "
+            f"local folder saved with StableDiffusionPipeline.save_pretrained"
+        )
+    missing = [part for part in PARTS if not (path / part).is_dir()]
+    if missing:
+        raise ComponentsError(f"pipeline folder {path} lacks the part(s) {', '.join(missing)}")
+    index = json.loads(index_file.read_text())
+    sched, prediction_type = build_scheduler(path, scheduler)
+    param_dtype = dtype if device.type == "cuda" else torch.float32  # CPU: fp32 weights, autocast compute
+    models = {}
+    for part in ("unet", "vae", "text_encoder"):
+        try:
+            model = _part_class(index, part, path).from_pretrained(path / part, local_files_only=True)
+        except (OSError, ValueError) as error:
+            raise ComponentsError(f"cannot load the {part} from {path / part}: {error}") from None
+        if param_dtype != torch.float32:
+            model = model.to(dtype=param_dtype)
+        models[part] = model.to(device).eval().requires_grad_(False)
+    if gradient_checkpointing:
+        models["unet"].enable_gradient_checkpointing()
+        models["vae"].enable_gradient_checkpointing()
+    try:
+        tokenizer = _part_class(index, "tokenizer", path).from_pretrained(path / "tokenizer", local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ComponentsError(f"cannot load the tokenizer from {path / 'tokenizer'}: {error}") from None
+    return DiffusionComponents(
+        unet=models["unet"],
+        vae=models["vae"],
+        text_encoder=models["text_encoder"],
+        tokenizer=tokenizer,
+        scheduler=sched,
+        prediction_type=prediction_type,
+        device=device,
+        dtype=dtype,
+    )
+
+
+@torch.no_grad()
+def encode_prompts(components: DiffusionComponents, prompts: list[str]) -> torch.Tensor:
+    """Text embeddings ``[B, L, D]`` of ``prompts`` (padded to the tokenizer's max length, as SD does)."""
+    tokens = components.tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=components.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    ids = tokens.input_ids.to(components.device)
+    mask = None
+    if getattr(components.text_encoder.config, "use_attention_mask", False):
+        mask = tokens.attention_mask.to(components.device)
+    with components.autocast():
+        hidden = components.text_encoder(ids, attention_mask=mask)[0]
+    return hidden.float()
+
+
+def decode_latents(components: DiffusionComponents, latents: torch.Tensor) -> torch.Tensor:
+    """VAE-decode clean latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1].
+
+    ``image = clamp(D(x0 / scaling_factor) / 2 + 1/2, 0, 1)``. The clamp is straight-through: the
+    forward value is clamped, the gradient passes as if it were not, so a saturated pixel (e.g. a
+    digit's black background) can still be brightened by the guidance instead of getting zero gradient.
+    Differentiable when ``latents`` requires grad.
+    """
+    vae = components.vae
+    scaled = latents / vae.config.scaling_factor
+    if getattr(vae.config, "shift_factor", None):
+        scaled = scaled + vae.config.shift_factor
+    with components.autocast():
+        decoded = vae.decode(scaled).sample
+    images = decoded.float() / 2 + 0.5
+    return images + (images.clamp(0, 1) - images).detach()

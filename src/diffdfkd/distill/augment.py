@@ -1,0 +1,70 @@
+"""Image augmentation for training on tensors: random crop with padding, horizontal flip.
+
+Each augmentation is a small callable ``aug(images [B, C, H, W], generator) -> images`` drawing its
+randomness from the given (CPU) ``torch.Generator`` only, so a seed fixes the result; ``Compose``
+chains them. No torchvision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RandomCrop:
+    """Zero-pad by ``padding`` on each side, then crop back to ``H x W`` at a random offset per image."""
+
+    padding: int
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.padding == 0:
+            return images
+        b, _, h, w = images.shape
+        p, device = self.padding, images.device
+        offset_y = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(device)
+        offset_x = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(device)
+        rows = offset_y[:, None] + torch.arange(h, device=device)  # [B, H]
+        cols = offset_x[:, None] + torch.arange(w, device=device)  # [B, W]
+        padded = F.pad(images, (p, p, p, p)).permute(0, 2, 3, 1)  # [B, H + 2p, W + 2p, C]
+        batch = torch.arange(b, device=device)[:, None, None]
+        crops = padded[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+        return crops.permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class RandomHFlip:
+    """Mirror each image left-right with probability ``p``. Wrong for digits and text."""
+
+    p: float = 0.5
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        flip = torch.rand(images.shape[0], generator=generator) < self.p
+        return torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
+
+
+@dataclass(frozen=True)
+class Compose:
+    """Apply ``augments`` in order."""
+
+    augments: Sequence[Augment]
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        for augment in self.augments:
+            images = augment(images, generator)
+        return images
+
+
+def build_augment(crop_padding: int, hflip: bool) -> Augment | None:
+    """The training augmentation of a recipe (``DistillConfig.crop_padding``/``hflip``); None for none."""
+    augments: list[Augment] = []
+    if crop_padding > 0:
+        augments.append(RandomCrop(crop_padding))
+    if hflip:
+        augments.append(RandomHFlip())
+    return Compose(tuple(augments)) if augments else None

@@ -1,0 +1,271 @@
+"""``synthesize``: a whole synthetic dataset from a config, resumable and shardable.
+
+Layout (fixed by the config, independent of shards and restarts): sample ``i`` has class
+``(i // m) % K`` (``m = synth.samples_per_class_in_group``); mixing groups are consecutive blocks of
+``synth.group_size`` samples; batch ``b`` holds samples ``[b B, (b + 1) B)``. The total is
+``images_per_class * K`` rounded UP to whole batches, so with an uneven split the first classes of the
+cycle get a few more images. Each sample's noise comes from its own generator seeded from
+``(seed, i)``, each group's CutMix randomness from ``(seed, group)``: an image is the same whatever the
+shard or restart (byte-identical) or batch size (equal up to float rounding).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from diffdfkd.config import ConfigError, ExperimentConfig, replace
+from diffdfkd.synth.dataset import read_rows
+from diffdfkd.synth.source import SOURCES, SynthBatch, sample_seed
+from diffdfkd.synth.writer import (
+    DatasetWriter,
+    Record,
+    atomic_write,
+    config_signature,
+    merge_manifest,
+    missing_batches,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SynthPlan:
+    """Which sample indices, classes and batches make up the dataset."""
+
+    num_classes: int
+    images_per_class: int
+    batch_size: int
+    group_size: int
+    per_class: int
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig, num_classes: int) -> SynthPlan:
+        s = config.synth
+        if config.cutmix.enabled and not config.cutmix.cross_class and s.samples_per_class_in_group < 2:
+            raise ConfigError(
+                "same-class Latent CutMix needs synth.samples_per_class_in_group >= 2 (a partner of the "
+                "same class in each mixing group); raise it, set cutmix.cross_class=true or cutmix.enabled=false"
+            )
+        return cls(num_classes, s.images_per_class, s.batch_size, s.group_size, s.samples_per_class_in_group)
+
+    @property
+    def total(self) -> int:
+        return self.num_batches * self.batch_size
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.images_per_class * self.num_classes / self.batch_size)
+
+    def indices(self, batch: int) -> torch.Tensor:
+        """Sample indices ``[B]`` of batch ``batch``."""
+        return torch.arange(batch * self.batch_size, (batch + 1) * self.batch_size)
+
+    def targets(self, indices: torch.Tensor) -> torch.Tensor:
+        """One-hot targets ``[B, K]`` of class ``(i // m) % K``."""
+        return F.one_hot((indices // self.per_class) % self.num_classes, self.num_classes).float()
+
+    def shard_batches(self, shard: int, num_shards: int) -> range:
+        """The contiguous range of batches of ``shard`` out of ``num_shards``."""
+        n = self.num_batches
+        return range(shard * n // num_shards, (shard + 1) * n // num_shards)
+
+
+def resolve_shard(shard: int | None, num_shards: int | None) -> tuple[int, int]:
+    """``(shard, num_shards)``; both ``None`` -> ``RANK``/``WORLD_SIZE`` from torchrun, else ``(0, 1)``."""
+    if shard is None and num_shards is None:
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        return 0, 1
+    if shard is None or num_shards is None:
+        raise ConfigError("give both --shard and --num-shards, or neither")
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ConfigError(f"shard {shard} of {num_shards}: need 0 <= shard < num_shards")
+    return shard, num_shards
+
+
+def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
+    """Fill an empty ``generator.path`` with the world's shipped generator."""
+    if config.generator.path:
+        return config
+    from diffdfkd.worlds import get_world
+
+    path = get_world(config.world).generator
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"world {config.world!r} has no shipped generator at {path} yet; train it, or set generator.path"
+        )
+    return replace(config, **{"generator.path": str(path)})
+
+
+def build_teacher(config: ExperimentConfig) -> torch.nn.Module:
+    """The configured teacher (the world's shipped one when ``teacher.weights`` is empty), checking
+    that its class names are the configured ones."""
+    from diffdfkd.models.teacher import load_teacher, load_world_teacher
+
+    tc = config.teacher
+    if not tc.weights:
+        teacher = load_world_teacher(config.world)
+    else:
+        names, arch = tc.class_names, tc.arch
+        if not names or not arch:
+            from diffdfkd.worlds import get_world
+
+            world = get_world(config.world)
+            names, arch = names or world.class_names, arch or world.teacher_arch
+        teacher = load_teacher(
+            arch,
+            tc.weights,
+            class_names=names,
+            input_size=tc.input_size,
+            in_channels=tc.in_channels,
+            mean=tc.mean,
+            std=tc.std,
+        )
+    if tc.class_names and tuple(tc.class_names) != tuple(teacher.class_names):
+        raise ConfigError(
+            f"teacher.class_names {list(tc.class_names)} differ from the teacher's classes {list(teacher.class_names)}"
+        )
+    return teacher
+
+
+def output_dir(config: ExperimentConfig) -> Path:
+    """``synth.out_dir``, or ``<out_dir>/synth`` when it is empty."""
+    return Path(config.synth.out_dir) if config.synth.out_dir else Path(config.out_dir) / "synth"
+
+
+@torch.no_grad()
+def make_records(
+    writer: DatasetWriter,
+    teacher: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    seed: int,
+    save_size: int,
+    steps: torch.Tensor | None = None,
+) -> list[Record]:
+    """Quantise ``images [B, 3, H, W]`` to uint8 at ``save_size`` and describe each in a manifest row,
+    with the teacher's logits on the image as saved."""
+    if images.shape[-1] != save_size or images.shape[-2] != save_size:
+        images = F.interpolate(images, size=(save_size, save_size), mode="bicubic", antialias=True)
+    pixels = images.clamp(0, 1).mul(255).round().to(torch.uint8)
+    device = next(iter(teacher.state_dict().values())).device
+    logits = teacher(pixels.to(device).float() / 255).float().cpu()
+    probs = logits.softmax(dim=1)
+    classes = targets.argmax(dim=1)
+    records = []
+    for j in range(len(indices)):
+        index, k = int(indices[j]), int(classes[j])
+        step = None if steps is None else int(steps[j])
+        row: dict[str, Any] = {"index": index, "file": writer.file_for(index, k, step), "class": k}
+        if not torch.equal(targets[j], F.one_hot(classes[j], targets.shape[1]).to(targets.dtype)):
+            row["target"] = [round(float(v), 6) for v in targets[j]]
+        row["seed"] = sample_seed(seed, index)
+        row["kind"] = "final" if step is None else "intermediate"
+        if step is not None:
+            row["step"] = step
+        row["teacher_logits"] = [round(float(v), 5) for v in logits[j]]
+        row["teacher_prob_target"] = round(float(probs[j, k]), 6)
+        row["teacher_pred"] = int(logits[j].argmax())
+        records.append(Record(row["file"], pixels[j].permute(1, 2, 0).numpy(), row))
+    return records
+
+
+def summarise(root: Path, seconds: float) -> dict[str, Any]:
+    """Images per class, mean teacher target-class probability and accuracy of the final images."""
+    rows = read_rows(root)
+    finals = [r for r in rows if r["kind"] == "final"]
+    names = json.loads((root / "classes.json").read_text())
+    per_class = Counter(r["class"] for r in finals)
+    return {
+        "images": len(finals),
+        "intermediates": len(rows) - len(finals),
+        "images_per_class": {names[k]: per_class.get(k, 0) for k in range(len(names))},
+        "mean_teacher_prob_target": sum(r["teacher_prob_target"] for r in finals) / max(len(finals), 1),
+        "teacher_accuracy": sum(r["teacher_pred"] == r["class"] for r in finals) / max(len(finals), 1),
+        "seconds_last_process": round(seconds, 2),
+    }
+
+
+def synthesize(
+    config: ExperimentConfig,
+    *,
+    shard: int | None = None,
+    num_shards: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Synthesize the dataset of ``config`` (or this shard's part of it) and return its folder.
+
+    Skips batches already done (resume); with ``num_shards`` (or torchrun's RANK/WORLD_SIZE) this
+    process takes a contiguous range of batches. The process that finds every batch done merges
+    ``manifest.jsonl`` and writes ``summary.json`` (logged too). ``overwrite``: replace a dataset made
+    with another config instead of refusing.
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    shard, num_shards = resolve_shard(shard, num_shards)
+    teacher = build_teacher(config)
+    class_names = tuple(teacher.class_names)
+    plan = SynthPlan.from_config(config, len(class_names))
+    save_size = config.synth.save_size or teacher.input_size
+    out = output_dir(config)
+    writer = DatasetWriter(out, class_names)
+    signature = config_signature(
+        config, num_batches=plan.num_batches, class_names=list(class_names), save_size=save_size
+    )
+    writer.prepare(config, signature, overwrite=overwrite)
+    todo = [b for b in plan.shard_batches(shard, num_shards) if not writer.is_done(b)]
+    mine = len(plan.shard_batches(shard, num_shards))
+    if todo:
+        source = SOURCES.create(config.synth.source, config=resolve_config(config), teacher=teacher)
+        bar = tqdm(
+            total=mine * plan.batch_size,
+            initial=(mine - len(todo)) * plan.batch_size,
+            unit="img",
+            desc=f"synthesize {shard + 1}/{num_shards}" if num_shards > 1 else "synthesize",
+            disable=not progress,
+        )
+        for b in todo:
+            indices = plan.indices(b)
+            batch = source.generate(indices, plan.targets(indices))
+            writer.write_batch(b, batch_records(writer, teacher, batch, indices, config.seed, save_size))
+            bar.update(len(indices))
+            if batch.logs:
+                last = batch.logs[-1]
+                bar.set_postfix({k: f"{last[k]:.3g}" for k in ("ce", "bn", "p_target") if k in last})
+        bar.close()
+    if not missing_batches(out):
+        merge_manifest(out)
+        summary = summarise(out, time.perf_counter() - start)
+        atomic_write(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+        logger.info("synthetic dataset %s: %s", out, summary)
+    else:
+        logger.info("shard %d/%d done; other batches are still missing in %s", shard, num_shards, out)
+    return out
+
+
+def batch_records(
+    writer: DatasetWriter, teacher: torch.nn.Module, batch: SynthBatch, indices: torch.Tensor, seed: int, save_size: int
+) -> list[Record]:
+    """Records of a batch's final images, then of its extra (intermediate) images."""
+    records = make_records(writer, teacher, batch.images, batch.targets, indices, seed=seed, save_size=save_size)
+    if batch.extra is not None:
+        e = batch.extra
+        records += make_records(
+            writer, teacher, e.images, e.targets, e.indices, seed=seed, save_size=save_size, steps=e.steps
+        )
+    return records

@@ -1,0 +1,230 @@
+"""The resumable synthetic-dataset folder.
+
+Layout of ``<out>``::
+
+    images/<k:03d>_<class>/<index:07d>.png          final images (ImageFolder-compatible under images/)
+    images/<k:03d>_<class>/<index:07d>_s<step:03d>.png   intermediates (decoded x0_hat at CutMix steps)
+    parts/<batch:06d>.jsonl                         one manifest part per finished batch
+    manifest.jsonl                                  all parts in batch order, once every batch is done
+    classes.json  signature.json  config.yaml  run_info.json  summary.json
+
+A batch is done iff its part exists. Its PNGs are written first (each to a temp file, then
+``os.replace``), the part last, so a run killed at any point and started again redoes exactly the
+unfinished batches and ends byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffdfkd.config import ConfigError, to_dict, write_run_info
+
+SIGNATURE_FILE = "signature.json"
+# Config keys that do not change the images (where and on which device they are made).
+UNSIGNED_KEYS = ("out_dir", "synth.out_dir", "generator.device", "distill")
+OWN_NAMES = ("images", "parts", "tmp", "manifest.jsonl", "summary.json", SIGNATURE_FILE, "classes.json",
+             "config.yaml", "run_info.json")
+
+
+class SynthWriteError(OSError):
+    """Writing the dataset failed (disk full, permissions...); no partial file was left behind."""
+
+
+class IncompleteDatasetError(RuntimeError):
+    """The dataset folder does not hold every batch yet."""
+
+
+def sanitise_class_name(name: str) -> str:
+    """A class name safe as one path component: ``[A-Za-z0-9._-]`` only, no ``..``, no leading dot."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip())
+    safe = re.sub(r"\.{2,}", "_", safe).strip("._")
+    return safe[:64] or "class"
+
+
+def class_dir(k: int, name: str) -> str:
+    """``007_seven``: the class folder name, ordered by class index under ImageFolder's sort."""
+    return f"{k:03d}_{sanitise_class_name(name)}"
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_signature(config: Any, **resolved: Any) -> dict[str, Any]:
+    """The synthesis-relevant config as flat ``{"a.b": value}`` (plus ``resolved`` facts such as the
+    number of batches); keys that do not change the images are left out."""
+    flat = _flatten(to_dict(config))
+    flat = {k: v for k, v in flat.items() if not any(k == u or k.startswith(u + ".") for u in UNSIGNED_KEYS)}
+    return {**flat, **{f"resolved.{k}": v for k, v in resolved.items()}}
+
+
+def _digest(signature: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    On any ``OSError`` the temp file is removed and ``SynthWriteError`` names the path.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise SynthWriteError(f"could not write {path}: {error} (disk full or not writable?)") from error
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """``[H, W, 3]`` uint8 -> PNG file bytes (deterministic for the same pixels)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Record:
+    """One image to save: ``file`` relative to ``<out>``, ``pixels [H, W, 3]`` uint8, its manifest ``row``."""
+
+    file: str
+    pixels: np.ndarray
+    row: dict[str, Any]
+
+
+class DatasetWriter:
+    """Writes batches of images and manifest parts into ``root``; see the module docstring."""
+
+    def __init__(self, root: str | Path, class_names: Iterable[str]) -> None:
+        self.root = Path(root)
+        self.class_names = tuple(class_names)
+
+    def part_path(self, batch: int) -> Path:
+        return self.root / "parts" / f"{batch:06d}.jsonl"
+
+    def is_done(self, batch: int) -> bool:
+        return self.part_path(batch).is_file()
+
+    def file_for(self, index: int, k: int, step: int | None = None) -> str:
+        """Relative path of sample ``index`` of class ``k`` (an intermediate when ``step`` is given)."""
+        name = f"{index:07d}.png" if step is None else f"{index:07d}_s{step:03d}.png"
+        return f"images/{class_dir(k, self.class_names[k])}/{name}"
+
+    def prepare(self, config: Any, signature: dict[str, Any], *, overwrite: bool = False) -> None:
+        """Create the folder, or check that it was made with the same synthesis config.
+
+        A folder made with another config is refused with the differing keys, unless ``overwrite``,
+        which deletes its dataset files (only those this writer makes) and starts afresh.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        sig_file = self.root / SIGNATURE_FILE
+        if sig_file.is_file():
+            old = json.loads(sig_file.read_text())
+            if old.get("digest") != _digest(signature):
+                if not overwrite:
+                    raise ConfigError(
+                        f"{self.root} holds a dataset made with another config; differing keys: "
+                        f"{_describe_diff(old.get('config', {}), signature)}. Use another output folder, "
+                        f"or overwrite=True (--overwrite) to delete it and start again"
+                    )
+                self._clear()
+        else:
+            foreign = sorted(p.name for p in self.root.iterdir() if p.name not in OWN_NAMES and p.name[0] != ".")
+            if foreign and not overwrite:
+                raise ConfigError(
+                    f"{self.root} is not empty ({', '.join(foreign[:3])}...) and is not a synthetic dataset "
+                    f"folder; choose a new or empty output folder"
+                )
+        body = {"digest": _digest(signature), "config": signature}
+        atomic_write(sig_file, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(self.root / "classes.json", (json.dumps(list(self.class_names), indent=1) + "\n").encode())
+        for sub in ("images", "parts"):
+            (self.root / sub).mkdir(exist_ok=True)
+        write_run_info(self.root, config)
+
+    def _clear(self) -> None:
+        for name in ("images", "parts", "tmp"):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        for name in ("manifest.jsonl", "summary.json", SIGNATURE_FILE, "classes.json"):
+            (self.root / name).unlink(missing_ok=True)
+
+    def write_batch(self, batch: int, records: list[Record]) -> None:
+        """Write the batch's PNGs, then its manifest part (each atomically); the part marks it done."""
+        tmp_dir = self.root / "tmp" / f"{batch:06d}"
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # what a killed run of this batch left
+        try:
+            tmp_dir.mkdir(parents=True)
+            for record in records:
+                target = self.root / record.file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staged = tmp_dir / target.name
+                staged.write_bytes(png_bytes(record.pixels))
+                os.replace(staged, target)
+            lines = "".join(json.dumps(r.row, separators=(",", ":")) + "\n" for r in records)
+            staged = tmp_dir / "part.jsonl"
+            staged.write_text(lines)
+            os.replace(staged, self.part_path(batch))
+        except OSError as error:
+            raise SynthWriteError(
+                f"could not write batch {batch} into {self.root}: {error} (disk full or not writable?); "
+                f"rerun the same command to redo it"
+            ) from error
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
+    return ", ".join(f"{k} ({old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r})" for k in keys) or "(unknown)"
+
+
+def num_batches(root: str | Path) -> int:
+    """The number of batches of the dataset in ``root``, from its signature."""
+    sig_file = Path(root) / SIGNATURE_FILE
+    if not sig_file.is_file():
+        raise FileNotFoundError(f"{root} has no {SIGNATURE_FILE}: not a dataset made by `diffdfkd synthesize`")
+    return int(json.loads(sig_file.read_text())["config"]["resolved.num_batches"])
+
+
+def missing_batches(root: str | Path) -> list[int]:
+    """Batches of ``root`` whose manifest part does not exist yet."""
+    parts = Path(root) / "parts"
+    return [b for b in range(num_batches(root)) if not (parts / f"{b:06d}.jsonl").is_file()]
+
+
+def merge_manifest(root: str | Path) -> Path:
+    """Concatenate every batch's part into ``<root>/manifest.jsonl`` (atomically) and return its path.
+
+    Raises ``IncompleteDatasetError`` when some batch is not done yet (another shard still running,
+    or a run that stopped: rerun it).
+    """
+    root = Path(root)
+    missing = missing_batches(root)
+    if missing:
+        raise IncompleteDatasetError(
+            f"{root}: {len(missing)} of {num_batches(root)} batches are not done yet (first: {missing[:5]}); "
+            f"run the missing shards or rerun the same command"
+        )
+    parts = [root / "parts" / f"{b:06d}.jsonl" for b in range(num_batches(root))]
+    atomic_write(root / "manifest.jsonl", b"".join(p.read_bytes() for p in parts))
+    return root / "manifest.jsonl"

@@ -1,0 +1,219 @@
+"""Teacher guidance: the losses, and that guidance really raises the teacher's target-class probability."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffdfkd.config import GuidanceConfig
+from diffdfkd.diffusion import sampler as sampler_module
+from diffdfkd.diffusion.components import decode_latents
+from diffdfkd.diffusion.sampler import sample
+from diffdfkd.guidance.guide import GuidanceError, GuideOutput, TeacherGuide
+from diffdfkd.guidance.losses import BNStatsLoss, adversarial_loss, cross_entropy_sum
+from diffdfkd.synth.source import generators_for
+
+BATCH = 6  # three classes, two samples each: [0, 0, 1, 1, 2, 2]
+TARGETS = F.one_hot(torch.arange(BATCH) // 2 % 3, 3).float()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The losses against hand computation.
+
+
+def test_bn_loss_is_the_sum_over_groups_and_layers_of_unsquared_norms() -> None:
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3).eval()
+    bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    bn.running_var.copy_(torch.tensor([1.0, 2.0, 0.5]))
+    model = nn.Sequential(bn, nn.ReLU(), nn.BatchNorm2d(3).eval())
+    x = torch.randn(4, 3, 5, 5)
+    with BNStatsLoss(model, group_size=2) as loss:
+        model(x)
+        value = loss.loss().item()
+    expected = 0.0
+    with torch.no_grad():
+        for layer, inp in ((bn, x), (model[2], F.relu(bn(x)))):
+            for g in range(2):
+                part = inp[2 * g : 2 * g + 2]
+                mean = part.mean(dim=(0, 2, 3))
+                var = part.var(dim=(0, 2, 3), unbiased=False)
+                expected += (mean - layer.running_mean).norm() + (var - layer.running_var).norm()
+    assert value == pytest.approx(float(expected), rel=1e-5)
+    assert not any(m._forward_hooks for m in model.modules()), "hooks are removed on exit"
+
+
+def test_cross_entropy_is_summed_and_takes_soft_targets() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.25, 0.75, 0.0]])
+    log_p = F.log_softmax(logits, dim=1)
+    expected = -(log_p[0, 0] + 0.25 * log_p[1, 0] + 0.75 * log_p[1, 1])
+    assert cross_entropy_sum(logits, targets).item() == pytest.approx(expected.item())
+
+
+def test_adversarial_loss_counts_only_agreeing_samples() -> None:
+    teacher = torch.tensor([[3.0, 0.0], [0.0, 2.0]])
+    student = torch.tensor([[1.0, 0.5], [1.0, 0.0]])  # agrees on sample 0 only
+    p_t, p_s = teacher.softmax(1), student.softmax(1)
+    kl0 = (p_t[0] * (p_t[0].log() - p_s[0].log())).sum()
+    assert adversarial_loss(teacher, student).item() == pytest.approx(-kl0.item(), rel=1e-5)
+
+
+def test_guide_with_adversarial_term_needs_a_student(tiny_teacher) -> None:
+    decode = lambda x0: torch.sigmoid(x0[:, :3].repeat_interleave(4, 2).repeat_interleave(4, 3))  # noqa: E731
+    with pytest.raises(ValueError, match="student"):
+        TeacherGuide(tiny_teacher, decode, group_size=2, adv_weight=1.0)
+    student = nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
+    guide = TeacherGuide(tiny_teacher, decode, group_size=2, adv_weight=1.0, student=student)
+    z = torch.randn(BATCH, 4, 8, 8, requires_grad=True)
+    out = guide(z * 1.0, z, TARGETS)
+    assert {"ce", "bn", "adv", "total", "p_target"} <= set(out.losses)
+    assert out.grad.shape == z.shape and torch.isfinite(out.grad).all()
+
+
+def test_guided_steps_lower_the_bn_loss(tiny_components, tiny_teacher) -> None:
+    """Gradient steps on fixed latents through the VAE decoder and teacher lower L_bn."""
+    guide = TeacherGuide(
+        tiny_teacher, lambda x0: decode_latents(tiny_components, x0), group_size=2, ce_weight=0.0, bn_weight=1.0
+    )
+    z = torch.randn(BATCH, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    history = []
+    for _ in range(6):
+        leaf = z.requires_grad_(True)
+        out = guide(leaf, leaf, TARGETS)
+        history.append(out.losses["bn"])
+        z = (leaf - 50.0 * out.grad).detach()
+    assert all(b < a for a, b in zip(history, history[1:], strict=False)), history
+    assert history[-1] < 0.99 * history[0], history
+
+
+def test_a_samples_gradient_depends_only_on_its_own_group(tiny_components, tiny_teacher) -> None:
+    guide = TeacherGuide(tiny_teacher, lambda x0: decode_latents(tiny_components, x0), group_size=2)
+    z = torch.randn(BATCH, 4, 8, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    full = guide(z * 1.0, z, TARGETS).grad
+    z2 = z.detach()[:2].clone().requires_grad_(True)
+    alone = guide(z2 * 1.0, z2, TARGETS[:2]).grad
+    assert torch.allclose(full[:2], alone, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Guidance inside the sampling loop.
+
+
+@pytest.fixture(scope="module")
+def sharp_teacher(make_teacher):
+    """A random teacher with larger logits, so that its probabilities respond to its input."""
+    teacher = make_teacher()
+    with torch.no_grad():
+        teacher.model.classifier[-1].weight.mul_(30.0)
+    return teacher
+
+
+def run(components, teacher, mode: str, *, step_size: float = 10.0, guide=None, steps: int = 3, seed: int = 0):
+    """Sample BATCH images at fixed seeds; return (output, mean teacher target-class probability)."""
+    guidance = GuidanceConfig(mode=mode, step_size=step_size)
+    if guide is None and mode != "none":
+        guide = TeacherGuide(teacher, lambda x0: decode_latents(components, x0), group_size=BATCH)
+    from diffdfkd.diffusion.components import encode_prompts
+
+    cond = encode_prompts(components, ["a handwritten digit"]).expand(BATCH, -1, -1)
+    uncond = encode_prompts(components, [""])
+    out = sample(
+        components,
+        cond=cond,
+        uncond=uncond,
+        targets=TARGETS,
+        generators=generators_for([seed * 1000 + i for i in range(BATCH)]),
+        latent_size=8,
+        num_steps=steps,
+        cfg_scale=2.0,
+        guidance=guidance,
+        guide=guide,
+    )
+    with torch.no_grad():
+        p_target = (teacher(out.images).softmax(dim=1) * TARGETS).sum(dim=1).mean().item()
+    return out, p_target
+
+
+@pytest.fixture(scope="module")
+def unguided(tiny_components, sharp_teacher):
+    return run(tiny_components, sharp_teacher, "none")
+
+
+@pytest.mark.parametrize("mode", ["full", "detach_unet", "one_pass"])
+def test_guidance_raises_target_class_probability(tiny_components, sharp_teacher, unguided, mode) -> None:
+    _, p_none = unguided
+    out, p_guided = run(tiny_components, sharp_teacher, mode)
+    assert p_guided > p_none + 0.02, f"{mode}: {p_guided:.4f} vs unguided {p_none:.4f}"
+    assert len(out.logs) == 3 and all(math.isfinite(log["total"]) for log in out.logs)
+
+
+def test_a_zero_gradient_gives_exactly_the_unguided_images(tiny_components, sharp_teacher, unguided) -> None:
+    """What the reference code did (guidance without effect) is what the test above rejects."""
+    real = TeacherGuide(sharp_teacher, lambda x0: decode_latents(tiny_components, x0), group_size=BATCH)
+
+    def no_effect(x0_hat, z, targets):
+        out = real(x0_hat, z, targets)
+        return GuideOutput(torch.zeros_like(out.grad), out.losses)
+
+    out, p_target = run(tiny_components, sharp_teacher, "full", guide=no_effect)
+    assert torch.allclose(out.images, unguided[0].images, atol=1e-6)
+    assert p_target == pytest.approx(unguided[1], abs=1e-6)
+
+
+@pytest.mark.parametrize("cut", ["no_grad", "detach"])
+def test_cutting_the_gradient_path_is_an_error(tiny_components, sharp_teacher, monkeypatch, cut) -> None:
+    """The reference computed x0_hat under no_grad, so its guidance did nothing: we refuse to run so."""
+    real = sampler_module.predict_x0
+
+    def cut_x0(z_in, eps, abar):
+        if cut == "no_grad":
+            with torch.no_grad():
+                return real(z_in, eps, abar)
+        return real(z_in, eps, abar).detach().requires_grad_(True)
+
+    monkeypatch.setattr(sampler_module, "predict_x0", cut_x0)
+    with pytest.raises(GuidanceError, match="z_t"):
+        run(tiny_components, sharp_teacher, "full")
+
+
+def test_full_mode_differentiates_through_the_unet(tiny_components, sharp_teacher) -> None:
+    """detach_unet's gradient is grad_x0 / sqrt(abar); full's adds the UNet's Jacobian term."""
+    grads = {}
+
+    def recording(mode):
+        real = TeacherGuide(sharp_teacher, lambda x0: decode_latents(tiny_components, x0), group_size=BATCH)
+
+        def guide(x0_hat, z, targets):
+            out = real(x0_hat, z, targets)
+            (grad_x0,) = torch.autograd.grad(real.loss(x0_hat, targets)[0], x0_hat)
+            grads.setdefault(mode, (out.grad, grad_x0))
+            return out
+
+        return guide
+
+    for mode in ("full", "detach_unet"):
+        run(tiny_components, sharp_teacher, mode, guide=recording(mode), steps=2)
+    abar = float(tiny_components.scheduler.alphas_cumprod[tiny_components.scheduler.timesteps[0]])
+    grad_detached, grad_x0 = grads["detach_unet"]
+    assert torch.allclose(grad_detached, grad_x0 / math.sqrt(abar), rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(grads["full"][0], grad_detached, rtol=1e-3, atol=1e-7)
+
+
+def test_non_finite_gradient_names_the_step(tiny_components, sharp_teacher) -> None:
+    real = TeacherGuide(sharp_teacher, lambda x0: decode_latents(tiny_components, x0), group_size=BATCH)
+    calls = []
+
+    def breaks_at_second_step(x0_hat, z, targets):
+        out = real(x0_hat, z, targets)
+        calls.append(1)
+        if len(calls) == 2:
+            out.grad[0, 0, 0, 0] = float("nan")
+        return out
+
+    with pytest.raises(GuidanceError, match="step 1 of 3"):
+        run(tiny_components, sharp_teacher, "full", guide=breaks_at_second_step)

@@ -1,0 +1,173 @@
+"""Loading pipeline folders and the sampling loop: schedulers, work per step, x0_hat, intermediates."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffdfkd.augment.cutmix import LatentCutMix
+from diffdfkd.config import GuidanceConfig
+from diffdfkd.diffusion import sampler as sampler_module
+from diffdfkd.diffusion.components import (
+    SCHEDULER_CLASSES,
+    ComponentsError,
+    build_scheduler,
+    decode_latents,
+    encode_prompts,
+    load_components,
+)
+from diffdfkd.diffusion.sampler import alpha_bar, cfg_eps, predict_x0, sample
+from diffdfkd.guidance.guide import TeacherGuide
+from diffdfkd.synth.source import generators_for
+
+BATCH = 4
+TARGETS = F.one_hot(torch.tensor([0, 0, 1, 1]), 3).float()
+
+
+def run(components, teacher=None, *, mode="none", steps=3, augmentations=(), keep=False, **guidance):
+    guide = None
+    if mode != "none":
+        guide = TeacherGuide(teacher, lambda x0: decode_latents(components, x0), group_size=BATCH)
+    cond = encode_prompts(components, ["a handwritten digit"]).expand(BATCH, -1, -1)
+    return sample(
+        components,
+        cond=cond,
+        uncond=encode_prompts(components, [""]),
+        targets=TARGETS,
+        generators=generators_for(list(range(BATCH))),
+        group_generators=generators_for([99]),
+        latent_size=8,
+        num_steps=steps,
+        cfg_scale=2.0,
+        guidance=GuidanceConfig(mode=mode, step_size=5.0, **guidance),
+        guide=guide,
+        augmentations=augmentations,
+        keep_intermediates=keep,
+    )
+
+
+def test_load_components_errors_name_the_problem(tiny_pipeline_dir, tmp_path) -> None:
+    with pytest.raises(ComponentsError, match="model_index.json"):
+        load_components(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_pipeline_dir, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(ComponentsError, match="lacks the part"):
+        load_components(broken)
+    with pytest.raises(ComponentsError, match="supported: ddpm"):
+        load_components(tiny_pipeline_dir, scheduler="pndm")
+    with pytest.raises(ComponentsError, match="choose from fp32"):
+        load_components(tiny_pipeline_dir, dtype="fp8")
+
+
+def test_components_shapes(tiny_components) -> None:
+    assert tiny_components.native_resolution == 32 and tiny_components.vae_scale_factor == 4
+    embeds = encode_prompts(tiny_components, ["a handwritten digit", ""])
+    assert embeds.shape == (2, 8, 32)
+    with torch.no_grad():
+        images = decode_latents(tiny_components, torch.randn(2, 4, 8, 8))
+    assert images.shape == (2, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+
+
+@pytest.mark.parametrize("name", list(SCHEDULER_CLASSES))
+def test_every_scheduler_samples_with_guidance_and_cutmix(tiny_components, tiny_pipeline_dir, tiny_teacher, name):
+    scheduler, _ = build_scheduler(tiny_pipeline_dir, name)
+    components = dataclasses.replace(tiny_components, scheduler=scheduler)
+    out = run(components, tiny_teacher, mode="full", augmentations=[LatentCutMix()])
+    assert out.images.shape == (BATCH, 3, 32, 32) and torch.isfinite(out.images).all()
+    assert out.images.min() >= 0 and out.images.max() <= 1
+
+
+@pytest.mark.parametrize("name", ["ddpm", "euler_ancestral", "dpmpp_2m"])
+def test_x0_hat_matches_the_schedulers_own_prediction(tiny_pipeline_dir, name) -> None:
+    scheduler, _ = build_scheduler(tiny_pipeline_dir, name)
+    scheduler.set_timesteps(4)
+    z = torch.randn(2, 4, 8, 8) * scheduler.init_noise_sigma
+    eps = torch.randn(2, 4, 8, 8)
+    for i, t in enumerate(scheduler.timesteps[:2]):
+        ours = predict_x0(scheduler.scale_model_input(z, t), eps, alpha_bar(scheduler, i, t))
+        step = scheduler.step(eps, t, z, generator=torch.Generator().manual_seed(0))
+        if hasattr(step, "pred_original_sample") and step.pred_original_sample is not None:
+            assert torch.allclose(ours, step.pred_original_sample, atol=1e-4)
+        else:  # DPM-Solver keeps its x0 in its own state
+            assert torch.allclose(ours, scheduler.model_outputs[-1], atol=1e-4)
+        z = step.prev_sample
+
+
+def test_v_prediction_output_is_converted_to_epsilon(tiny_components) -> None:
+    abar = 0.3
+    x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    z = math.sqrt(abar) * x0 + math.sqrt(1 - abar) * eps
+    v = math.sqrt(abar) * eps - math.sqrt(1 - abar) * x0
+
+    def fake_unet(latents, timestep, encoder_hidden_states):
+        return SimpleNamespace(sample=v.repeat(latents.shape[0] // 2, 1, 1, 1))
+
+    components = dataclasses.replace(tiny_components, unet=fake_unet, prediction_type="v_prediction")
+    cond = torch.zeros(2, 8, 32)
+    out = cfg_eps(components, z, torch.tensor(500), cond, cond, 3.0, abar)
+    assert torch.allclose(out, eps, atol=1e-5)
+    assert torch.allclose(predict_x0(z, out, abar), x0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra", "grad_calls", "plain_calls"),
+    [
+        ("none", {}, 0, 4),
+        ("full", {}, 4, 4),  # a guided pass and the re-denoise per step, nothing else
+        ("detach_unet", {}, 0, 8),
+        ("one_pass", {}, 4, 0),
+        ("full", {"window_start": 0.5}, 2, 4),  # guided at steps 2, 3
+        ("full", {"every": 2}, 2, 4),  # guided at steps 0, 2
+    ],
+)
+def test_unet_passes_per_step(tiny_components, tiny_teacher, monkeypatch, mode, extra, grad_calls, plain_calls):
+    calls = []
+    real = sampler_module.cfg_eps
+
+    def counting(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampler_module, "cfg_eps", counting)
+    run(tiny_components, tiny_teacher, mode=mode, steps=4, **extra)
+    assert (sum(calls), len(calls) - sum(calls)) == (grad_calls, plain_calls)
+
+
+def test_intermediates_are_kept_at_cutmix_steps(tiny_components, tiny_teacher) -> None:
+    out = run(tiny_components, tiny_teacher, mode="full", steps=5, augmentations=[LatentCutMix()], keep=True)
+    assert [m.step for m in out.intermediates] == [1, 2, 3, 4]
+    for m in out.intermediates:
+        assert m.images.shape == (BATCH, 3, 32, 32) and m.targets.shape == (BATCH, 3)
+    assert len(out.logs) == 5
+
+
+def test_bf16_autocast_on_cpu_keeps_fp32_weights(tiny_pipeline_dir, tiny_teacher) -> None:
+    components = load_components(tiny_pipeline_dir, dtype="bf16")
+    assert next(components.unet.parameters()).dtype == torch.float32
+    out = run(components, tiny_teacher, mode="full", steps=2)
+    assert out.images.dtype == torch.float32 and torch.isfinite(out.images).all()
+
+
+def test_v_prediction_folder_is_read(tiny_pipeline_dir, tmp_path) -> None:
+    folder = tmp_path / "v"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "prediction_type": "v_prediction"}))
+    scheduler, prediction_type = build_scheduler(folder, "ddim")
+    assert prediction_type == "v_prediction" and scheduler.config.prediction_type == "epsilon"
+
+
+def test_gradient_checkpointing_gives_the_same_images(tiny_pipeline_dir, tiny_components, tiny_teacher) -> None:
+    checkpointed = load_components(tiny_pipeline_dir, gradient_checkpointing=True)
+    plain = run(tiny_components, tiny_teacher, mode="full", steps=2)
+    recomputed = run(checkpointed, tiny_teacher, mode="full", steps=2)
+    assert torch.allclose(plain.images, recomputed.images, atol=1e-5)

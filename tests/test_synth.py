@@ -1,0 +1,271 @@
+"""The synthetic dataset: layout, determinism across batch sizes / shards / a SIGKILL, the folder format."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from diffdfkd.config import ConfigError, ExperimentConfig, SynthConfig, replace, to_dict
+from diffdfkd.guidance.guide import GuidanceError, TeacherGuide
+from diffdfkd.synth import writer as writer_module
+from diffdfkd.synth.dataset import load_synthetic
+from diffdfkd.synth.run import SynthPlan, build_teacher, resolve_shard, synthesize
+from diffdfkd.synth.source import SOURCES, DiffusionSource, sample_seed
+from diffdfkd.synth.writer import (
+    DatasetWriter,
+    IncompleteDatasetError,
+    Record,
+    SynthWriteError,
+    merge_manifest,
+    sanitise_class_name,
+)
+
+# 3 classes x 4 images = 12 = 3 batches of 4; CutMix at steps 1, 2 of 3, intermediates kept.
+REFERENCE = {"synth.images_per_class": 4, "cutmix.keep_intermediates": True}
+COMPARED = ("images", "parts", "manifest.jsonl", "classes.json", "signature.json")
+
+
+def dataset_files(root: Path) -> dict[str, bytes]:
+    """Relative path -> bytes of every dataset file (not config.yaml/run_info/summary, which name the folder)."""
+    files = {}
+    for name in COMPARED:
+        path = root / name
+        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+            files[str(file.relative_to(root))] = file.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def reference(make_config, tmp_path_factory):
+    """An uninterrupted, unsharded run: (config, folder)."""
+    config = make_config(tmp_path_factory.mktemp("reference"), **REFERENCE)
+    return config, synthesize(config, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout and configuration.
+
+
+def test_plan_layout_totals_and_shards() -> None:
+    plan = SynthPlan(num_classes=3, images_per_class=3, batch_size=4, group_size=4, per_class=2)
+    assert plan.total == 12 and plan.num_batches == 3  # 9 rounded up to whole batches
+    indices = torch.arange(12)
+    assert plan.targets(indices).argmax(dim=1).tolist() == [0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]
+    shards = [list(plan.shard_batches(s, 2)) for s in range(2)]
+    assert shards == [[0], [1, 2]]
+    assert [b for s in range(3) for b in plan.shard_batches(s, 3)] == [0, 1, 2]
+
+
+def test_layout_is_validated(make_config, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="multiple of synth.group_size"):
+        SynthConfig(batch_size=6, group_size=4)
+    with pytest.raises(ConfigError, match="multiple of synth.samples_per_class_in_group"):
+        SynthConfig(group_size=5, samples_per_class_in_group=2)
+    config = make_config(tmp_path, **{"synth.samples_per_class_in_group": 1})
+    with pytest.raises(ConfigError, match="samples_per_class_in_group >= 2"):
+        SynthPlan.from_config(config, 3)
+    SynthPlan.from_config(replace(config, **{"cutmix.cross_class": True}), 3)  # fine across classes
+
+
+def test_shard_from_torchrun_environment(monkeypatch) -> None:
+    assert resolve_shard(None, None) == (0, 1)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert resolve_shard(None, None) == (1, 4)
+    assert resolve_shard(0, 2) == (0, 2)
+    with pytest.raises(ConfigError):
+        resolve_shard(2, 2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Determinism.
+
+
+def test_images_do_not_depend_on_the_batch_size(make_config, tmp_path, tiny_components) -> None:
+    config = make_config(tmp_path, **{"cutmix.keep_intermediates": True, "guidance.step_size": 5.0})
+    source = DiffusionSource(config, build_teacher(config), components=tiny_components)
+    plan = SynthPlan.from_config(config, 3)
+    indices = torch.arange(8)
+    whole = source.generate(indices, plan.targets(indices))
+    halves = [source.generate(indices[i : i + 4], plan.targets(indices[i : i + 4])) for i in (0, 4)]
+    assert torch.allclose(whole.images, torch.cat([h.images for h in halves]), atol=1e-4)
+    assert torch.equal(whole.targets, torch.cat([h.targets for h in halves]))
+    # Intermediates are ordered by step, then sample: compare sample-wise.
+    for half, offset in zip(halves, (0, 4), strict=True):
+        mask = (whole.extra.indices >= offset) & (whole.extra.indices < offset + 4)
+        assert torch.allclose(whole.extra.images[mask], half.extra.images, atol=1e-4)
+
+
+def test_shards_write_the_same_bytes(make_config, tmp_path, reference) -> None:
+    config = make_config(tmp_path / "sharded", **REFERENCE)
+    synthesize(config, shard=0, num_shards=2, progress=False)
+    assert not (tmp_path / "sharded" / "manifest.jsonl").exists(), "merged only once every batch is done"
+    with pytest.warns(UserWarning, match="no manifest.jsonl"):
+        partial = load_synthetic(tmp_path / "sharded")
+    assert len(partial) == 4 * 3  # batch 0: 4 finals + 8 intermediates
+    with pytest.raises(IncompleteDatasetError, match="2 of 3 batches"):
+        merge_manifest(tmp_path / "sharded")
+    synthesize(config, shard=1, num_shards=2, progress=False)
+    assert dataset_files(tmp_path / "sharded") == dataset_files(reference[1])
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    from diffdfkd.config import load_config
+    from diffdfkd.synth import writer
+    from diffdfkd.synth.run import synthesize
+
+    real, written = writer.png_bytes, []
+
+    def png_then_die(image):
+        written.append(1)
+        if len(written) == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)  # a real, uncatchable kill in the middle of a batch
+        return real(image)
+
+    writer.png_bytes = png_then_die
+    synthesize(load_config(sys.argv[1]), progress=False)
+    """
+)
+
+
+def test_resume_after_sigkill_is_byte_identical(make_config, tmp_path, reference) -> None:
+    out = tmp_path / "killed"
+    config = make_config(out, **REFERENCE)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(to_dict(config)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # 12 PNGs per batch (4 finals, 8 intermediates): die writing the 5th PNG of batch 1.
+    result = subprocess.run(
+        [sys.executable, "-c", KILLER, str(config_file), "17"], env=env, capture_output=True, timeout=300
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+    assert (out / "parts" / "000000.jsonl").is_file() and not (out / "parts" / "000001.jsonl").exists()
+    assert len(list((out / "images").rglob("*.png"))) == 12 + 4, "batch 1 was cut off midway"
+    synthesize(config, progress=False)  # the same command again
+    assert dataset_files(out) == dataset_files(reference[1])
+    assert not (out / "tmp").exists() or not any((out / "tmp").rglob("*")), "no temp files left"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The folder format.
+
+
+def test_dataset_reads_back_with_manifest_and_teacher_logits_on_saved_images(reference) -> None:
+    config, root = reference
+    data = load_synthetic(root)
+    assert len(data) == 12 * 3 and data.images.shape[1:] == (3, 32, 32)
+    assert data.class_names == ("zero", "one", "two")
+    finals = load_synthetic(root, kinds=("final",))
+    assert finals.indices.tolist() == list(range(12))
+    assert finals.labels.tolist() == [0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]
+    rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    row = rows[0]
+    assert row["file"] == "images/000_zero/0000000.png" and row["kind"] == "final"
+    assert row["seed"] == sample_seed(config.seed, 0) and "target" not in row
+    assert {r["kind"] for r in rows} == {"final", "intermediate"}
+    teacher = build_teacher(config)
+    with torch.no_grad():
+        logits = teacher(finals.images)
+    assert torch.allclose(logits, finals.teacher_logits, atol=1e-4), "logits of the image as saved"
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["images_per_class"] == {"zero": 4, "one": 4, "two": 4}
+    assert 0 <= summary["mean_teacher_prob_target"] <= 1
+    # ImageFolder-compatible: one folder per class, sorted in class order.
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["000_zero", "001_one", "002_two"]
+
+
+def test_another_config_is_refused_naming_the_keys(reference) -> None:
+    config, root = reference
+    changed = replace(config, **{"guidance.step_size": 2.0, "generator.num_steps": 4})
+    with pytest.raises(ConfigError, match=r"generator\.num_steps.*guidance\.step_size"):
+        synthesize(changed, progress=False)
+
+
+def test_overwrite_replaces_a_dataset_made_with_another_config(tmp_path) -> None:
+    writer = DatasetWriter(tmp_path, ["a", "b"])
+    writer.prepare(ExperimentConfig(), {"x": 1, "resolved.num_batches": 1})
+    writer.write_batch(0, [Record(writer.file_for(0, 0), np.zeros((4, 4, 3), np.uint8), {"index": 0})])
+    with pytest.raises(ConfigError, match=r"x \(1 -> 2\)"):
+        writer.prepare(ExperimentConfig(), {"x": 2, "resolved.num_batches": 1})
+    writer.prepare(ExperimentConfig(), {"x": 2, "resolved.num_batches": 1}, overwrite=True)
+    assert not writer.is_done(0) and not list((tmp_path / "images").rglob("*.png"))
+
+
+def test_class_names_are_sanitised(make_config, tmp_path) -> None:
+    assert sanitise_class_name("../../etc/passwd") == "etc_passwd"
+    assert sanitise_class_name("..") == "class"
+    assert sanitise_class_name("a\\b:c") == "a_b_c"
+    assert sanitise_class_name("tench, Tinca tinca") == "tench_Tinca_tinca"
+    names = ["a/b", "..", "x y"]
+    config = make_config(
+        tmp_path / "out", **{"teacher.class_names": names, "guidance.mode": "none"}
+    )
+    root = synthesize(config, progress=False)
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["000_a_b", "001_class", "002_x_y"]
+    assert all(p.resolve().is_relative_to(root.resolve()) for p in root.rglob("*"))
+    assert load_synthetic(root).class_names == tuple(names)
+
+
+def test_cross_class_rows_carry_soft_targets(make_config, tmp_path) -> None:
+    config = make_config(tmp_path, **{"cutmix.cross_class": True, "guidance.mode": "none"})
+    data = load_synthetic(synthesize(config, progress=False))
+    rows = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert any("target" in r for r in rows), "some samples were mixed across classes"
+    assert torch.allclose(data.targets.sum(dim=1), torch.ones(len(data)))
+    assert torch.equal(data.labels, data.targets.argmax(dim=1))
+    assert all(Image.open(tmp_path / r["file"]).size == (32, 32) for r in rows)
+
+
+def test_non_finite_guidance_saves_nothing(make_config, tmp_path, monkeypatch) -> None:
+    real = TeacherGuide.__call__
+
+    def nan_grad(self, x0_hat, z, targets):
+        out = real(self, x0_hat, z, targets)
+        out.grad.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(TeacherGuide, "__call__", nan_grad)
+    with pytest.raises(GuidanceError, match="step 0 of 3"):
+        synthesize(make_config(tmp_path), progress=False)
+    assert not list((tmp_path / "parts").iterdir()) and not list((tmp_path / "images").rglob("*.png"))
+
+
+def test_write_error_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+    writer = DatasetWriter(tmp_path, ["a"])
+    writer.prepare(ExperimentConfig(), {"resolved.num_batches": 1})
+    calls = []
+
+    def disk_full(image):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return b"png"
+
+    monkeypatch.setattr(writer_module, "png_bytes", disk_full)
+    records = [Record(writer.file_for(i, 0), np.zeros((4, 4, 3), np.uint8), {"index": i}) for i in range(3)]
+    with pytest.raises(SynthWriteError, match="No space left"):
+        writer.write_batch(0, records)
+    assert not writer.is_done(0)
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix not in (".json", ".yaml")]
+    assert [p.name for p in leftovers] == ["0000000.png"], "only whole files from before the error"
+    with pytest.raises(FileNotFoundError, match="not a synthetic dataset"):
+        load_synthetic(tmp_path)
+
+
+def test_sources_are_registered() -> None:
+    assert "diffdfkd" in SOURCES.names()
