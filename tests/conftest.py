@@ -5,7 +5,7 @@
   word-level tokenizer and an SD-like DDPM scheduler. Loads offline in about a second.
 - ``tiny_components`` (session): that folder loaded with ``load_components`` (CPU, fp32, DDPM).
 - ``make_teacher(class_names=..., arch="lenet5", seed=0)``: a random-weight ``Teacher`` (32 x 32 RGB
-  input, BatchNorm running statistics 0 / 1); ``tiny_teacher`` (session): one with ``TINY_CLASSES``.
+  input in [0, 1], BatchNorm running statistics 0 / 1); ``tiny_teacher`` (session): one with ``TINY_CLASSES``.
 - ``tiny_teacher_file`` (session): safetensors weights of ``tiny_teacher`` (arch "lenet5").
 - ``make_config(out_dir, **overrides)``: an ``ExperimentConfig`` for ``synthesize`` on the tiny parts
   (3 steps, batch 4, groups of 4, 2 images per class); overrides use dotted keys via ``replace``.
@@ -77,7 +77,11 @@ def build_tiny_pipeline(path: Path, seed: int = 0) -> Path:
         )
     )
     scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
         steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
@@ -95,14 +99,14 @@ def build_tiny_pipeline(path: Path, seed: int = 0) -> Path:
 
 
 def build_tiny_teacher(class_names: Sequence[str] = TINY_CLASSES, arch: str = "lenet5", seed: int = 0):
-    """A random-weight ``Teacher`` over ``class_names`` (32 x 32 RGB, mean/std 0.5)."""
+    """A random-weight ``Teacher`` over ``class_names`` (32 x 32 RGB in [0, 1], no normalisation)."""
     from diffdfkd.models import create_model
     from diffdfkd.models.teacher import Teacher
 
     torch.manual_seed(seed)
     model = create_model(arch, num_classes=len(class_names), in_channels=3)
     return Teacher(
-        model, input_size=32, in_channels=3, mean=(0.5,) * 3, std=(0.5,) * 3, class_names=tuple(class_names)
+        model, input_size=32, in_channels=3, mean=(0.0,) * 3, std=(1.0,) * 3, class_names=tuple(class_names)
     )
 
 

@@ -77,7 +77,11 @@ def test_cross_class_mixes_targets_by_box_area() -> None:
                 assert torch.equal(new_targets[i], targets[i])
             else:
                 y1, y2, x1, x2 = box
-                (j,) = [j for j in range(6) if j != i and torch.equal(z[j][:, y1:y2, x1:x2], mixed[i][:, y1:y2, x1:x2])]
+                (j,) = [
+                    j
+                    for j in range(6)
+                    if j != i and torch.equal(z[j][:, y1:y2, x1:x2], mixed[i][:, y1:y2, x1:x2])
+                ]
                 expected = (1 - area) * targets[i] + area * targets[j]
                 assert torch.allclose(new_targets[i], expected, atol=1e-6)
 

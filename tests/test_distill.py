@@ -124,7 +124,9 @@ def test_kd_loss_t_squared_keeps_the_scale_at_high_temperature():
         dt = [v - sum(t) / k for v in t]
         limit += sum((a - b) ** 2 for a, b in zip(ds, dt, strict=True)) / (2 * k)
     limit /= len(student)
-    got = kd_loss(torch.tensor(student, dtype=torch.float64), torch.tensor(teacher, dtype=torch.float64), 300.0)
+    got = kd_loss(
+        torch.tensor(student, dtype=torch.float64), torch.tensor(teacher, dtype=torch.float64), 300.0
+    )
     assert got.item() == pytest.approx(limit, rel=1e-2)
 
 
@@ -206,7 +208,7 @@ def test_fit_with_cross_entropy_learns_and_writes_logs(tmp_path):
     assert len(losses) == 6 and losses[-1] < 0.5 * losses[0]
     assert result.holdout_top1 == 1.0 and result.best_holdout == 1.0
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header == ["epoch", "loss", "lr", "images_per_s", "holdout_top1", "seconds"]
+    assert header == ["epoch", "loss", "lr", "holdout_top1", "images_per_s", "seconds"]
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 7
     assert any((tmp_path / "tb").iterdir())
     saved = load_file(str(tmp_path / "last.safetensors"))
@@ -294,7 +296,12 @@ def test_clear_errors_for_inputs_the_models_cannot_take(tmp_path):
     with pytest.raises(FitError, match="smaller than one batch"):
         fit(tiny(0), colour_data(8), recipe=recipe(), out_dir=tmp_path)
     with pytest.raises(FitError, match=r"\[0, 1\]"):
-        fit(tiny(0), TensorData(colour_data().images * 255, colour_data().labels), recipe=recipe(), out_dir=tmp_path)
+        fit(
+            tiny(0),
+            TensorData(colour_data().images * 255, colour_data().labels),
+            recipe=recipe(),
+            out_dir=tmp_path,
+        )
     assert not (tmp_path / "state.pt").exists()
 
 

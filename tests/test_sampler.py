@@ -77,7 +77,9 @@ def test_components_shapes(tiny_components) -> None:
 
 
 @pytest.mark.parametrize("name", list(SCHEDULER_CLASSES))
-def test_every_scheduler_samples_with_guidance_and_cutmix(tiny_components, tiny_pipeline_dir, tiny_teacher, name):
+def test_every_scheduler_samples_with_guidance_and_cutmix(
+    tiny_components, tiny_pipeline_dir, tiny_teacher, name
+):
     scheduler, _ = build_scheduler(tiny_pipeline_dir, name)
     components = dataclasses.replace(tiny_components, scheduler=scheduler)
     out = run(components, tiny_teacher, mode="full", augmentations=[LatentCutMix()])
@@ -128,7 +130,9 @@ def test_v_prediction_output_is_converted_to_epsilon(tiny_components) -> None:
         ("full", {"every": 2}, 2, 4),  # guided at steps 0, 2
     ],
 )
-def test_unet_passes_per_step(tiny_components, tiny_teacher, monkeypatch, mode, extra, grad_calls, plain_calls):
+def test_unet_passes_per_step(
+    tiny_components, tiny_teacher, monkeypatch, mode, extra, grad_calls, plain_calls
+):
     calls = []
     real = sampler_module.cfg_eps
 
@@ -166,7 +170,9 @@ def test_v_prediction_folder_is_read(tiny_pipeline_dir, tmp_path) -> None:
     assert prediction_type == "v_prediction" and scheduler.config.prediction_type == "epsilon"
 
 
-def test_gradient_checkpointing_gives_the_same_images(tiny_pipeline_dir, tiny_components, tiny_teacher) -> None:
+def test_gradient_checkpointing_gives_the_same_images(
+    tiny_pipeline_dir, tiny_components, tiny_teacher
+) -> None:
     checkpointed = load_components(tiny_pipeline_dir, gradient_checkpointing=True)
     plain = run(tiny_components, tiny_teacher, mode="full", steps=2)
     recomputed = run(checkpointed, tiny_teacher, mode="full", steps=2)

@@ -212,9 +212,7 @@ def test_class_names_are_sanitised(make_config, tmp_path) -> None:
     assert sanitise_class_name("a\\b:c") == "a_b_c"
     assert sanitise_class_name("tench, Tinca tinca") == "tench_Tinca_tinca"
     names = ["a/b", "..", "x y"]
-    config = make_config(
-        tmp_path / "out", **{"teacher.class_names": names, "guidance.mode": "none"}
-    )
+    config = make_config(tmp_path / "out", **{"teacher.class_names": names, "guidance.mode": "none"})
     root = synthesize(config, progress=False)
     assert sorted(p.name for p in (root / "images").iterdir()) == ["000_a_b", "001_class", "002_x_y"]
     assert all(p.resolve().is_relative_to(root.resolve()) for p in root.rglob("*"))
@@ -269,3 +267,15 @@ def test_write_error_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
 
 def test_sources_are_registered() -> None:
     assert "diffdfkd" in SOURCES.names()
+
+
+def test_image_folder_reader_takes_the_dataset_or_its_images(reference) -> None:
+    from diffdfkd.synth.dataset import load_image_folder
+
+    _, root = reference
+    images, labels, names = load_image_folder(root)
+    assert names == ("zero", "one", "two") and images.shape == (36, 3, 32, 32)
+    again, labels_again, _ = load_image_folder(root / "images")
+    assert torch.equal(images, again) and torch.equal(labels, labels_again)
+    data = load_synthetic(root)
+    assert sorted(labels.tolist()) == sorted(data.labels.tolist())

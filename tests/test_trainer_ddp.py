@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -51,7 +52,7 @@ SCRIPT = textwrap.dedent(
     images[torch.arange(64), labels] += 0.6
     data = TensorData(images.clamp(0, 1), labels)
     report = {}
-    for ema_decay in (0.5, 0.0):  # each fit joins and leaves the process group itself
+    for ema_decay in (0.5, 0.0):  # the first fit joins the process group, the second reuses it
         recipe = DistillConfig(epochs=2, batch_size=16, lr=0.1, crop_padding=1, ema_decay=ema_decay, amp=False)
         model = tiny(100 + rank)  # different on each rank: DDP must start everyone from rank 0's weights
         result = fit(model, data.subset(torch.arange(48)), holdout=data.subset(torch.arange(48, 64)),
@@ -77,10 +78,22 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     script.write_text(SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    done = subprocess.run(
-        [*command, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=180
+    # A session of its own, so that a hang can be ended with all the processes it started.
+    launcher = subprocess.Popen(
+        [*command, str(script), str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    try:
+        _, stderr = launcher.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.communicate()
+        raise
+    assert launcher.returncode == 0, stderr[-3000:]
 
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())

@@ -78,7 +78,9 @@ class LatentCutMix:
         if self.cross_class:
             pools = [members]
         else:
-            pools = [[i for i in members if classes[i] == c] for c in dict.fromkeys(classes[i] for i in members)]
+            pools = [
+                [i for i in members if classes[i] == c] for c in dict.fromkeys(classes[i] for i in members)
+            ]
         partner: dict[int, int] = {}
         for pool in pools:
             if len(pool) < 2:

@@ -8,4 +8,11 @@ from diffdfkd.diffusion.components import (
 )
 from diffdfkd.diffusion.sampler import SampleOutput, sample
 
-__all__ = ["DiffusionComponents", "SampleOutput", "decode_latents", "encode_prompts", "load_components", "sample"]
+__all__ = [
+    "DiffusionComponents",
+    "SampleOutput",
+    "decode_latents",
+    "encode_prompts",
+    "load_components",
+    "sample",
+]

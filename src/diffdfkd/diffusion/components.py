@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from diffdfkd.errors import UserError
+
 SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "ddpm": ("DDPMScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
@@ -34,7 +36,7 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-class ComponentsError(ValueError):
+class ComponentsError(UserError, ValueError):
     """A pipeline folder, scheduler name, device or dtype that cannot be used, with the reason."""
 
 
@@ -86,7 +88,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as error:
-        raise ComponentsError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:<n>: {error}") from None
+        raise ComponentsError(
+            f"unknown device {device!r}; use auto, cpu, cuda or cuda:<n>: {error}"
+        ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ComponentsError(f"device {device!r} was asked for but CUDA is not available; use cpu or auto")
     return resolved
@@ -126,7 +130,9 @@ def _part_class(index: dict[str, Any], part: str, path: Path) -> type:
     try:
         return getattr(importlib.import_module(library), class_name)
     except (ImportError, AttributeError) as error:
-        raise ComponentsError(f"cannot import {library}.{class_name} for the part {part!r}: {error}") from None
+        raise ComponentsError(
+            f"cannot import {library}.{class_name} for the part {part!r}: {error}"
+        ) from None
 
 
 def load_components(
@@ -180,7 +186,9 @@ def load_components(
         models["unet"].enable_gradient_checkpointing()
         models["vae"].enable_gradient_checkpointing()
     try:
-        tokenizer = _part_class(index, "tokenizer", path).from_pretrained(path / "tokenizer", local_files_only=True)
+        tokenizer = _part_class(index, "tokenizer", path).from_pretrained(
+            path / "tokenizer", local_files_only=True
+        )
     except (OSError, ValueError) as error:
         raise ComponentsError(f"cannot load the tokenizer from {path / 'tokenizer'}: {error}") from None
     return DiffusionComponents(

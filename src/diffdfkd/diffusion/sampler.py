@@ -29,7 +29,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffdfkd.config import GuidanceConfig
 from diffdfkd.diffusion.components import DiffusionComponents, decode_latents
-from diffdfkd.guidance.guide import Guide, GuidanceError
+from diffdfkd.guidance.guide import GuidanceError, Guide
 
 
 class Augmentation(Protocol):
@@ -161,37 +161,40 @@ def sample(
     z = z * scheduler.init_noise_sigma
     targets = targets.to(device=device, dtype=torch.float32)
     cond, uncond = cond.to(device), uncond.to(device).expand_as(cond)
-    output = SampleOutput(images=torch.empty(0), targets=targets, latents=z)
     steps = len(scheduler.timesteps)
+    logs: list[dict[str, float]] = []
+    intermediates: list[Intermediate] = []
 
-    def guided_pass(z_t: torch.Tensor, t: torch.Tensor, abar: float, with_unet_grad: bool, step: int):
-        """``(eps, grad_{z_t} L)`` with ``eps`` computed with or without the UNet in the graph."""
+    def guided_pass(
+        z_t: torch.Tensor, t: torch.Tensor, abar: float, y: torch.Tensor, step: int, unet_grad: bool
+    ):
+        """``(eps, grad_{z_t} L)``; ``unet_grad``: whether ``eps`` is in the graph (else only ``x0_hat`` is)."""
         z_t = z_t.detach().requires_grad_(True)
         z_in = scheduler.scale_model_input(z_t, t)
-        with torch.set_grad_enabled(with_unet_grad):
+        with torch.set_grad_enabled(unet_grad):
             eps = cfg_eps(components, z_in, t, cond, uncond, cfg_scale, abar)
-        result = guide(predict_x0(z_in, eps, abar), z_t, targets)
+        result = guide(predict_x0(z_in, eps, abar), z_t, y)
         if not math.isfinite(result.losses["total"]) or not torch.isfinite(result.grad).all():
             raise GuidanceError(
                 f"non-finite guidance loss or gradient at step {step} of {steps} (timestep {float(t):g}): "
                 f"losses {result.losses}; the batch is not saved"
             )
-        output.logs.append({"step": step, "t": float(t), **result.losses})
+        logs.append({"step": step, "t": float(t), **result.losses})
         return eps.detach(), result.grad
 
     for i, t in enumerate(scheduler.timesteps):
         abar = alpha_bar(scheduler, i, t)
         active = guide is not None and guidance_active(guidance, i, steps)
-        if active and guidance.mode in ("full", "detach_unet"):
-            _, grad = guided_pass(z, t, abar, guidance.mode == "full", i)
+        if active and guidance.mode in ("full", "detach_unet"):  # (1) the guidance update of z_t
+            _, grad = guided_pass(z, t, abar, targets, i, unet_grad=guidance.mode == "full")
             z = z - guidance.step_size * grad
         mixed = False
-        for aug in augmentations:
+        for aug in augmentations:  # (2) Latent CutMix, after the update, before the re-denoise
             if aug.applies(i, steps):
                 z, targets = aug(z, targets, group_generators)
                 mixed = True
-        if active and guidance.mode == "one_pass":
-            eps, grad = guided_pass(z, t, abar, True, i)
+        if active and guidance.mode == "one_pass":  # (3) eps at the current z_t, then the scheduler step
+            eps, grad = guided_pass(z, t, abar, targets, i, unet_grad=True)
             eps = eps + math.sqrt(1.0 - abar) * guidance.step_size * grad
         else:
             with torch.no_grad():
@@ -199,10 +202,9 @@ def sample(
         if keep_intermediates and mixed:
             with torch.no_grad():
                 x0 = predict_x0(scheduler.scale_model_input(z, t), eps, abar)
-                output.intermediates.append(Intermediate(i, decode_latents(components, x0), targets.clone()))
+                intermediates.append(Intermediate(i, decode_latents(components, x0), targets.clone()))
         z = scheduler.step(eps, t, z, generator=list(generators)).prev_sample.detach()
 
     with torch.no_grad():
-        output.images = decode_latents(components, z).clamp(0, 1)
-    output.latents, output.targets = z, targets
-    return output
+        images = decode_latents(components, z).clamp(0, 1)
+    return SampleOutput(images, targets, z, intermediates, logs)

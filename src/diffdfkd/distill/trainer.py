@@ -23,6 +23,7 @@ images of every global batch; only rank 0 writes files, and all ranks return the
 
 from __future__ import annotations
 
+import atexit
 import copy
 import csv
 import math
@@ -194,7 +195,7 @@ def _optimizer(model: nn.Module, recipe: DistillConfig) -> torch.optim.Optimizer
 
 def _seed(seed: int, epoch: int, stream: int) -> int:
     """A well-mixed 63-bit seed for one random stream of one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 def _state_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -215,7 +216,6 @@ def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
 class _Dist:
     rank: int = 0
     world: int = 1
-    created: bool = False  # this call initialised the process group and must destroy it
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -227,7 +227,10 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _join_process_group(device: torch.device) -> _Dist:
-    """Join the torchrun process group when ``WORLD_SIZE > 1`` (nccl on CUDA, gloo on CPU)."""
+    """Join the torchrun process group when ``WORLD_SIZE > 1`` (nccl on CUDA, gloo on CPU).
+
+    A group this creates stays up for later calls in the process (re-creating one under torchrun
+    hangs) and is destroyed at exit."""
     if dist.is_available() and dist.is_initialized():
         return _Dist(dist.get_rank(), dist.get_world_size())
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -235,7 +238,8 @@ def _join_process_group(device: torch.device) -> _Dist:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), created=True)
+    atexit.register(dist.destroy_process_group)
+    return _Dist(dist.get_rank(), dist.get_world_size())
 
 
 def _broadcast(tensors: Iterable[torch.Tensor]) -> None:
@@ -315,13 +319,11 @@ def fit(
     """
     device = _resolve_device(device)
     group = _join_process_group(device)
-    try:
-        loop = _build_loop(model, train, recipe, teacher, normalize, seed, device, group)
-        _check_inputs(loop.net, teacher, train, holdout, "student" if teacher is not None else "model")
-        return _run_epochs(loop, Path(out_dir), teacher, holdout, resume, stop_after, progress)
-    finally:
-        if group.created:
-            dist.destroy_process_group()
+    if holdout is not None and len(holdout) == 0:
+        holdout = None
+    loop = _build_loop(model, train, recipe, teacher, normalize, seed, device, group)
+    _check_inputs(loop.net, teacher, train, holdout, "student" if teacher is not None else "model")
+    return _run_epochs(loop, Path(out_dir), teacher, holdout, resume, stop_after, progress)
 
 
 @dataclass
@@ -426,8 +428,14 @@ def _check_inputs(
         raise FitError(f"{role} {name} must return logits [B, K], got shape {tuple(out.shape)}")
     num_classes = out.shape[1]
     if teacher is not None:
-        with torch.no_grad():
-            teacher_classes = teacher(sample).shape[1]
+        try:
+            with torch.no_grad():
+                teacher_classes = teacher(sample).shape[1]
+        except RuntimeError as error:
+            raise FitError(
+                f"the teacher cannot take images of shape {tuple(train.images.shape[1:])}: "
+                f"{str(error).splitlines()[0]}"
+            ) from None
         if teacher_classes != num_classes:
             raise FitError(f"the teacher has {teacher_classes} classes but {role} {name} has {num_classes}")
     for part, data in (("train", train), ("holdout", holdout)):
@@ -491,10 +499,12 @@ def _run_epochs(
     try:
         for epoch in range(start_epoch, end_epoch):
             started = time.perf_counter()
-            row: dict[str, float] = {"epoch": epoch + 1} | _train_epoch(loop, epoch, bar)
+            train_stats = _train_epoch(loop, epoch, bar)
+            images_per_s = train_stats.pop("images_per_s")
+            row: dict[str, float] = {"epoch": epoch + 1} | train_stats  # the named losses, lr
             if group.world > 1:
                 # BatchNorm statistics drift apart on each rank's shard: keep rank 0's.
-                pass
+                _broadcast(loop.model.buffers())
                 if loop.ema is not None:
                     _broadcast(loop.ema.module.buffers())
             if holdout is not None:
@@ -502,7 +512,7 @@ def _run_epochs(
                 row["holdout_top1"] = float((preds == holdout.labels.cpu()).float().mean())
                 if teacher_preds is not None:
                     row["holdout_agreement"] = float((preds == teacher_preds).float().mean())
-            row["seconds"] = time.perf_counter() - started
+            row |= {"images_per_s": images_per_s, "seconds": time.perf_counter() - started}
             result.history.append(row)
             metric = row.get("holdout_agreement", row.get("holdout_top1"))
             improved = metric is not None and (result.best_holdout is None or metric > result.best_holdout)

@@ -73,7 +73,7 @@ class TeacherGuide:
         """``L`` (a scalar attached to ``x0_hat``'s graph) and its named parts."""
         images = self.decode(x0_hat)
         model = getattr(self.teacher, "model", self.teacher)
-        with (BNStatsLoss(model, self.group_size) if self.bn_weight > 0 else _NoBN()) as bn:
+        with BNStatsLoss(model, self.group_size) if self.bn_weight > 0 else _NoBN() as bn:
             logits = self.teacher(images).float()
             bn_loss = bn.loss()
         ce = cross_entropy_sum(logits, targets)

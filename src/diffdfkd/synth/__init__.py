@@ -2,7 +2,7 @@
 
 from diffdfkd.synth.dataset import SyntheticData, load_synthetic
 from diffdfkd.synth.run import SynthPlan, synthesize
-from diffdfkd.synth.source import SOURCES, SynthBatch, SynthExtra, SyntheticSource
+from diffdfkd.synth.source import SOURCES, SynthBatch, SyntheticSource, SynthExtra
 from diffdfkd.synth.writer import DatasetWriter, IncompleteDatasetError, SynthWriteError, merge_manifest
 
 __all__ = [

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffdfkd.synth.writer import DatasetFolderError
+
 KINDS = ("final", "intermediate")
 
 
@@ -46,7 +48,7 @@ def read_rows(root: str | Path) -> list[dict[str, Any]]:
     else:
         files = sorted((root / "parts").glob("*.jsonl")) if (root / "parts").is_dir() else []
         if not files:
-            raise FileNotFoundError(
+            raise DatasetFolderError(
                 f"{root} holds no manifest.jsonl and no parts/*.jsonl: not a synthetic dataset folder "
                 f"(make one with `diffdfkd synthesize`)"
             )
@@ -68,7 +70,7 @@ def load_synthetic(root: str | Path, *, kinds: tuple[str, ...] = KINDS) -> Synth
         raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {KINDS}")
     classes_file = root / "classes.json"
     if not classes_file.is_file():
-        raise FileNotFoundError(f"{root} has no classes.json: not a synthetic dataset folder")
+        raise DatasetFolderError(f"{root} has no classes.json: not a synthetic dataset folder")
     class_names = tuple(json.loads(classes_file.read_text()))
     rows = [r for r in read_rows(root) if r["kind"] in kinds]
     if not rows:
@@ -78,7 +80,10 @@ def load_synthetic(root: str | Path, *, kinds: tuple[str, ...] = KINDS) -> Synth
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255.0)
     one_hot = torch.eye(num_classes)
     targets = torch.stack(
-        [torch.tensor(r["target"], dtype=torch.float32) if "target" in r else one_hot[r["class"]] for r in rows]
+        [
+            torch.tensor(r["target"], dtype=torch.float32) if "target" in r else one_hot[r["class"]]
+            for r in rows
+        ]
     )
     return SyntheticData(
         images=images,
@@ -89,3 +94,49 @@ def load_synthetic(root: str | Path, *, kinds: tuple[str, ...] = KINDS) -> Synth
         indices=torch.tensor([r["index"] for r in rows], dtype=torch.long),
         kinds=tuple(r["kind"] for r in rows),
     )
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def load_image_folder(root: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """An ImageFolder-layout folder (one sub-folder per class, sorted) -> ``(images [N, 3, H, W] in
+    [0, 1], labels [N], class names)``; all images must have one size.
+
+    ``root`` may also be a synthetic dataset folder (its ``images/`` is read, intermediates included,
+    and the names come from its ``classes.json`` rather than the sanitised folder names).
+    """
+    from PIL import Image
+
+    root = Path(root)
+    names_file = root / "classes.json"
+    if (root / "images").is_dir() and names_file.is_file():
+        root = root / "images"
+    elif (root.parent / "classes.json").is_file():
+        names_file = root.parent / "classes.json"
+    if not root.is_dir():
+        raise DatasetFolderError(f"image folder {root} does not exist")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not class_dirs:
+        raise DatasetFolderError(
+            f"{root} has no class sub-folders (ImageFolder layout: <root>/<class>/<image>)"
+        )
+    names = tuple(p.name for p in class_dirs)
+    if names_file.is_file():
+        listed = tuple(json.loads(names_file.read_text()))
+        if len(listed) == len(names):
+            names = listed
+    files = [
+        (f, k)
+        for k, d in enumerate(class_dirs)
+        for f in sorted(d.iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise DatasetFolderError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f, _ in files]
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise ValueError(f"{root} holds images of several sizes {sorted(sizes)[:4]}; resize them to one size")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)
+    return images, torch.tensor([k for _, k in files], dtype=torch.long), names

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from diffdfkd.config import ConfigError, ExperimentConfig, replace
+from diffdfkd.errors import UserError
 from diffdfkd.synth.dataset import read_rows
 from diffdfkd.synth.source import SOURCES, SynthBatch, sample_seed
 from diffdfkd.synth.writer import (
@@ -102,7 +103,7 @@ def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
 
     path = get_world(config.world).generator
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"world {config.world!r} has no shipped generator at {path} yet; train it, or set generator.path"
         )
     return replace(config, **{"generator.path": str(path)})
@@ -259,10 +260,17 @@ def synthesize(
 
 
 def batch_records(
-    writer: DatasetWriter, teacher: torch.nn.Module, batch: SynthBatch, indices: torch.Tensor, seed: int, save_size: int
+    writer: DatasetWriter,
+    teacher: torch.nn.Module,
+    batch: SynthBatch,
+    indices: torch.Tensor,
+    seed: int,
+    save_size: int,
 ) -> list[Record]:
     """Records of a batch's final images, then of its extra (intermediate) images."""
-    records = make_records(writer, teacher, batch.images, batch.targets, indices, seed=seed, save_size=save_size)
+    records = make_records(
+        writer, teacher, batch.images, batch.targets, indices, seed=seed, save_size=save_size
+    )
     if batch.extra is not None:
         e = batch.extra
         records += make_records(

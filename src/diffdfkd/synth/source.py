@@ -11,15 +11,19 @@ are one-hot or soft class targets. Sources are registered by name in ``SOURCES``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
 from diffdfkd.config import ConfigError, ExperimentConfig
 from diffdfkd.registry import Registry
+
+if TYPE_CHECKING:
+    from diffdfkd.diffusion.components import DiffusionComponents
 
 SAMPLE_STREAM, GROUP_STREAM = 0, 1
 
@@ -90,7 +94,9 @@ def check_groups(indices: torch.Tensor, group_size: int) -> torch.Tensor:
     blocks = indices.view(-1, group_size)
     expected = blocks[:, :1] + torch.arange(group_size)
     if not torch.equal(blocks, expected) or bool((blocks[:, 0] % group_size).any()):
-        raise ValueError(f"indices must form whole groups of {group_size} consecutive indices starting at multiples of it")
+        raise ValueError(
+            f"indices must form whole groups of {group_size} consecutive indices starting at multiples of it"
+        )
     return blocks[:, 0] // group_size
 
 
@@ -101,7 +107,15 @@ class DiffusionSource:
     sample's conditioning does not depend on its batch.
     """
 
-    def __init__(self, config: ExperimentConfig, teacher: torch.nn.Module, components=None, student=None) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        teacher: torch.nn.Module,
+        components: DiffusionComponents | None = None,
+        student: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """``teacher``: a ``Teacher`` (images in [0, 1] -> logits, ``class_names``); ``components``:
+        already loaded parts (else loaded from ``config.generator``); ``student``: for ``L_adv``."""
         from diffdfkd.augment.cutmix import LatentCutMix
         from diffdfkd.diffusion.components import decode_latents, encode_prompts, load_components
         from diffdfkd.guidance.guide import TeacherGuide
@@ -109,7 +123,9 @@ class DiffusionSource:
         gen = config.generator
         if components is None:
             if not gen.path:
-                raise ConfigError("generator.path is empty: resolve the world's generator before building the source")
+                raise ConfigError(
+                    "generator.path is empty: resolve the world's generator before building the source"
+                )
             components = load_components(
                 gen.path,
                 device=gen.device,
@@ -127,7 +143,10 @@ class DiffusionSource:
                 f"generator.resolution={resolution} is not a multiple of the VAE factor {components.vae_scale_factor}"
             )
         self.latent_size = resolution // components.vae_scale_factor
-        prompts = [gen.prompt_template.format(label=n) if gen.prompt_template else gen.prompt for n in self.class_names]
+        prompts = [
+            gen.prompt_template.format(label=n) if gen.prompt_template else gen.prompt
+            for n in self.class_names
+        ]
         self.class_embeds = encode_prompts(components, prompts)  # [K, L, D]
         self.negative_embeds = encode_prompts(components, [gen.negative_prompt])  # [1, L, D]
         self.group_size = config.synth.group_size
@@ -144,7 +163,9 @@ class DiffusionSource:
                 student=student,
             )
         cutmix = config.cutmix
-        self.augmentations = [LatentCutMix(cutmix.at, cross_class=cutmix.cross_class)] if cutmix.enabled else []
+        self.augmentations = (
+            [LatentCutMix(cutmix.at, cross_class=cutmix.cross_class)] if cutmix.enabled else []
+        )
 
     def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch:
         """Sample images for ``indices [B]`` (whole mixing groups) with ``targets [B, K]``."""

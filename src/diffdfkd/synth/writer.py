@@ -29,19 +29,33 @@ from typing import Any
 import numpy as np
 
 from diffdfkd.config import ConfigError, to_dict, write_run_info
+from diffdfkd.errors import UserError
 
 SIGNATURE_FILE = "signature.json"
 # Config keys that do not change the images (where and on which device they are made).
 UNSIGNED_KEYS = ("out_dir", "synth.out_dir", "generator.device", "distill")
-OWN_NAMES = ("images", "parts", "tmp", "manifest.jsonl", "summary.json", SIGNATURE_FILE, "classes.json",
-             "config.yaml", "run_info.json")
+OWN_NAMES = (
+    "images",
+    "parts",
+    "tmp",
+    "manifest.jsonl",
+    "summary.json",
+    SIGNATURE_FILE,
+    "classes.json",
+    "config.yaml",
+    "run_info.json",
+)
 
 
-class SynthWriteError(OSError):
+class SynthWriteError(UserError, OSError):
     """Writing the dataset failed (disk full, permissions...); no partial file was left behind."""
 
 
-class IncompleteDatasetError(RuntimeError):
+class DatasetFolderError(UserError, FileNotFoundError):
+    """A folder that is not (or not yet) a synthetic dataset, with what is missing."""
+
+
+class IncompleteDatasetError(UserError, RuntimeError):
     """The dataset folder does not hold every batch yet."""
 
 
@@ -149,7 +163,9 @@ class DatasetWriter:
                     )
                 self._clear()
         else:
-            foreign = sorted(p.name for p in self.root.iterdir() if p.name not in OWN_NAMES and p.name[0] != ".")
+            foreign = sorted(
+                p.name for p in self.root.iterdir() if p.name not in OWN_NAMES and p.name[0] != "."
+            )
             if foreign and not overwrite:
                 raise ConfigError(
                     f"{self.root} is not empty ({', '.join(foreign[:3])}...) and is not a synthetic dataset "
@@ -157,7 +173,9 @@ class DatasetWriter:
                 )
         body = {"digest": _digest(signature), "config": signature}
         atomic_write(sig_file, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
-        atomic_write(self.root / "classes.json", (json.dumps(list(self.class_names), indent=1) + "\n").encode())
+        atomic_write(
+            self.root / "classes.json", (json.dumps(list(self.class_names), indent=1) + "\n").encode()
+        )
         for sub in ("images", "parts"):
             (self.root / sub).mkdir(exist_ok=True)
         write_run_info(self.root, config)
@@ -195,14 +213,19 @@ class DatasetWriter:
 
 def _describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
-    return ", ".join(f"{k} ({old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r})" for k in keys) or "(unknown)"
+    return (
+        ", ".join(f"{k} ({old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r})" for k in keys)
+        or "(unknown)"
+    )
 
 
 def num_batches(root: str | Path) -> int:
     """The number of batches of the dataset in ``root``, from its signature."""
     sig_file = Path(root) / SIGNATURE_FILE
     if not sig_file.is_file():
-        raise FileNotFoundError(f"{root} has no {SIGNATURE_FILE}: not a dataset made by `diffdfkd synthesize`")
+        raise DatasetFolderError(
+            f"{root} has no {SIGNATURE_FILE}: not a dataset made by `diffdfkd synthesize`"
+        )
     return int(json.loads(sig_file.read_text())["config"]["resolved.num_batches"])
 
 
