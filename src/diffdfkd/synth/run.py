@@ -213,7 +213,8 @@ def synthesize(
     Skips batches already done (resume); with ``num_shards`` (or torchrun's RANK/WORLD_SIZE) this
     process takes a contiguous range of batches. The process that finds every batch done merges
     ``manifest.jsonl`` and writes ``summary.json`` (logged too). ``overwrite``: replace a dataset made
-    with another config instead of refusing.
+    with another config instead of refusing (a folder made with the same config is resumed, never
+    wiped, so shards may all pass it; delete the folder to redo a run from scratch).
     """
     from tqdm.auto import tqdm
 

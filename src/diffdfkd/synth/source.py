@@ -144,7 +144,7 @@ class DiffusionSource:
             )
         self.latent_size = resolution // components.vae_scale_factor
         prompts = [
-            gen.prompt_template.format(label=n) if gen.prompt_template else gen.prompt
+            gen.prompt_template.format(label=n.replace("_", " ")) if gen.prompt_template else gen.prompt
             for n in self.class_names
         ]
         self.class_embeds = encode_prompts(components, prompts)  # [K, L, D]

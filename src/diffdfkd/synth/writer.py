@@ -33,7 +33,13 @@ from diffdfkd.errors import UserError
 
 SIGNATURE_FILE = "signature.json"
 # Config keys that do not change the images (where and on which device they are made).
-UNSIGNED_KEYS = ("out_dir", "synth.out_dir", "generator.device", "distill")
+UNSIGNED_KEYS = (
+    "out_dir",
+    "synth.out_dir",
+    "generator.device",
+    "generator.gradient_checkpointing",
+    "distill",
+)
 OWN_NAMES = (
     "images",
     "parts",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from diffdfkd.registry import Registry
+from diffdfkd.registry import Registry, UnknownNameError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -44,7 +44,7 @@ class World:
             return self.load_public(name)
         if part == "private" and name in self.private_splits:
             return self.load_private(name)
-        raise ValueError(
+        raise UnknownNameError(
             f"unknown split {split!r} of world {self.name!r}; choose from {', '.join(self.splits())}"
         )
 

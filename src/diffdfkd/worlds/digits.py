@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffdfkd.registry import UnknownNameError
+
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 IMAGE_SIZE = 32
 SPLIT_SEED = 0
@@ -64,7 +66,7 @@ def _private_all() -> tuple[torch.Tensor, torch.Tensor]:
 def load_public(split: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
     """PUBLIC MNIST images and labels. ``split``: 'train' (4,000), 'test' (1,000) or 'all' (5,000)."""
     if split not in PUBLIC_SPLITS:
-        raise ValueError(f"unknown public split {split!r}; choose from {PUBLIC_SPLITS}")
+        raise UnknownNameError(f"unknown public split {split!r}; choose from {PUBLIC_SPLITS}")
     images, labels = _public_all()
     if split == "all":
         return images, labels
@@ -79,7 +81,7 @@ def load_private(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     Only teacher training and final evaluation may read these: synthesis and distillation never do.
     """
     if split not in PRIVATE_SPLITS:
-        raise ValueError(f"unknown private split {split!r}; choose from {PRIVATE_SPLITS}")
+        raise UnknownNameError(f"unknown private split {split!r}; choose from {PRIVATE_SPLITS}")
     images, labels = _private_all()
     train, test = _stratified_split(labels.numpy(), PRIVATE_TEST_SIZE, SPLIT_SEED)
     index = torch.from_numpy(train if split == "train" else test)
