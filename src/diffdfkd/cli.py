@@ -109,6 +109,63 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
+# --- synthesis, distillation, the whole job ------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace):
+    from diffdfkd.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_synthesize(args: argparse.Namespace) -> None:
+    from diffdfkd.synth.run import synthesize
+
+    out = synthesize(_config(args), shard=args.shard, num_shards=args.num_shards, overwrite=args.overwrite)
+    summary = out / "summary.json"
+    print(summary.read_text() if summary.is_file() else f"shard written to {out}; other shards still missing")
+    print(f"dataset: {out}")
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from diffdfkd.pipeline import claim_output, distill, output_dir
+    from diffdfkd.synth.dataset import load_synthetic
+
+    config = _config(args)
+    data = load_synthetic(args.data or output_dir(config))
+    claim_output(config, overwrite=args.overwrite)
+    result = distill(config, data)
+    print(f"student weights: {result.weights}")
+    print(f"last-epoch agreement with the teacher on held-out synthetic images: {result.fit.holdout_agreement}")
+
+
+def _print_run(summary: dict, out: str) -> None:
+    print(f"teacher top-1 on the private test split: {summary['teacher_top1']:.4f}")
+    print(f"student top-1 on the private test split: {summary['student_top1']:.4f} (final epoch)")
+    print(f"seconds: {summary['seconds']}")
+    print(f"report: {Path(out) / 'report.html'} (and report.md)")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from diffdfkd.pipeline import run_experiment
+
+    config = _config(args)
+    _print_run(run_experiment(config, overwrite=args.overwrite), config.out_dir)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from diffdfkd.pipeline import demo_config, run_experiment
+
+    config = demo_config(out_dir=args.out, quick=args.quick)
+    _print_run(run_experiment(config, overwrite=args.overwrite), config.out_dir)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML experiment config (e.g. configs/digits.yaml)")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs made with another config")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+
 # --- parser ------------------------------------------------------------------------------------------
 
 
@@ -155,6 +212,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="", help="weights file; empty: the world's shipped teacher")
     p.add_argument("--json", default="", help="also write the report as JSON here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = _add(sub, "synthesize", "teacher-guided synthesis of a dataset (resumable; rerun to continue)")
+    _add_config_args(p)
+    p.add_argument("--shard", type=int, default=None, help="this process's shard (default: RANK under torchrun)")
+    p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: WORLD_SIZE)")
+    p.set_defaults(func=cmd_synthesize)
+
+    p = _add(sub, "distill", "distil a student from the teacher on a synthetic dataset")
+    _add_config_args(p)
+    p.add_argument("--data", default="", help="synthetic dataset folder; empty: the config's synth output")
+    p.set_defaults(func=cmd_distill)
+
+    p = _add(sub, "run", "synthesize -> distill -> evaluate -> report, in one resumable command")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = _add(sub, "demo", "the whole method in the shipped digits world, written to runs/demo/")
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run in a minute or two")
+    p.add_argument("--overwrite", action="store_true", help="replace a run made with another config")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

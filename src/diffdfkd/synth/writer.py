@@ -15,6 +15,7 @@ unfinished batches and ends byte-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -256,4 +257,8 @@ def merge_manifest(root: str | Path) -> Path:
         )
     parts = [root / "parts" / f"{b:06d}.jsonl" for b in range(num_batches(root))]
     atomic_write(root / "manifest.jsonl", b"".join(p.read_bytes() for p in parts))
+    tmp = root / "tmp"
+    if tmp.is_dir() and not any(tmp.iterdir()):  # every batch removed its own temp folder
+        with contextlib.suppress(FileNotFoundError):  # another shard merging at the same moment
+            tmp.rmdir()
     return root / "manifest.jsonl"

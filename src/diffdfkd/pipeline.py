@@ -1,0 +1,166 @@
+"""The end-to-end job: synthesize -> distill -> evaluate -> report, resumable at every stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, to_dict, write_run_info
+from diffdfkd.distill.trainer import FitResult, TensorData, fit, split_holdout
+from diffdfkd.evaluate import evaluate
+from diffdfkd.models import create_model
+from diffdfkd.synth.dataset import SyntheticData, load_synthetic
+from diffdfkd.synth.run import build_teacher, output_dir, synthesize
+from diffdfkd.train import export_weights
+
+
+@dataclass
+class DistillOutput:
+    student: torch.nn.Module
+    fit: FitResult
+    weights: Path
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [k for key in keys for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def claim_output(config: ExperimentConfig, overwrite: bool) -> Path:
+    """Create ``config.out_dir`` or check it was made with the same config (so it can be resumed).
+
+    A folder made with another config is refused, naming the changed keys, unless ``overwrite``.
+    """
+    out = Path(config.out_dir)
+    saved = out / "config.yaml"
+    if saved.is_file():
+        old = to_dict(from_dict(ExperimentConfig, yaml.safe_load(saved.read_text()) or {}))
+        changed = changed_keys(old, to_dict(config))
+        if changed and not overwrite:
+            raise ConfigError(
+                f"{out} holds a run made with another config (changed: {', '.join(changed)}); "
+                f"rerun with the same config to resume, choose another out_dir, or pass --overwrite"
+            )
+        if changed:  # overwrite: the old student is stale (the synthetic set is replaced by synthesize)
+            shutil.rmtree(out / "student", ignore_errors=True)
+    write_run_info(out, config)
+    return out
+
+
+def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = True) -> DistillOutput:
+    """Distil ``config.distill.student`` from the configured teacher on a synthetic dataset.
+
+    A ``distill.holdout_fraction`` slice of the SYNTHETIC data is held out for monitoring (agreement
+    with the teacher); the student returned is the last epoch's. Resumes from ``<out_dir>/student``.
+    """
+    teacher = build_teacher(config)
+    if len(data.class_names) != teacher.num_classes:
+        raise ConfigError(
+            f"the synthetic set has {len(data.class_names)} classes, the teacher {teacher.num_classes}"
+        )
+    student = create_model(
+        config.distill.student, num_classes=teacher.num_classes, in_channels=data.images.shape[1]
+    )
+    train_idx, holdout_idx = split_holdout(len(data), config.distill.holdout_fraction, config.seed)
+    out = Path(config.out_dir) / "student"
+    result = fit(
+        student,
+        TensorData(data.images[train_idx], data.labels[train_idx]),
+        holdout=TensorData(data.images[holdout_idx], data.labels[holdout_idx]) if len(holdout_idx) else None,
+        teacher=teacher,
+        recipe=config.distill,
+        out_dir=out,
+        seed=config.seed,
+        resume=(out / "state.pt").is_file(),
+        progress=progress,
+    )
+    weights = export_weights(student, out / "student.safetensors", half=False)
+    return DistillOutput(student, result, weights)
+
+
+def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
+    """Synthesize, distil, evaluate teacher and student on the world's PRIVATE test split, report.
+
+    Every stage resumes: rerunning the same command after an interruption continues where it stopped.
+    Returns the summary also written to ``<out_dir>/results.json``.
+    """
+    from diffdfkd.report import image_grid, write_report
+    from diffdfkd.worlds import get_world
+
+    out = claim_output(config, overwrite)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    synth_dir = synthesize(config, overwrite=overwrite, progress=progress)
+    timings["synthesis"] = time.perf_counter() - start
+    data = load_synthetic(synth_dir)
+
+    start = time.perf_counter()
+    distilled = distill(config, data, progress=progress)
+    timings["distillation"] = time.perf_counter() - start
+
+    # The PRIVATE test split is read once, here, for the final report.
+    start = time.perf_counter()
+    test_images, test_labels = get_world(config.world).load("private:test")
+    teacher_eval = evaluate(build_teacher(config), test_images, test_labels)
+    student_eval = evaluate(distilled.student, test_images, test_labels)
+    timings["evaluation"] = time.perf_counter() - start
+
+    synth_summary = json.loads((synth_dir / "summary.json").read_text())
+    summary = {
+        "teacher_top1": teacher_eval["top1"],
+        "student_top1": student_eval["top1"],
+        "student": config.distill.student,
+        "synthetic_images": len(data),
+        "teacher_accuracy_on_synthetic": synth_summary.get("teacher_accuracy"),
+        "holdout_agreement_last_epoch": distilled.fit.holdout_agreement,
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "teacher_eval": teacher_eval,
+        "student_eval": student_eval,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_report(
+        out,
+        config=config,
+        class_names=data.class_names,
+        teacher_eval=teacher_eval,
+        student_eval=student_eval,
+        synth_summary={
+            "images": len(data),
+            "teacher accuracy on the synthetic images": f"{synth_summary.get('teacher_accuracy', float('nan')):.3f}",
+            "mean teacher probability of the target class": f"{synth_summary.get('mean_teacher_prob_target', float('nan')):.3f}",
+            "student agreement with the teacher on held-out synthetic images (last epoch)": (
+                f"{distilled.fit.holdout_agreement:.3f}" if distilled.fit.holdout_agreement is not None else "n/a"
+            ),
+        },
+        timings=timings,
+        grid=image_grid(data.images, data.labels, len(data.class_names)),
+        metrics_csv=out / "student" / "metrics.csv",
+    )
+    return summary
+
+
+
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "digits.yaml"
+QUICK_OVERRIDES = [
+    "synth.images_per_class=4",
+    "generator.num_steps=4",
+    "distill.epochs=2",
+    "distill.batch_size=16",
+]
+
+
+def demo_config(out_dir: str = "runs/demo", quick: bool = False) -> ExperimentConfig:
+    """The shipped digits config, writing to ``out_dir``; ``quick``: tiny budgets for a smoke run."""
+    from diffdfkd.config import load_config
+
+    return load_config(DEMO_CONFIG, [f"out_dir={out_dir}", *(QUICK_OVERRIDES if quick else [])])
