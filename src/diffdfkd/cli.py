@@ -128,8 +128,9 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from diffdfkd.pipeline import claim_output, distill, output_dir
+    from diffdfkd.pipeline import claim_output, distill
     from diffdfkd.synth.dataset import load_synthetic
+    from diffdfkd.synth.run import output_dir
 
     config = _config(args)
     data = load_synthetic(args.data or output_dir(config))

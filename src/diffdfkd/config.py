@@ -216,6 +216,9 @@ class ExperimentConfig:
     world: str = "digits"
     seed: int = 0
     out_dir: str = "runs/default"
+    # Labelled test images (ImageFolder layout) for the final report; empty: the world's PRIVATE test
+    # split when the world is a shipped one, else no test evaluation.
+    eval_folder: str = ""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)

@@ -17,7 +17,7 @@ from diffdfkd.distill.trainer import FitResult, TensorData, fit, split_holdout
 from diffdfkd.evaluate import evaluate
 from diffdfkd.models import create_model
 from diffdfkd.synth.dataset import SyntheticData, load_synthetic
-from diffdfkd.synth.run import build_teacher, output_dir, synthesize
+from diffdfkd.synth.run import build_teacher, synthesize
 from diffdfkd.train import export_weights
 
 
@@ -88,6 +88,23 @@ def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = T
     return DistillOutput(student, result, weights)
 
 
+def load_test_data(config: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The labelled test images of the final report: ``eval_folder``, else the world's PRIVATE test split."""
+    from diffdfkd.synth.dataset import load_image_folder
+    from diffdfkd.worlds import get_world, list_worlds
+
+    if config.eval_folder:
+        images, labels, _ = load_image_folder(config.eval_folder)
+        return images, labels, config.eval_folder
+    if config.world in list_worlds():
+        images, labels = get_world(config.world).load("private:test")
+        return images, labels, f"{config.world} private:test"
+    raise ConfigError(
+        f"world {config.world!r} is not a shipped world ({', '.join(list_worlds())}): set eval_folder to a "
+        f"folder of labelled test images (one sub-folder per class) for the final evaluation"
+    )
+
+
 def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Synthesize, distil, evaluate teacher and student on the world's PRIVATE test split, report.
 
@@ -95,7 +112,6 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
     Returns the summary also written to ``<out_dir>/results.json``.
     """
     from diffdfkd.report import image_grid, write_report
-    from diffdfkd.worlds import get_world
 
     out = claim_output(config, overwrite)
     timings: dict[str, float] = {}
@@ -110,13 +126,14 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
 
     # The PRIVATE test split is read once, here, for the final report.
     start = time.perf_counter()
-    test_images, test_labels = get_world(config.world).load("private:test")
+    test_images, test_labels, test_source = load_test_data(config)
     teacher_eval = evaluate(build_teacher(config), test_images, test_labels)
     student_eval = evaluate(distilled.student, test_images, test_labels)
     timings["evaluation"] = time.perf_counter() - start
 
     synth_summary = json.loads((synth_dir / "summary.json").read_text())
     summary = {
+        "test_data": test_source,
         "teacher_top1": teacher_eval["top1"],
         "student_top1": student_eval["top1"],
         "student": config.distill.student,
