@@ -1,0 +1,73 @@
+"""The end-to-end job on tiny parts: synthesize -> distill -> evaluate -> report, resume, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffdfkd.config import ConfigError, replace
+from diffdfkd.pipeline import distill, run_experiment
+from diffdfkd.synth.dataset import load_synthetic
+
+
+@pytest.fixture
+def eval_folder(tmp_path):
+    """A labelled 3-class ImageFolder of random 32x32 images."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("zero", "one", "two")):
+        (tmp_path / "eval" / f"{k}_{name}").mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "eval" / f"{k}_{name}" / f"{i}.png")
+    return tmp_path / "eval"
+
+
+def _config(make_config, tmp_path, eval_folder, **overrides):
+    base = {
+        "out_dir": str(tmp_path / "run"),
+        "eval_folder": str(eval_folder),
+        "distill.student": "lenet5",
+        "distill.epochs": 2,
+        "distill.batch_size": 4,
+        "distill.holdout_fraction": 0.2,
+    }
+    return replace(make_config(tmp_path / "run" / "synth"), **{**base, **overrides})
+
+
+def test_run_writes_report_and_resumes(make_config, tmp_path, eval_folder):
+    config = _config(make_config, tmp_path, eval_folder)
+    summary = run_experiment(config, progress=False)
+    out = tmp_path / "run"
+    for name in ("report.md", "report.html", "results.json", "config.yaml", "run_info.json",
+                 "synthetic_grid.png", "training_curves.png", "student/student.safetensors"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert results["student_eval"]["n"] == 9 and 0.0 <= results["student_top1"] <= 1.0
+    assert results == json.loads(json.dumps(summary))
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Honest protocol" in html
+    assert "student (final epoch)" in (out / "report.md").read_text()
+
+    # The same command again resumes: nothing is synthesised or trained twice, results are the same.
+    synth_files = sorted(p.stat().st_mtime_ns for p in (out / "synth" / "images").rglob("*.png"))
+    again = run_experiment(config, progress=False)
+    assert again["student_top1"] == summary["student_top1"]
+    assert sorted(p.stat().st_mtime_ns for p in (out / "synth" / "images").rglob("*.png")) == synth_files
+
+
+def test_changed_config_is_refused_naming_the_keys(make_config, tmp_path, eval_folder):
+    config = _config(make_config, tmp_path, eval_folder, **{"distill.epochs": 1})
+    run_experiment(config, progress=False)
+    changed = replace(config, **{"distill.lr": 0.2, "guidance.bn_weight": 0.5})
+    with pytest.raises(ConfigError, match=r"distill\.lr.*guidance\.bn_weight"):
+        run_experiment(changed, progress=False)
+
+
+def test_distill_refuses_a_dataset_with_other_classes(make_config, tmp_path, eval_folder, make_teacher):
+    config = _config(make_config, tmp_path, eval_folder, **{"distill.epochs": 1})
+    run_experiment(config, progress=False)
+    data = load_synthetic(tmp_path / "run" / "synth")
+    data.class_names = ("a", "b")
+    with pytest.raises(ConfigError, match="2 classes, the teacher 3"):
+        distill(config, data, progress=False)
