@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench bench-world bench-synth bench-speed lint format clean
+# CPU smoke run by default; on a GPU: make bench-speed SPEED_ARGS="--device cuda"
+SPEED_ARGS ?= --tiny
+
+.PHONY: install demo test bench bench-world bench-synth bench-digits bench-speed lint format clean
 
 install: $(STAMP)
 
@@ -26,6 +29,21 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Benchmarks write under benchmarks/results/ and are summarised in BENCHMARKS.md.
+bench: bench-world bench-synth bench-digits bench-speed
+
+bench-world: install
+	$(BIN)/python benchmarks/world_bench.py
+
+bench-synth: install
+	$(BIN)/python benchmarks/synth_bench.py
+
+bench-digits: install
+	$(BIN)/diffdfkd bench --world digits --seeds 3 --out benchmarks/results/digits
+
+bench-speed: install
+	$(BIN)/python benchmarks/synth_throughput.py $(SPEED_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
