@@ -156,6 +156,31 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
+class DeepInversionConfig:
+    """The DeepInversion baseline source (Yin et al. 2020; ``synth.source=deepinversion``): pixels
+    optimised from noise with Adam on ``ce * CE + bn * L_bn + tv * TV + l2 * L2`` (see
+    ``diffdfkd.baselines.deepinversion``). The original runs 2k iterations per batch.
+    """
+
+    iterations: int = 200
+    lr: float = 0.1
+    ce_weight: float = 1.0
+    bn_weight: float = 0.1
+    tv_weight: float = 1.0
+    l2_weight: float = 0.01
+    # Random shifts of up to this many pixels at every iteration; 0 turns it off.
+    jitter: int = 2
+    # Random horizontal flips at every iteration; only where the world allows them (never for digits).
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        _check_positive("deepinversion.iterations", self.iterations)
+        _check_positive("deepinversion.lr", self.lr)
+        for name in ("ce_weight", "bn_weight", "tv_weight", "l2_weight", "jitter"):
+            _check_positive(f"deepinversion.{name}", getattr(self, name), allow_zero=True)
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """Stage 2 training recipe: KD of a student on the fixed synthetic set (also used, without a
     teacher, to train a teacher with cross-entropy on real data). See ``diffdfkd.distill.fit``.
@@ -224,6 +249,7 @@ class ExperimentConfig:
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     cutmix: CutMixConfig = field(default_factory=CutMixConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    deepinversion: DeepInversionConfig = field(default_factory=DeepInversionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
