@@ -47,7 +47,7 @@ class TeacherConfig:
     """The teacher classifier. Empty ``arch``/``weights`` mean: the world's shipped teacher.
 
     ``mean``/``std`` are the teacher's input normalisation of images in [0, 1] (CIFAR teachers:
-    (0.4914, 0.4822, 0.4465) / (0.2470, 0.2435, 0.2616)); the default is none, as for models trained here.
+    (0.4914, 0.4822, 0.4465) / (0.2023, 0.1994, 0.2010) as in the CMI/Fast-Datafree checkpoints); the default is none, as for models trained here.
     """
 
     arch: str = ""
@@ -165,7 +165,7 @@ class DeepInversionConfig:
     iterations: int = 200
     lr: float = 0.1
     ce_weight: float = 1.0
-    bn_weight: float = 0.1
+    bn_weight: float = 1.0
     tv_weight: float = 1.0
     l2_weight: float = 0.01
     # Random shifts of up to this many pixels at every iteration; 0 turns it off.

@@ -34,7 +34,9 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return (dh + dw).sum()
 
 
-def jitter_view(images: torch.Tensor, generators: list[torch.Generator], shift: int, flip: bool) -> torch.Tensor:
+def jitter_view(
+    images: torch.Tensor, generators: list[torch.Generator], shift: int, flip: bool
+) -> torch.Tensor:
     """Each sample of ``images [B, C, H, W]`` rolled by a random ``(dy, dx)`` in ``[-shift, shift]``
     and, when ``flip``, mirrored left-right with probability 1/2, from its own generator."""
     views = []
@@ -85,7 +87,7 @@ class DeepInversionSource:
         total = o.ce_weight * ce + o.bn_weight * bn_loss + o.tv_weight * tv + o.l2_weight * l2
         p_target = (logits.detach().softmax(dim=1) * targets).sum(dim=1).mean()
         parts = {"ce": ce, "bn": bn_loss, "tv": tv, "l2": l2, "total": total, "p_target": p_target}
-        return total, {k: float(v) for k, v in parts.items()}
+        return total, {k: float(v.detach()) for k, v in parts.items()}
 
     def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch:
         """Optimise images for ``indices [B]`` (whole mixing groups) with ``targets [B, K]``.
@@ -116,4 +118,3 @@ class DeepInversionSource:
 def deepinversion_source(config: ExperimentConfig, teacher: torch.nn.Module) -> DeepInversionSource:
     """DeepInversion: pixels optimised from noise against the teacher (``config.deepinversion``)."""
     return DeepInversionSource(config, teacher)
-

@@ -233,6 +233,8 @@ def synthesize(
     todo = [b for b in plan.shard_batches(shard, num_shards) if not writer.is_done(b)]
     mine = len(plan.shard_batches(shard, num_shards))
     if todo:
+        import diffdfkd.baselines  # noqa: F401  (registers the baseline sources in SOURCES)
+
         source = SOURCES.create(config.synth.source, config=resolve_config(config), teacher=teacher)
         bar = tqdm(
             total=mine * plan.batch_size,

@@ -66,6 +66,9 @@ class GeneratorConfig:
     unet_attention: tuple[bool, ...] = (False, True, True)
     unet_layers_per_block: int = 1
     unet_time_embedding_dim: int = 128
+    # also add an attention-pooled text embedding to the time embedding (diffusers' addition_embed_type
+    # "text"): the prompt then reaches every ResNet block, and class conditioning is learnt much sooner
+    text_time_embedding: bool = True
     attention_head_dim: int = 8
     norm_groups: int = 32
     # text encoder (CLIP-shaped) and tokenizer
@@ -81,8 +84,8 @@ class GeneratorConfig:
     # latent cache: augmented copies of the data set, encoded once (copy 0 is un-augmented)
     latent_copies: int = 8
     # UNet + text encoder training
-    unet_steps: int = 4500
-    unet_batch: int = 128
+    unet_steps: int = 4000
+    unet_batch: int = 96
     unet_lr: float = 5e-4
     warmup_steps: int = 200
     ema_decay: float = 0.999
@@ -163,6 +166,8 @@ def make_unet(cfg: GeneratorConfig):
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_groups,
         time_embedding_dim=cfg.unet_time_embedding_dim,
+        addition_embed_type="text" if cfg.text_time_embedding else None,
+        addition_embed_type_num_heads=cfg.text_heads,
     )
 
 

@@ -1,0 +1,15 @@
+"""Baselines of the comparison, as synthetic-data sources registered in ``SOURCES`` on import.
+
+- ``deepinversion``: pixels optimised from noise against the teacher (Yin et al. 2020).
+- ``real``: the world's real PRIVATE training images (upper bound, NOT data-free); with
+  ``train_from_scratch``, the student trained with cross-entropy on them and no teacher.
+
+Unguided diffusion (DM-KD style) needs no source of its own: it is the ``diffdfkd`` source with
+``guidance.mode=none`` (see ``diffdfkd.bench.ROWS``).
+"""
+
+from diffdfkd.baselines import deepinversion, real  # noqa: F401  (imported to register the sources)
+from diffdfkd.baselines.deepinversion import DeepInversionSource
+from diffdfkd.baselines.real import RealDataSource, train_from_scratch
+
+__all__ = ["DeepInversionSource", "RealDataSource", "train_from_scratch"]

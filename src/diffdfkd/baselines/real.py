@@ -1,0 +1,148 @@
+"""Real-data baselines (upper bounds, NOT data-free): the world's PRIVATE training images.
+
+- ``synth.source=real``: a source serving the real private training images through the one source
+  interface, so KD on real data runs through the same writer, dataset and KD recipe as every
+  synthetic source. Sample ``i`` of class ``k`` is the ``j``-th image of class ``k`` in a seeded order
+  (``j``: the sample's rank within its class under ``SynthPlan``'s layout), cycling when the budget
+  exceeds the class's images.
+- ``train_from_scratch``: the same student trained with cross-entropy on the labels of such a
+  dataset, without a teacher (the "student from scratch on real data" row), same recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffdfkd.config import ConfigError, ExperimentConfig
+from diffdfkd.synth.source import SOURCES, SynthBatch, derive_seed
+
+# The random stream of the seeded order of each class's images (0 and 1 are the samples' and groups').
+ORDER_STREAM = 2
+
+
+class RealDataSource:
+    """The world's PRIVATE ``train`` images, by class. Reading them breaks the data-free setting: this
+    source exists only as the upper-bound baseline.
+
+    The teacher's class names are looked up among the world's, so a teacher over a subset of the
+    world's classes works too.
+    """
+
+    def __init__(
+        self, config: ExperimentConfig, teacher: torch.nn.Module, split: str = "private:train"
+    ) -> None:
+        from diffdfkd.worlds import get_world, list_worlds
+
+        if config.world not in list_worlds():
+            raise ConfigError(
+                f"synth.source=real needs a shipped world's private data; world {config.world!r} is not "
+                f"one of {', '.join(list_worlds())}"
+            )
+        world = get_world(config.world)
+        missing = [name for name in teacher.class_names if name not in world.class_names]
+        if missing:
+            raise ConfigError(f"the teacher's classes {missing} are not classes of world {world.name!r}")
+        images, labels = world.load(split)
+        self.pools: list[torch.Tensor] = []
+        for k, name in enumerate(teacher.class_names):
+            members = (labels == world.class_names.index(name)).nonzero().flatten()
+            if not len(members):
+                raise ConfigError(f"world {world.name!r} split {split!r} has no image of class {name!r}")
+            order = torch.randperm(
+                len(members),
+                generator=torch.Generator().manual_seed(derive_seed(config.seed, ORDER_STREAM, k)),
+            )
+            self.pools.append(images[members[order]])
+        self.per_group = config.synth.samples_per_class_in_group
+
+    def rank_in_class(self, index: int) -> int:
+        """Rank of sample ``index`` among the samples of its class: with ``m`` consecutive samples per
+        class and ``K`` classes per cycle (``SynthPlan``), ``(i // (m K)) m + i % m``."""
+        cycle = self.per_group * len(self.pools)
+        return (index // cycle) * self.per_group + index % self.per_group
+
+    def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch:
+        """Real images ``[B, 3, H, W]`` in [0, 1] of the classes ``argmax targets [B, K]``."""
+        classes = targets.argmax(dim=1).tolist()
+        images = [
+            self.pools[k][self.rank_in_class(int(i)) % len(self.pools[k])]
+            for i, k in zip(indices, classes, strict=True)
+        ]
+        return SynthBatch(images=torch.stack(images), targets=targets)
+
+
+@SOURCES.register("real")
+def real_source(config: ExperimentConfig, teacher: torch.nn.Module) -> RealDataSource:
+    """The world's real PRIVATE training images (upper bound; not data-free)."""
+    return RealDataSource(config, teacher)
+
+
+def train_from_scratch(
+    config: ExperimentConfig, *, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train ``config.distill.student`` with cross-entropy on the labels of the configured source's
+    dataset (``synth.source=real``: the real private images), without a teacher, with the KD recipe
+    ``config.distill``; evaluate it on the world's PRIVATE test split as ``run_experiment`` does.
+
+    Resumes like ``run_experiment`` (same folder layout) and returns the same summary keys.
+    """
+    from diffdfkd.distill.trainer import TensorData, fit, split_holdout
+    from diffdfkd.evaluate import evaluate
+    from diffdfkd.models import create_model
+    from diffdfkd.pipeline import claim_output, load_test_data
+    from diffdfkd.synth.dataset import load_synthetic
+    from diffdfkd.synth.run import build_teacher, synthesize
+    from diffdfkd.train import export_weights
+
+    out = claim_output(config, overwrite)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    synth_dir = synthesize(config, overwrite=overwrite, progress=progress)
+    timings["synthesis"] = time.perf_counter() - start
+    data = load_synthetic(synth_dir)
+
+    start = time.perf_counter()
+    student = create_model(
+        config.distill.student, num_classes=len(data.class_names), in_channels=data.images.shape[1]
+    )
+    train_idx, holdout_idx = split_holdout(len(data), config.distill.holdout_fraction, config.seed)
+    student_dir = Path(out) / "student"
+    result = fit(
+        student,
+        TensorData(data.images[train_idx], data.labels[train_idx]),
+        holdout=TensorData(data.images[holdout_idx], data.labels[holdout_idx]) if len(holdout_idx) else None,
+        recipe=config.distill,
+        out_dir=student_dir,
+        seed=config.seed,
+        resume=(student_dir / "state.pt").is_file(),
+        progress=progress,
+    )
+    export_weights(student, student_dir / "student.safetensors", half=False)
+    timings["distillation"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    test_images, test_labels, test_source = load_test_data(config)
+    teacher_eval = evaluate(build_teacher(config), test_images, test_labels)
+    student_eval = evaluate(student, test_images, test_labels)
+    timings["evaluation"] = time.perf_counter() - start
+
+    synth_summary = json.loads((synth_dir / "summary.json").read_text())
+    summary = {
+        "test_data": test_source,
+        "teacher_top1": teacher_eval["top1"],
+        "student_top1": student_eval["top1"],
+        "student": config.distill.student,
+        "synthetic_images": len(data),
+        "teacher_accuracy_on_synthetic": synth_summary.get("teacher_accuracy"),
+        "holdout_top1_last_epoch": result.holdout_top1,
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "teacher_eval": teacher_eval,
+        "student_eval": student_eval,
+    }
+    (Path(out) / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,450 @@
+"""The comparison in one command: DiffDFKD against its ablations and the baselines, over seeds.
+
+Every row is data: a name and config overrides on the world's shipped config (``configs/digits.yaml``,
+the file ``diffdfkd run`` uses). Every row and seed runs the CLI's own code path (``run_experiment``:
+synthesize through the one source interface and writer, KD with the one trainer, evaluate once on the
+PRIVATE test split), with the same synthetic-image budget per class and the same KD recipe; only the
+"from scratch" row swaps KD for cross-entropy without a teacher (``train_from_scratch``). Reported
+accuracies are the final epoch's; nothing is selected on the test split.
+
+``run_bench`` writes ``results.json``, ``results.md``, ``accuracy.png`` (bars with the std over seeds)
+and ``grids/<row>.png`` (seed 0's images, one row per class) into ``out``, and keeps every run's folder
+under ``out/runs/<row>/seed<k>``: rerunning skips finished runs and resumes unfinished ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffdfkd.config import ConfigError, ExperimentConfig, load_config, replace, to_dict
+
+logger = logging.getLogger(__name__)
+
+OURS, ABLATION, BASELINE, UPPER_BOUND = (
+    "ours",
+    "ablation",
+    "data-free baseline",
+    "upper bound (not data-free)",
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the comparison: ``overrides`` (dotted keys) on the shipped config.
+
+    ``teacher=False``: cross-entropy on the dataset's labels without the teacher instead of KD.
+    """
+
+    name: str
+    kind: str
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    teacher: bool = True
+
+
+CLASS_PROMPT = "a handwritten digit {label}"
+UNGUIDED = {"guidance.mode": "none", "cutmix.enabled": False}
+
+ROWS: tuple[Row, ...] = (
+    Row("diffdfkd", OURS, "DiffDFKD: class-free prompt, CE + BN guidance, same-class Latent CutMix"),
+    Row(
+        "unguided_class_prompt",
+        BASELINE,
+        "unguided diffusion, class prompts (DM-KD style), no CutMix; KD on the teacher's outputs",
+        {**UNGUIDED, "generator.prompt_template": CLASS_PROMPT},
+    ),
+    Row(
+        "unguided_classfree",
+        BASELINE,
+        "unguided diffusion, class-free prompt, no CutMix; KD on the teacher's outputs",
+        UNGUIDED,
+    ),
+    Row(
+        "deepinversion",
+        BASELINE,
+        "DeepInversion: pixels optimised from noise",
+        {"synth.source": "deepinversion"},
+    ),
+    Row("kd_real", UPPER_BOUND, "KD on real PRIVATE training images", {"synth.source": "real"}),
+    Row(
+        "scratch_real",
+        UPPER_BOUND,
+        "student trained from scratch (CE, no teacher) on the same real images",
+        {"synth.source": "real"},
+        teacher=False,
+    ),
+    Row("ce_only", ABLATION, "guidance without the BN-statistics term", {"guidance.bn_weight": 0.0}),
+    Row("no_cutmix", ABLATION, "without Latent CutMix", {"cutmix.enabled": False}),
+    Row(
+        "cross_class_cutmix",
+        ABLATION,
+        "CutMix across classes, mixed soft targets",
+        {"cutmix.cross_class": True},
+    ),
+    Row("one_pass", ABLATION, "one-pass classifier guidance (cheaper)", {"guidance.mode": "one_pass"}),
+    Row(
+        "detach_unet",
+        ABLATION,
+        "guidance gradient not through the UNet (cheaper)",
+        {"guidance.mode": "detach_unet"},
+    ),
+)
+
+WORLD_CONFIGS = {"digits": Path(__file__).resolve().parent / "configs" / "digits.yaml"}
+
+# The shared budget of every row: images per class, sampler steps, DeepInversion iterations, KD recipe.
+# Chosen so that `make bench-digits` (every row x 3 seeds) fits in 60 minutes on a 2-core CPU; see
+# BUDGET_NOTE and the measured seconds in results.md.
+FULL_BUDGET: dict[str, Any] = {
+    "synth.images_per_class": 30,
+    "generator.num_steps": 20,
+    "deepinversion.iterations": 200,
+    "distill.epochs": 40,
+    "distill.batch_size": 64,
+}
+QUICK_BUDGET: dict[str, Any] = {
+    "synth.images_per_class": 2,
+    "generator.num_steps": 3,
+    "deepinversion.iterations": 5,
+    "distill.epochs": 1,
+    "distill.batch_size": 8,
+}
+QUICK_ROWS = ("diffdfkd", "unguided_class_prompt", "deepinversion", "kd_real", "scratch_real")
+BUDGET_NOTE = "(budget reasoning not measured yet)"
+
+
+def select_rows(only: Sequence[str] | None, quick: bool) -> list[Row]:
+    """The rows named in ``only`` (in table order), else ``QUICK_ROWS`` when ``quick``, else all."""
+    names = [r.name for r in ROWS]
+    wanted = list(only) if only else (list(QUICK_ROWS) if quick else names)
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown bench rows {', '.join(unknown)}; choose from {', '.join(names)}")
+    return [r for r in ROWS if r.name in wanted]
+
+
+def row_config(
+    base: ExperimentConfig, row: Row, seed: int, budget: dict[str, Any], out: Path
+) -> ExperimentConfig:
+    """``base`` + the shared ``budget`` + the row's overrides, with ``seed``, writing to ``out/runs/<row>/seed<k>``."""
+    run_dir = out / "runs" / row.name / f"seed{seed}"
+    return replace(
+        base, **{**budget, **row.overrides, "seed": seed, "out_dir": str(run_dir), "synth.out_dir": ""}
+    )
+
+
+def run_row(row: Row, config: ExperimentConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
+    """One (row, seed): the saved summary when the run folder finished with this config, else run it."""
+    out = Path(config.out_dir)
+    saved = out / "config.yaml"
+    results = out / "results.json"
+    if results.is_file() and saved.is_file():
+        old = load_config(saved)
+        if to_dict(old) == to_dict(config):
+            return json.loads(results.read_text())
+    if row.teacher:
+        from diffdfkd.pipeline import run_experiment
+
+        return run_experiment(config, overwrite=overwrite, progress=progress)
+    from diffdfkd.baselines.real import train_from_scratch
+
+    return train_from_scratch(config, overwrite=overwrite, progress=progress)
+
+
+def synthetic_stats(run_dir: Path) -> dict[str, float]:
+    """The teacher on a run's synthetic set (final images): accuracy on the target classes, mean
+    target-class probability and mean confidence (max probability)."""
+    from diffdfkd.synth.dataset import read_rows
+
+    rows = [r for r in read_rows(run_dir / "synth") if r["kind"] == "final"]
+    logits = torch.tensor([r["teacher_logits"] for r in rows])
+    probs = logits.softmax(dim=1)
+    classes = torch.tensor([r["class"] for r in rows])
+    return {
+        "teacher_accuracy": float((probs.argmax(dim=1) == classes).float().mean()),
+        "teacher_prob_target": float(probs.gather(1, classes[:, None]).mean()),
+        "teacher_confidence": float(probs.max(dim=1).values.mean()),
+    }
+
+
+def run_record(summary: dict, run_dir: Path) -> dict[str, Any]:
+    """The numbers of one run that the bench reports."""
+    seconds = summary.get("seconds", {})
+    images = summary["synthetic_images"]
+    synth_s = seconds.get("synthesis", float("nan"))
+    return {
+        "student_top1": summary["student_top1"],
+        "teacher_top1": summary["teacher_top1"],
+        "images": images,
+        "synthesis_s": synth_s,
+        "images_per_s": images / synth_s if synth_s else float("nan"),
+        "kd_s": seconds.get("distillation", float("nan")),
+        "eval_s": seconds.get("evaluation", float("nan")),
+        "holdout_agreement": summary.get("holdout_agreement_last_epoch"),
+        **synthetic_stats(run_dir),
+    }
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def aggregate(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean (and, for the student, the sample std) over seeds of a row's runs."""
+    top1 = [r["student_top1"] for r in runs]
+    keys = ("teacher_top1", "teacher_accuracy", "teacher_prob_target", "teacher_confidence",
+            "synthesis_s", "images_per_s", "kd_s", "holdout_agreement")  # fmt: skip
+    return {
+        "name": row.name,
+        "kind": row.kind,
+        "description": row.description,
+        "overrides": row.overrides,
+        "seeds": len(runs),
+        "student_top1_mean": _mean(top1),
+        "student_top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+        **{k: _mean([r[k] for r in runs]) for k in keys},
+        "runs": runs,
+    }
+
+
+def goal_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's goal: DiffDFKD >= 3 points above every data-free baseline, within 3 of KD on real data."""
+    by_name = {r["name"]: r["student_top1_mean"] for r in rows}
+    if "diffdfkd" not in by_name:
+        return {}
+    ours = by_name["diffdfkd"]
+    baselines = {r["name"]: r["student_top1_mean"] for r in rows if r["kind"] == BASELINE}
+    check: dict[str, Any] = {"diffdfkd": ours}
+    if baselines:
+        best = max(baselines, key=baselines.get)
+        check |= {"best_baseline": best, "margin_over_best_baseline": ours - baselines[best]}
+        check["ahead_by_3_points"] = check["margin_over_best_baseline"] >= 0.03
+    if "kd_real" in by_name:
+        check |= {"gap_to_kd_real": by_name["kd_real"] - ours}
+        check["within_3_points_of_kd_real"] = check["gap_to_kd_real"] <= 0.03
+    return check
+
+
+def run_bench(
+    world: str = "digits",
+    seeds: int = 3,
+    out: str | Path = "benchmarks/results/digits",
+    quick: bool = False,
+    only: Sequence[str] | None = None,
+    *,
+    base: ExperimentConfig | None = None,
+    budget: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every row (or those in ``only``) for seeds ``0 .. seeds-1`` and write the comparison to ``out``.
+
+    ``quick``: tiny budgets on ``QUICK_ROWS`` (a smoke run). ``base``: the config the rows modify
+    (default: the world's shipped config file); ``budget``: the shared overrides (default
+    ``FULL_BUDGET``, or ``QUICK_BUDGET`` when ``quick``); ``overwrite``: redo runs whose folder holds
+    another config instead of refusing. Returns what ``results.json`` holds.
+    """
+    if world not in WORLD_CONFIGS:
+        raise ConfigError(f"the bench knows the worlds {', '.join(WORLD_CONFIGS)}, not {world!r}")
+    if seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    out = Path(out)
+    base = base if base is not None else load_config(WORLD_CONFIGS[world])
+    budget = dict(budget if budget is not None else (QUICK_BUDGET if quick else FULL_BUDGET))
+    rows = select_rows(only, quick)
+    start = time.perf_counter()
+    runs: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
+    # Seed-major: after each pass every row has one more seed, and the outputs are rewritten, so an
+    # interrupted bench still compares every row.
+    for seed in range(seeds):
+        for row in rows:
+            config = row_config(base, row, seed, budget, out)
+            run_start = time.perf_counter()
+            summary = run_row(row, config, overwrite=overwrite, progress=progress)
+            runs[row.name].append(run_record(summary, Path(config.out_dir)))
+            logger.info(
+                "bench %s seed %d: student top-1 %.4f (%.0f s)",
+                row.name, seed, summary["student_top1"], time.perf_counter() - run_start,
+            )  # fmt: skip
+        results = [aggregate(row, runs[row.name]) for row in rows]
+        report = {
+            "world": world,
+            "seeds": seed + 1,
+            "quick": quick,
+            "budget": budget,
+            "base_config": to_dict(base),
+            "machine": machine(),
+            "wall_seconds_this_call": round(time.perf_counter() - start, 1),
+            "goal": goal_check(results),
+            "rows": results,
+        }
+        write_outputs(out, report)
+    return report
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """``results.md``: the table, the goal check, the budget and how it was measured."""
+    header = ["row", "kind", "student top-1 % (mean ± std)", "teacher acc. % on synth", "teacher p(target)",
+              "teacher confidence", "student-teacher agreement % (held-out synth)", "synthesis s",
+              "images/s", "KD s"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['name']} | {r['kind']} | {_pct(r['student_top1_mean'])} ± {_pct(r['student_top1_std'])} "
+            f"| {_pct(r['teacher_accuracy'])} | {r['teacher_prob_target']:.3f} | {r['teacher_confidence']:.3f} "
+            f"| {_pct(r['holdout_agreement'])} | {r['synthesis_s']:.0f} | {r['images_per_s']:.2f} | {r['kd_s']:.0f} |"
+        )
+    teacher = _mean([r["teacher_top1"] for r in report["rows"]])
+    goal = report["goal"]
+    goal_lines = []
+    if "margin_over_best_baseline" in goal:
+        goal_lines.append(
+            f"- DiffDFKD minus the best data-free baseline ({goal['best_baseline']}): "
+            f"{100 * goal['margin_over_best_baseline']:+.1f} points (goal: >= +3): "
+            f"{'met' if goal['ahead_by_3_points'] else 'NOT met'}"
+        )
+    if "gap_to_kd_real" in goal:
+        goal_lines.append(
+            f"- KD on real data minus DiffDFKD: {100 * goal['gap_to_kd_real']:+.1f} points (goal: <= 3): "
+            f"{'met' if goal['within_3_points_of_kd_real'] else 'NOT met'}"
+        )
+    m = report["machine"]
+    budget = ", ".join(f"`{k}={v}`" for k, v in report["budget"].items())
+    descriptions = [f"- **{r['name']}** ({r['kind']}): {r['description']}; overrides "
+                    f"`{json.dumps(r['overrides'])}`" for r in report["rows"]]  # fmt: skip
+    grids = [f"- {r['name']}:\n\n  ![{r['name']}](grids/{r['name']}.png)\n" for r in report["rows"]]
+    return "\n".join(
+        [
+            f"# Bench: the {report['world']} world{' (quick smoke run)' if report['quick'] else ''}",
+            "",
+            f"Student top-1 on the PRIVATE test split, final epoch, mean ± std over {report['seeds']} seed(s); "
+            f"teacher top-1 {_pct(teacher)} %. Nothing is selected on the test split. Teacher numbers are "
+            "measured on each source's synthetic images as saved; for class-free unguided diffusion the "
+            "target classes carry no meaning (its labels come from the teacher through KD).",
+            "",
+            *lines,
+            "",
+            "![accuracy](accuracy.png)",
+            "",
+            "## Goal",
+            "",
+            *(goal_lines or ["- (needs the diffdfkd row and the baselines)"]),
+            "",
+            "## Rows",
+            "",
+            *descriptions,
+            "",
+            "## Budget",
+            "",
+            f"Shared by every row: {budget} (on the world's shipped config); seeds 0..{report['seeds'] - 1}.",
+            "",
+            BUDGET_NOTE,
+            "",
+            f"Compute of the runs reported (from their own records): {compute_seconds(report):.0f} s in all.",
+            "",
+            f"Measured on: {m['processor']}, {m['cpus']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+            f"{m['cuda'] or 'no GPU'}; wall time of the last call: {report['wall_seconds_this_call']:.0f} s "
+            "(finished runs are skipped on a rerun). Synthesis seconds include loading the models.",
+            "",
+            "## Synthetic images (seed 0, one row per class)",
+            "",
+            *grids,
+            "",
+        ]
+    )
+
+
+def compute_seconds(report: dict[str, Any]) -> float:
+    """Synthesis + KD + evaluation seconds summed over every run of the report."""
+    return sum(
+        run[k] for r in report["rows"] for run in r["runs"] for k in ("synthesis_s", "kd_s", "eval_s")
+        if not math.isnan(run[k])
+    )  # fmt: skip
+
+
+def accuracy_chart(report: dict[str, Any], path: Path) -> Path:
+    """Bars of the student's mean top-1 per row with the std over seeds; the teacher as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    colours = {OURS: "tab:red", ABLATION: "tab:orange", BASELINE: "tab:blue", UPPER_BOUND: "tab:gray"}
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(rows), 4.0))
+    ax.bar(
+        range(len(rows)),
+        [100 * r["student_top1_mean"] for r in rows],
+        yerr=[100 * r["student_top1_std"] for r in rows],
+        color=[colours[r["kind"]] for r in rows],
+        capsize=4,
+    )
+    teacher = ax.axhline(100 * _mean([r["teacher_top1"] for r in rows]), color="black", linestyle="--")
+    ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("student top-1 % (private test, final epoch)")
+    ax.set_title(f"{report['world']}: mean ± std over {report['seeds']} seed(s)", fontsize=9)
+    ax.legend(
+        handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()] + [teacher],
+        labels=[*colours, "teacher"],
+        fontsize=7,
+        loc="lower left",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_grids(report: dict[str, Any], out: Path) -> None:
+    """``grids/<row>.png``: seed 0's final images of each row, one row of up to 8 per class."""
+    from PIL import Image
+
+    from diffdfkd.report import image_grid
+    from diffdfkd.synth.dataset import load_synthetic
+
+    (out / "grids").mkdir(parents=True, exist_ok=True)
+    for r in report["rows"]:
+        data = load_synthetic(out / "runs" / r["name"] / "seed0" / "synth", kinds=("final",))
+        grid = image_grid(data.images, data.labels, len(data.class_names))
+        Image.fromarray(grid).save(out / "grids" / f"{r['name']}.png")
+
+
+def write_outputs(out: Path, report: dict[str, Any]) -> None:
+    """``results.json``, ``results.md``, ``accuracy.png`` and ``grids/`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(report))
+    accuracy_chart(report, out / "accuracy.png")
+    write_grids(report, out)
