@@ -161,6 +161,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _print_run(run_experiment(config, overwrite=args.overwrite), config.out_dir)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from diffdfkd.bench import run_bench
+
+    only = [name.strip() for name in args.only.split(",") if name.strip()] or None
+    report = run_bench(args.world, args.seeds, args.out, quick=args.quick, only=only, overwrite=args.overwrite)
+    print((Path(args.out) / "results.md").read_text() if (Path(args.out) / "results.md").is_file() else report)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML experiment config (e.g. configs/digits.yaml)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs made with another config")
@@ -234,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run in a minute or two")
     p.add_argument("--overwrite", action="store_true", help="replace a run made with another config")
     p.set_defaults(func=cmd_demo)
+
+    p = _add(sub, "bench", "DiffDFKD against unguided diffusion, DeepInversion and real-data KD, over seeds")
+    p.add_argument("--world", default="digits", help="world to compare in")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per row (mean and std are reported)")
+    p.add_argument("--out", default="benchmarks/results/digits", help="results folder (runs resume from it)")
+    p.add_argument("--only", default="", help="comma-separated row names (default: every row)")
+    p.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets")
+    p.add_argument("--overwrite", action="store_true", help="redo runs whose folder holds another config")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
