@@ -1,0 +1,103 @@
+"""How the digits defaults were chosen: a sweep scored on SYNTHETIC-data signals only.
+
+Never reads the PRIVATE data. For each candidate setting it synthesises a small balanced set with the
+shipped generator and teacher and reports:
+
+- ``teacher_acc`` / ``p_target``: does the guidance hit its target classes (on the images as saved);
+- ``bn_distance``: DeepInversion's BatchNorm-statistics distance of the WHOLE synthetic set to the
+  teacher's running statistics (its training data's feature statistics): lower means the synthetic set
+  looks more like the data the teacher was trained on, which is what the student needs;
+- ``judge_acc``: accuracy of the PUBLIC-MNIST judge (does it still look like the intended digit).
+
+Usage: python benchmarks/tune_digits.py [--per-class 4] [key.sub=value ...]  (candidates are in SWEEP)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from diffdfkd.config import load_config  # noqa: E402
+from diffdfkd.guidance.losses import BNStatsLoss  # noqa: E402
+from diffdfkd.pipeline import DEMO_CONFIG  # noqa: E402
+from diffdfkd.synth.run import SynthPlan, build_teacher, resolve_config  # noqa: E402
+from diffdfkd.synth.source import SOURCES  # noqa: E402
+
+SWEEP: list[list[str]] = [
+    ["guidance.mode=none"],
+    [],
+    ["guidance.step_size=0.5"],
+    ["guidance.step_size=2"],
+    ["guidance.bn_weight=0.3"],
+    ["guidance.bn_weight=0"],
+    ["generator.cfg_scale=1.5"],
+]
+
+
+@torch.no_grad()
+def bn_distance(teacher: torch.nn.Module, images: torch.Tensor) -> float:
+    """BatchNorm-statistics distance of the whole set ``images [N, 3, H, W]`` (one group)."""
+    with BNStatsLoss(teacher.model, group_size=len(images)) as bn:
+        teacher(images)
+        return float(bn.loss())
+
+
+def score(base: list[str], overrides: list[str], per_class: int, judge) -> dict:
+    config = load_config(DEMO_CONFIG, [*base, *overrides, f"synth.images_per_class={per_class}"])
+    teacher = build_teacher(config)
+    source = SOURCES.create(config.synth.source, config=resolve_config(config), teacher=teacher)
+    plan = SynthPlan.from_config(config, teacher.num_classes)
+    images, labels = [], []
+    start = time.perf_counter()
+    for b in range(plan.num_batches):
+        indices = plan.indices(b)
+        batch = source.generate(indices, plan.targets(indices))
+        images.append((batch.images * 255).round() / 255)  # as saved: uint8
+        labels.append(batch.targets.argmax(dim=1))
+    seconds = time.perf_counter() - start
+    images, labels = torch.cat(images), torch.cat(labels)
+    with torch.no_grad():
+        probs = teacher(images).softmax(dim=1)
+    result = {
+        "overrides": overrides,
+        "teacher_acc": float((probs.argmax(1) == labels).float().mean()),
+        "p_target": float(probs.gather(1, labels[:, None]).mean()),
+        "bn_distance": bn_distance(teacher, images),
+        "images_per_s": len(images) / seconds,
+    }
+    if judge is not None:
+        with torch.no_grad():
+            result["judge_acc"] = float((judge(images).argmax(1) == labels).float().mean())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-class", type=int, default=4, help="images per class per candidate")
+    parser.add_argument("--json", default="", help="also write the rows here")
+    parser.add_argument("overrides", nargs="*", help="applied to every candidate")
+    args = parser.parse_args()
+    try:
+        from diffdfkd.worlds.judge import load_judge
+
+        judge = load_judge()
+    except (ImportError, FileNotFoundError):
+        judge = None
+    rows = []
+    for candidate in SWEEP:
+        row = score(args.overrides, candidate, args.per_class, judge)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
