@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 # CPU smoke run by default; on a GPU: make bench-speed SPEED_ARGS="--device cuda"
-SPEED_ARGS ?= --tiny
+SPEED_ARGS ?= --tiny --threads 1
 
 .PHONY: install demo test bench bench-world bench-synth bench-digits bench-speed lint format clean
 

@@ -92,11 +92,11 @@ class Row:
 ROWS = {
     row.name: row
     for row in (
-        Row("reference", "reference", True, "reference recipe: batch 1, fp16, classic attention, eager",
+        Row("reference", "reference", True, "reference recipe: batch 1, classic attention, eager; fp16 on CUDA",
             "the method itself"),
-        Row("ours", "ours", True, "our defaults: batched, bf16, SDPA, channels_last, compile, checkpointing",
+        Row("ours", "ours", True, "our defaults: batched, SDPA, channels_last, checkpointing; bf16 and torch.compile on CUDA",
             "none (same mathematics)"),
-        Row("ours_eager", "ours_eager", True, "our defaults without torch.compile",
+        Row("ours_eager", "ours_eager", True, "our defaults without torch.compile; bf16 on CUDA",
             "none (same mathematics)"),
         Row("one_pass", "ours", False, "one-pass classifier guidance (no second UNet pass)",
             f"{DIGITS_BENCH}: row one_pass", mode="one_pass"),

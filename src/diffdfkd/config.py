@@ -76,6 +76,10 @@ class GeneratorConfig:
     device: str = "auto"
     # Recompute UNet / VAE-decoder activations in the backward pass of guidance: less memory, ~30% slower.
     gradient_checkpointing: bool = False
+    # Speed settings that keep the mathematics (CUDA): NHWC convolutions, torch.compile of the UNet,
+    # VAE decoder and teacher (compiled on the first batch).
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("generator.scheduler", self.scheduler, SCHEDULERS)

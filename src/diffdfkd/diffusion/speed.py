@@ -148,7 +148,7 @@ def sd15_components(
     tokenizer = build_tokenizer(max_length=int(text_config["max_position_embeddings"]))
     ids = tokenizer.convert_tokens_to_ids([PAD, BOS, EOS])
     torch.manual_seed(seed)
-    # Built on the target device directly: 1 GB of fp32 weights need not pass through the CPU.
+    # Built on the target device directly: 4 GB of fp32 weights need not pass through the CPU.
     with torch.device(device):
         unet = UNet2DConditionModel(**unet_config)
         vae = AutoencoderKL(**vae_config)

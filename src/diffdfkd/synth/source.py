@@ -137,6 +137,10 @@ class DiffusionSource:
         self.config = config
         self.class_names = tuple(teacher.class_names)
         self.teacher = teacher.to(components.device)
+        if gen.channels_last or gen.compile:
+            from diffdfkd.diffusion.speed import apply_speed_settings
+
+            apply_speed_settings(components, self.teacher, channels_last=gen.channels_last, compile=gen.compile)
         resolution = gen.resolution or components.native_resolution
         if resolution % components.vae_scale_factor:
             raise ConfigError(
