@@ -29,6 +29,7 @@ from diffdfkd.pipeline import DEMO_CONFIG  # noqa: E402
 from diffdfkd.synth.run import SynthPlan, build_teacher, resolve_config  # noqa: E402
 from diffdfkd.synth.source import SOURCES  # noqa: E402
 
+TEMPLATE = "generator.prompt_template=a handwritten digit {label}"
 SWEEP: list[list[str]] = [
     ["guidance.mode=none"],
     [],
@@ -37,6 +38,12 @@ SWEEP: list[list[str]] = [
     ["guidance.bn_weight=0.3"],
     ["guidance.bn_weight=0"],
     ["generator.cfg_scale=1.5"],
+    [TEMPLATE, "guidance.mode=none"],
+    [TEMPLATE],
+    [TEMPLATE, "guidance.bn_weight=1"],
+    [TEMPLATE, "guidance.bn_weight=1", "guidance.step_size=2"],
+    ["guidance.bn_weight=1"],
+    ["guidance.bn_weight=1", "guidance.step_size=2"],
 ]
 
 
@@ -81,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-class", type=int, default=4, help="images per class per candidate")
     parser.add_argument("--json", default="", help="also write the rows here")
+    parser.add_argument("--only", default="", help="comma-separated SWEEP positions to run (default: all)")
     parser.add_argument("overrides", nargs="*", help="applied to every candidate")
     args = parser.parse_args()
     try:
@@ -90,7 +98,8 @@ def main() -> None:
     except (ImportError, FileNotFoundError):
         judge = None
     rows = []
-    for candidate in SWEEP:
+    chosen = [int(i) for i in args.only.split(",")] if args.only else range(len(SWEEP))
+    for candidate in [SWEEP[i] for i in chosen]:
         row = score(args.overrides, candidate, args.per_class, judge)
         rows.append(row)
         print(json.dumps(row), flush=True)

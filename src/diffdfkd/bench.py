@@ -21,7 +21,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,11 +109,11 @@ WORLD_CONFIGS = {"digits": Path(__file__).resolve().parent / "configs" / "digits
 # Chosen so that `make bench-digits` (every row x 3 seeds) fits in 60 minutes on a 2-core CPU; see
 # BUDGET_NOTE and the measured seconds in results.md.
 FULL_BUDGET: dict[str, Any] = {
-    "synth.images_per_class": 30,
+    "synth.images_per_class": 25,
     "generator.num_steps": 20,
     "deepinversion.iterations": 200,
-    "distill.epochs": 40,
-    "distill.batch_size": 64,
+    "distill.epochs": 60,
+    "distill.batch_size": 32,
 }
 QUICK_BUDGET: dict[str, Any] = {
     "synth.images_per_class": 2,
@@ -122,7 +123,17 @@ QUICK_BUDGET: dict[str, Any] = {
     "distill.batch_size": 8,
 }
 QUICK_ROWS = ("diffdfkd", "unguided_class_prompt", "deepinversion", "kd_real", "scratch_real")
-BUDGET_NOTE = "(budget reasoning not measured yet)"
+BUDGET_NOTE = """\
+Why this budget: `make bench-digits` must run every row for 3 seeds within 60 minutes on a 2-core CPU.
+Measured with the shipped generator on this machine (2 cores shared with other jobs, 1 torch thread;
+two threads made synthesis about 5x slower here, hence `threads=1`), per image of a batch of 20 at
+20 DDPM steps: full guidance 0.39 s, one-pass 0.26 s, detach-UNet 0.24 s, unguided CFG 0.08 s;
+DeepInversion at 200 Adam iterations 0.28 s; the real source about 0. Summed over the rows that is
+about 2.9 s per image per seed, so 25 images per class (260 per run: 250 rounded up to whole batches
+of 20) cost about 13 min of synthesis per seed, 38 min for 3 seeds. KD (60 epochs of the 234 training
+images, batch 32, teacher online) costs about 1 ms per image and epoch, about 15 s per run, 8 min for
+the 33 runs; loading and evaluation add about 5 s per run. Total about 50 min. The shipped config's 50
+images per class would need about 95 min, so the bench halves it; every row gets the same budget."""
 
 
 def select_rows(only: Sequence[str] | None, quick: bool) -> list[Row]:
@@ -249,13 +260,16 @@ def run_bench(
     budget: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
     """Run every row (or those in ``only``) for seeds ``0 .. seeds-1`` and write the comparison to ``out``.
 
     ``quick``: tiny budgets on ``QUICK_ROWS`` (a smoke run). ``base``: the config the rows modify
     (default: the world's shipped config file); ``budget``: the shared overrides (default
     ``FULL_BUDGET``, or ``QUICK_BUDGET`` when ``quick``); ``overwrite``: redo runs whose folder holds
-    another config instead of refusing. Returns what ``results.json`` holds.
+    another config instead of refusing; ``threads``: torch CPU threads during the runs (``None``:
+    leave torch's setting; the models are tiny, and on a shared 2-core machine two threads made
+    synthesis about 5x SLOWER than one). Returns what ``results.json`` holds.
     """
     if world not in WORLD_CONFIGS:
         raise ConfigError(f"the bench knows the worlds {', '.join(WORLD_CONFIGS)}, not {world!r}")
@@ -273,7 +287,8 @@ def run_bench(
         for row in rows:
             config = row_config(base, row, seed, budget, out)
             run_start = time.perf_counter()
-            summary = run_row(row, config, overwrite=overwrite, progress=progress)
+            with torch_threads(threads):
+                summary = run_row(row, config, overwrite=overwrite, progress=progress)
             runs[row.name].append(run_record(summary, Path(config.out_dir)))
             logger.info(
                 "bench %s seed %d: student top-1 %.4f (%.0f s)",
@@ -286,7 +301,7 @@ def run_bench(
             "quick": quick,
             "budget": budget,
             "base_config": to_dict(base),
-            "machine": machine(),
+            "machine": machine(threads),
             "wall_seconds_this_call": round(time.perf_counter() - start, 1),
             "goal": goal_check(results),
             "rows": results,
@@ -295,13 +310,27 @@ def run_bench(
     return report
 
 
-def machine() -> dict[str, Any]:
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (``None``: unchanged), then restore them."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def machine(threads: int | None = None) -> dict[str, Any]:
     """Where the numbers were measured."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads or torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

