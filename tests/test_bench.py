@@ -105,3 +105,19 @@ def test_bench_refuses_unknown_worlds_and_seed_counts(tmp_path):
         run_bench(world="cifar10", out=tmp_path)
     with pytest.raises(ConfigError, match="seeds"):
         run_bench(seeds=0, out=tmp_path)
+
+
+def test_a_run_does_not_depend_on_the_runs_before_it(make_config, tmp_path, eval_folder):
+    base = replace(make_config(tmp_path / "unused"), eval_folder=str(eval_folder))
+    kw = {"seeds": 1, "base": base, "budget": TINY_BUDGET, "progress": False}
+    alone = run_bench(out=tmp_path / "alone", only=["kd_real", "scratch_real"], **kw)
+    after = run_bench(out=tmp_path / "after", only=["deepinversion", "kd_real", "scratch_real"], **kw)
+    for name in ("kd_real", "scratch_real"):
+        weights = [
+            (tmp_path / out / "runs" / name / "seed0" / "student" / "last.safetensors").read_bytes()
+            for out in ("alone", "after")
+        ]
+        assert weights[0] == weights[1], name
+    assert [r["student_top1_mean"] for r in alone["rows"]] == [
+        r["student_top1_mean"] for r in after["rows"][1:]
+    ]

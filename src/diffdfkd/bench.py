@@ -287,6 +287,9 @@ def run_bench(
         for row in rows:
             config = row_config(base, row, seed, budget, out)
             run_start = time.perf_counter()
+            # The student's initial weights come from torch's global RNG (pipeline.distill does not
+            # seed it): seed it per run, so a run's numbers do not depend on the runs before it.
+            torch.manual_seed(seed)
             with torch_threads(threads):
                 summary = run_row(row, config, overwrite=overwrite, progress=progress)
             runs[row.name].append(run_record(summary, Path(config.out_dir)))

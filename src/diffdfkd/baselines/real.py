@@ -107,6 +107,7 @@ def train_from_scratch(
     data = load_synthetic(synth_dir)
 
     start = time.perf_counter()
+    torch.manual_seed(config.seed)  # the student's initial weights
     student = create_model(
         config.distill.student, num_classes=len(data.class_names), in_channels=data.images.shape[1]
     )
