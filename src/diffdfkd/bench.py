@@ -59,7 +59,13 @@ CLASS_PROMPT = "a handwritten digit {label}"
 UNGUIDED = {"guidance.mode": "none", "cutmix.enabled": False}
 
 ROWS: tuple[Row, ...] = (
-    Row("diffdfkd", OURS, "DiffDFKD: class-free prompt, CE + BN guidance, same-class Latent CutMix"),
+    Row("diffdfkd", OURS, "DiffDFKD, digits defaults: class prompts, CE + BN guidance, same-class Latent CutMix"),
+    Row(
+        "diffdfkd_classfree",
+        ABLATION,
+        "DiffDFKD with the paper's class-free prompt (the teacher alone carries the class)",
+        {"generator.prompt_template": ""},
+    ),
     Row(
         "unguided_class_prompt",
         BASELINE,
@@ -70,7 +76,7 @@ ROWS: tuple[Row, ...] = (
         "unguided_classfree",
         BASELINE,
         "unguided diffusion, class-free prompt, no CutMix; KD on the teacher's outputs",
-        UNGUIDED,
+        {**UNGUIDED, "generator.prompt_template": ""},
     ),
     Row(
         "deepinversion",
