@@ -37,7 +37,7 @@ bench-world: install
 	$(BIN)/python benchmarks/world_bench.py
 
 bench-synth: install
-	$(BIN)/python benchmarks/synth_bench.py
+	$(BIN)/python benchmarks/synth_bench.py --threads 1 --images-per-class 10
 
 bench-digits: install
 	$(BIN)/diffdfkd bench --world digits --seeds 3 --out benchmarks/results/digits
