@@ -59,7 +59,11 @@ CLASS_PROMPT = "a handwritten digit {label}"
 UNGUIDED = {"guidance.mode": "none", "cutmix.enabled": False}
 
 ROWS: tuple[Row, ...] = (
-    Row("diffdfkd", OURS, "DiffDFKD, digits defaults: class prompts, CE + BN guidance, same-class Latent CutMix"),
+    Row(
+        "diffdfkd",
+        OURS,
+        "DiffDFKD, digits defaults: class prompts, CE + BN guidance, same-class Latent CutMix",
+    ),
     Row(
         "diffdfkd_classfree",
         ABLATION,
@@ -134,12 +138,13 @@ Why this budget: `make bench-digits` must run every row for 3 seeds within 60 mi
 Measured with the shipped generator on this machine (2 cores shared with other jobs, 1 torch thread;
 two threads made synthesis about 5x slower here, hence `threads=1`), per image of a batch of 20 at
 20 DDPM steps: full guidance 0.39 s, one-pass 0.26 s, detach-UNet 0.24 s, unguided CFG 0.08 s;
-DeepInversion at 200 Adam iterations 0.28 s; the real source about 0. Summed over the rows that is
+DeepInversion at 200 Adam iterations 0.28 s; the real source about 0. Summed over the 12 rows that is
 about 2.9 s per image per seed, so 25 images per class (260 per run: 250 rounded up to whole batches
 of 20) cost about 13 min of synthesis per seed, 38 min for 3 seeds. KD (60 epochs of the 234 training
-images, batch 32, teacher online) costs about 1 ms per image and epoch, about 15 s per run, 8 min for
-the 33 runs; loading and evaluation add about 5 s per run. Total about 50 min. The shipped config's 50
-images per class would need about 95 min, so the bench halves it; every row gets the same budget."""
+images, batch 32, teacher online) costs about 1 ms per image and epoch, about 15 s per run, 9 min for
+the 36 runs; loading and evaluation add about 5 s per run. Total about 50 min. The shipped config's 100
+images per class would need about 3 hours, so the bench takes a quarter of it; every row gets the same
+budget."""
 
 
 def select_rows(only: Sequence[str] | None, quick: bool) -> list[Row]:
