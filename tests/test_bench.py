@@ -1,5 +1,6 @@
 """The comparison bench: rows as data, one loop, results files, resume; end to end on tiny parts."""
 
+import dataclasses
 import json
 import math
 
@@ -39,7 +40,8 @@ def test_every_row_is_a_valid_config_of_the_shipped_file(tmp_path):
         config = row_config(base, row, 2, FULL_BUDGET, tmp_path)
         assert config.seed == 2 and config.out_dir == str(tmp_path / "runs" / row.name / "seed2")
         assert config.synth.images_per_class == FULL_BUDGET["synth.images_per_class"]
-        assert config.distill == row_config(base, ROWS[0], 2, FULL_BUDGET, tmp_path).distill  # one KD recipe
+        recipe = row_config(base, ROWS[0], 2, FULL_BUDGET, tmp_path).distill  # one recipe for every row
+        assert dataclasses.replace(config.distill, kd=True) == recipe
     configs = {r.name: row_config(base, r, 0, FULL_BUDGET, tmp_path) for r in ROWS}
     assert configs["diffdfkd"].guidance.mode == "full" and configs["diffdfkd"].cutmix.enabled
     assert configs["unguided_class_prompt"].generator.prompt_template == "a handwritten digit {label}"
@@ -47,6 +49,7 @@ def test_every_row_is_a_valid_config_of_the_shipped_file(tmp_path):
     assert configs["ce_only"].guidance.bn_weight == 0.0
     assert configs["deepinversion"].synth.source == "deepinversion"
     assert configs["kd_real"].synth.source == configs["scratch_real"].synth.source == "real"
+    assert configs["kd_real"].distill.kd and not configs["scratch_real"].distill.kd
 
 
 def test_row_selection():

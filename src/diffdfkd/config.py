@@ -191,6 +191,8 @@ class DistillConfig:
     """
 
     student: str = "lenet5"
+    # False: cross-entropy on the dataset's labels without the teacher (the from-scratch baseline).
+    kd: bool = True
     epochs: int = 60
     # The global batch: under torchrun each of the W processes takes batch_size / W of it.
     batch_size: int = 128

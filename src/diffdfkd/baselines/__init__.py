@@ -2,7 +2,7 @@
 
 - ``deepinversion``: pixels optimised from noise against the teacher (Yin et al. 2020).
 - ``real``: the world's real PRIVATE training images (upper bound, NOT data-free); with
-  ``train_from_scratch``, the student trained with cross-entropy on them and no teacher.
+  ``distill.kd=false``, the student trained with cross-entropy on them and no teacher.
 
 Unguided diffusion (DM-KD style) needs no source of its own: it is the ``diffdfkd`` source with
 ``guidance.mode=none`` (see ``diffdfkd.bench.ROWS``).
@@ -10,6 +10,6 @@ Unguided diffusion (DM-KD style) needs no source of its own: it is the ``diffdfk
 
 from diffdfkd.baselines import deepinversion, real  # noqa: F401  (imported to register the sources)
 from diffdfkd.baselines.deepinversion import DeepInversionSource
-from diffdfkd.baselines.real import RealDataSource, train_from_scratch
+from diffdfkd.baselines.real import RealDataSource
 
-__all__ = ["DeepInversionSource", "RealDataSource", "train_from_scratch"]
+__all__ = ["DeepInversionSource", "RealDataSource"]

@@ -5,16 +5,11 @@
   synthetic source. Sample ``i`` of class ``k`` is the ``j``-th image of class ``k`` in a seeded order
   (``j``: the sample's rank within its class under ``SynthPlan``'s layout), cycling when the budget
   exceeds the class's images.
-- ``train_from_scratch``: the same student trained with cross-entropy on the labels of such a
-  dataset, without a teacher (the "student from scratch on real data" row), same recipe.
+- the "student from scratch on real data" row is the same run with ``distill.kd=false``: cross-entropy
+  on the labels of such a dataset, without a teacher, same recipe.
 """
 
 from __future__ import annotations
-
-import json
-import time
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -80,70 +75,3 @@ class RealDataSource:
 def real_source(config: ExperimentConfig, teacher: torch.nn.Module) -> RealDataSource:
     """The world's real PRIVATE training images (upper bound; not data-free)."""
     return RealDataSource(config, teacher)
-
-
-def train_from_scratch(
-    config: ExperimentConfig, *, overwrite: bool = False, progress: bool = True
-) -> dict[str, Any]:
-    """Train ``config.distill.student`` with cross-entropy on the labels of the configured source's
-    dataset (``synth.source=real``: the real private images), without a teacher, with the KD recipe
-    ``config.distill``; evaluate it on the world's PRIVATE test split as ``run_experiment`` does.
-
-    Resumes like ``run_experiment`` (same folder layout) and returns the same summary keys.
-    """
-    from diffdfkd.distill.trainer import TensorData, fit, split_holdout
-    from diffdfkd.evaluate import evaluate
-    from diffdfkd.models import create_model
-    from diffdfkd.pipeline import claim_output, load_test_data
-    from diffdfkd.synth.dataset import load_synthetic
-    from diffdfkd.synth.run import build_teacher, synthesize
-    from diffdfkd.train import export_weights
-
-    out = claim_output(config, overwrite)
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    synth_dir = synthesize(config, overwrite=overwrite, progress=progress)
-    timings["synthesis"] = time.perf_counter() - start
-    data = load_synthetic(synth_dir)
-
-    start = time.perf_counter()
-    torch.manual_seed(config.seed)  # the student's initial weights
-    student = create_model(
-        config.distill.student, num_classes=len(data.class_names), in_channels=data.images.shape[1]
-    )
-    train_idx, holdout_idx = split_holdout(len(data), config.distill.holdout_fraction, config.seed)
-    student_dir = Path(out) / "student"
-    result = fit(
-        student,
-        TensorData(data.images[train_idx], data.labels[train_idx]),
-        holdout=TensorData(data.images[holdout_idx], data.labels[holdout_idx]) if len(holdout_idx) else None,
-        recipe=config.distill,
-        out_dir=student_dir,
-        seed=config.seed,
-        resume=(student_dir / "state.pt").is_file(),
-        progress=progress,
-    )
-    export_weights(student, student_dir / "student.safetensors", half=False)
-    timings["distillation"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    test_images, test_labels, test_source = load_test_data(config)
-    teacher_eval = evaluate(build_teacher(config), test_images, test_labels)
-    student_eval = evaluate(student, test_images, test_labels)
-    timings["evaluation"] = time.perf_counter() - start
-
-    synth_summary = json.loads((synth_dir / "summary.json").read_text())
-    summary = {
-        "test_data": test_source,
-        "teacher_top1": teacher_eval["top1"],
-        "student_top1": student_eval["top1"],
-        "student": config.distill.student,
-        "synthetic_images": len(data),
-        "teacher_accuracy_on_synthetic": synth_summary.get("teacher_accuracy"),
-        "holdout_top1_last_epoch": result.holdout_top1,
-        "seconds": {k: round(v, 1) for k, v in timings.items()},
-        "teacher_eval": teacher_eval,
-        "student_eval": student_eval,
-    }
-    (Path(out) / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
