@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from diffdfkd.worlds import generator as G  # noqa: E402
-from diffdfkd.worlds.judge import SHIPPED_JUDGE, judge_accuracy, load_judge  # noqa: E402
+from diffdfkd.worlds.judge import SHIPPED_JUDGE, judge_accuracy, judge_outputs, load_judge  # noqa: E402
 from diffdfkd.worlds.tokenizer import build_tokenizer  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "world_bench.py"
@@ -215,9 +215,7 @@ def test_shipped_judge_is_accurate_on_public_test():
     judge = load_judge()
     images, labels = load_public("test")
     assert judge_accuracy(judge, images[:300], labels[:300]) > 0.95
-    assert judge.features(images[:2]).shape[0] == 2
-    with pytest.raises(ValueError, match="32, 32"):
-        judge(torch.zeros(1, 3, 28, 28))
+    assert judge_outputs(judge, images[:2])[1].shape == (2, 128)
 
 
 # ---------------------------------------------------------------- bench helpers

@@ -125,6 +125,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load ``path`` into ``model`` strictly, with errors that name what does not fit."""
     state = read_state_dict(path)
     own = model.state_dict()
+    # BatchNorm's step counter is not a weight: files saved without it (ours, older torch) still fit.
+    state |= {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:

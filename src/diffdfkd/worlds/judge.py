@@ -17,40 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffdfkd.evaluate import evaluate
+from diffdfkd.models.teacher import Teacher, load_teacher
+from diffdfkd.train import export_weights
 from diffdfkd.worlds.digits import CLASS_NAMES, load_public
 
 JUDGE_ARCH = "cnn_small"
 SHIPPED_JUDGE = Path(__file__).resolve().parent.parent / "weights" / "digits_judge.safetensors"
 # MNIST's pixel mean and std (of the 32x32 padded images), so the judge sees standardised inputs
 MEAN, STD = 0.1, 0.3
-
-
-class Judge(nn.Module):
-    """Frozen classifier on images ``[B, 3, 32, 32]`` in [0, 1]: ``forward -> logits [B, 10]``,
-    ``features -> [B, D]`` (the penultimate layer). Always in eval mode.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        if not hasattr(model, "features") or not hasattr(model, "classifier"):
-            raise TypeError("the judge model needs .features and .classifier (as the zoo's cnn_small has)")
-        self.model = model.eval()
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> Judge:
-        return super().train(False)
-
-    def _check(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, 32, 32):
-            raise ValueError(f"the judge takes images [B, 3, 32, 32] in [0, 1], got {tuple(images.shape)}")
-        return (images - MEAN) / STD
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.features(self._check(images)).flatten(1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.classifier(self.features(images))
 
 
 def _new_model() -> nn.Module:
@@ -73,7 +48,7 @@ def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
 
 
-def train_judge(*, epochs: int = 12, batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> Judge:
+def train_judge(*, epochs: int = 12, batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> Teacher:
     """Train the judge on PUBLIC MNIST "train" (4,000 images), Adam + one-cycle cosine, light affine aug."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -93,62 +68,36 @@ def train_judge(*, epochs: int = 12, batch_size: int = 128, lr: float = 3e-3, se
             loss.backward()
             opt.step()
             sched.step()
-    return Judge(model)
+    return Teacher(
+        model, input_size=32, in_channels=3, mean=(MEAN,) * 3, std=(STD,) * 3, class_names=CLASS_NAMES
+    )
 
 
-def save_judge(judge: Judge, path: str | os.PathLike = SHIPPED_JUDGE) -> Path:
-    """Save the judge's weights as fp16 safetensors (BatchNorm's integer counter dropped)."""
-    from safetensors.torch import save_file
-
-    state = {
-        k: v.detach().to(torch.float16).contiguous()
-        for k, v in judge.model.state_dict().items()
-        if v.is_floating_point()
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"arch": JUDGE_ARCH, "data": "PUBLIC MNIST train (4000)"})
-    return path
-
-
-def load_judge(path: str | os.PathLike | None = None) -> Judge:
-    """The judge (default: the shipped ``weights/digits_judge.safetensors``), frozen, in fp32."""
-    from safetensors.torch import load_file
-
-    path = Path(path) if path is not None else SHIPPED_JUDGE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no judge weights at {path}; train one with diffdfkd.worlds.judge.train_judge"
-        )
-    model = _new_model()
-    own = model.state_dict()
-    state = load_file(str(path))
-    missing = sorted(k for k, v in own.items() if v.is_floating_point() and k not in state)
-    if missing or set(state) - set(own):
-        raise ValueError(
-            f"{path} does not fit {JUDGE_ARCH}: missing {missing[:5]}, unexpected {sorted(set(state) - set(own))[:5]}"
-        )
-    model.load_state_dict({k: state[k].float() for k in state}, strict=False)
-    return Judge(model)
+def load_judge(path: str | os.PathLike | None = None) -> Teacher:
+    """The judge (default: the shipped ``weights/digits_judge.safetensors``): a frozen ``Teacher`` that
+    takes images ``[B, 3, 32, 32]`` in [0, 1] and standardises them itself."""
+    return load_teacher(
+        JUDGE_ARCH, Path(path) if path is not None else SHIPPED_JUDGE, class_names=CLASS_NAMES,
+        mean=(MEAN,) * 3, std=(STD,) * 3,
+    )  # fmt: skip
 
 
 @torch.no_grad()
 def judge_outputs(
-    judge: Judge, images: torch.Tensor, batch_size: int = 500
+    judge: Teacher, images: torch.Tensor, batch_size: int = 500
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``[N, 10]`` and features ``[N, D]`` of ``images`` ``[N, 3, 32, 32]`` in [0, 1]."""
+    """Logits ``[N, 10]`` and penultimate features ``[N, D]`` of ``images [N, 3, 32, 32]`` in [0, 1]."""
     logits, feats = [], []
     for i in range(0, len(images), batch_size):
-        f = judge.features(images[i : i + batch_size])
+        f = judge.model.features(judge.preprocess(images[i : i + batch_size])).flatten(1)
         feats.append(f)
         logits.append(judge.model.classifier(f))
     return torch.cat(logits), torch.cat(feats)
 
 
-def judge_accuracy(judge: Judge, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy of the judge on ``images`` ``[N, 3, 32, 32]`` in [0, 1] against ``labels`` ``[N]``."""
-    logits, _ = judge_outputs(judge, images)
-    return float((logits.argmax(1) == labels).float().mean())
+def judge_accuracy(judge: Teacher, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of the judge on ``images [N, 3, 32, 32]`` in [0, 1] against ``labels [N]``."""
+    return evaluate(judge, images, labels)["top1"]
 
 
 def build_judge(path: str | os.PathLike = SHIPPED_JUDGE, *, seed: int = 0) -> tuple[Path, dict]:
@@ -156,7 +105,7 @@ def build_judge(path: str | os.PathLike = SHIPPED_JUDGE, *, seed: int = 0) -> tu
     start = time.perf_counter()
     judge = train_judge(seed=seed)
     seconds = time.perf_counter() - start
-    path = save_judge(judge, path)
+    path = export_weights(judge.model, path, half=True)
     reloaded = load_judge(path)  # measure what is shipped: the fp16 weights
     images, labels = load_public("test")
     metrics = {
