@@ -7,6 +7,7 @@
 - ``make_teacher(class_names=..., arch="lenet5", seed=0)``: a random-weight ``Teacher`` (32 x 32 RGB
   input in [0, 1], BatchNorm running statistics 0 / 1); ``tiny_teacher`` (session): one with ``TINY_CLASSES``.
 - ``tiny_teacher_file`` (session): safetensors weights of ``tiny_teacher`` (arch "lenet5").
+- ``eval_folder``: a labelled 3-class ImageFolder of random 32x32 images (a stand-in test split).
 - ``make_config(out_dir, **overrides)``: an ``ExperimentConfig`` for ``synthesize`` on the tiny parts
   (3 steps, batch 4, groups of 4, 2 images per class); overrides use dotted keys via ``replace``.
 """
@@ -22,8 +23,10 @@ from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 # Tiny models run fastest on one thread, and far faster than on two when other jobs share the cores.
 torch.set_num_threads(int(os.environ.get("DIFFDFKD_TEST_THREADS", "1")))
@@ -165,3 +168,15 @@ def make_config(tiny_pipeline_dir: Path, tiny_teacher_file: Path) -> Callable[..
         return replace(ExperimentConfig(), **{**base, **overrides})
 
     return make
+
+
+@pytest.fixture
+def eval_folder(tmp_path):
+    """A labelled 3-class ImageFolder of random 32x32 images (stands in for the private test split)."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("zero", "one", "two")):
+        (tmp_path / "eval" / f"{k}_{name}").mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "eval" / f"{k}_{name}" / f"{i}.png")
+    return tmp_path / "eval"

@@ -4,9 +4,7 @@ import dataclasses
 import json
 import math
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from diffdfkd.bench import FULL_BUDGET, QUICK_ROWS, ROWS, row_config, run_bench, select_rows
 from diffdfkd.config import ConfigError, load_config, replace
@@ -19,18 +17,6 @@ TINY_BUDGET = {
     "distill.epochs": 1,
     "distill.batch_size": 4,
 }
-
-
-@pytest.fixture
-def eval_folder(tmp_path):
-    """A labelled 3-class ImageFolder of random 32x32 images (stands in for the private test split)."""
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(("zero", "one", "two")):
-        (tmp_path / "eval" / f"{k}_{name}").mkdir(parents=True)
-        for i in range(3):
-            pixels = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "eval" / f"{k}_{name}" / f"{i}.png")
-    return tmp_path / "eval"
 
 
 def test_every_row_is_a_valid_config_of_the_shipped_file(tmp_path):

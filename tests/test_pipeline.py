@@ -2,25 +2,11 @@
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from diffdfkd.config import ConfigError, replace
 from diffdfkd.pipeline import distill, run_experiment
 from diffdfkd.synth.dataset import load_synthetic
-
-
-@pytest.fixture
-def eval_folder(tmp_path):
-    """A labelled 3-class ImageFolder of random 32x32 images."""
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(("zero", "one", "two")):
-        (tmp_path / "eval" / f"{k}_{name}").mkdir(parents=True)
-        for i in range(3):
-            pixels = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "eval" / f"{k}_{name}" / f"{i}.png")
-    return tmp_path / "eval"
 
 
 def _config(make_config, tmp_path, eval_folder, **overrides):
@@ -39,8 +25,16 @@ def test_run_writes_report_and_resumes(make_config, tmp_path, eval_folder):
     config = _config(make_config, tmp_path, eval_folder)
     summary = run_experiment(config, progress=False)
     out = tmp_path / "run"
-    for name in ("report.md", "report.html", "results.json", "config.yaml", "run_info.json",
-                 "synthetic_grid.png", "training_curves.png", "student/student.safetensors"):
+    for name in (
+        "report.md",
+        "report.html",
+        "results.json",
+        "config.yaml",
+        "run_info.json",
+        "synthetic_grid.png",
+        "training_curves.png",
+        "student/student.safetensors",
+    ):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert results["student_eval"]["n"] == 9 and 0.0 <= results["student_top1"] <= 1.0
