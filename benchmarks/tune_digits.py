@@ -85,7 +85,9 @@ def score(base: list[str], overrides: list[str], per_class: int, judge) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--per-class", type=int, default=4, help="images per class per candidate")
     parser.add_argument("--json", default="", help="also write the rows here")
     parser.add_argument("--only", default="", help="comma-separated SWEEP positions to run (default: all)")

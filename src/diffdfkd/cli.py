@@ -137,7 +137,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
     claim_output(config, overwrite=args.overwrite)
     result = distill(config, data)
     print(f"student weights: {result.weights}")
-    print(f"last-epoch agreement with the teacher on held-out synthetic images: {result.fit.holdout_agreement}")
+    print(
+        f"last-epoch agreement with the teacher on held-out synthetic images: {result.fit.holdout_agreement}"
+    )
 
 
 def _print_run(summary: dict, out: str) -> None:
@@ -165,8 +167,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from diffdfkd.bench import run_bench
 
     only = [name.strip() for name in args.only.split(",") if name.strip()] or None
-    report = run_bench(args.world, args.seeds, args.out, quick=args.quick, only=only, overwrite=args.overwrite)
-    print((Path(args.out) / "results.md").read_text() if (Path(args.out) / "results.md").is_file() else report)
+    report = run_bench(
+        args.world, args.seeds, args.out, quick=args.quick, only=only, overwrite=args.overwrite
+    )
+    print(
+        (Path(args.out) / "results.md").read_text() if (Path(args.out) / "results.md").is_file() else report
+    )
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -224,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "synthesize", "teacher-guided synthesis of a dataset (resumable; rerun to continue)")
     _add_config_args(p)
-    p.add_argument("--shard", type=int, default=None, help="this process's shard (default: RANK under torchrun)")
+    p.add_argument(
+        "--shard", type=int, default=None, help="this process's shard (default: RANK under torchrun)"
+    )
     p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: WORLD_SIZE)")
     p.set_defaults(func=cmd_synthesize)
 

@@ -140,7 +140,9 @@ class DiffusionSource:
         if gen.channels_last or gen.compile:
             from diffdfkd.diffusion.speed import apply_speed_settings
 
-            apply_speed_settings(components, self.teacher, channels_last=gen.channels_last, compile=gen.compile)
+            apply_speed_settings(
+                components, self.teacher, channels_last=gen.channels_last, compile=gen.compile
+            )
         resolution = gen.resolution or components.native_resolution
         if resolution % components.vae_scale_factor:
             raise ConfigError(
