@@ -1,4 +1,4 @@
-"""Image augmentation for training on tensors: random crop with padding, horizontal flip.
+"""Image augmentation for training on tensors: random crop with padding, horizontal flip, small affine.
 
 Each augmentation is a small callable ``aug(images [B, C, H, W], generator) -> images`` drawing its
 randomness from the given (CPU) ``torch.Generator`` only, so a seed fixes the result; ``Compose``
@@ -7,6 +7,7 @@ chains them. No torchvision.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,29 @@ import torch
 import torch.nn.functional as F
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RandomAffine:
+    """Small random rotation (+-``max_rotation_deg``), scale (+-``max_scale``) and shift
+    (+-``max_shift_px``) per image, black fill, no flips (for digits)."""
+
+    max_rotation_deg: float
+    max_scale: float
+    max_shift_px: float
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b, _, h, w = images.shape
+        u = torch.rand(b, 4, generator=generator) * 2 - 1
+        angle = u[:, 0] * math.radians(self.max_rotation_deg)
+        scale = 1 + u[:, 1] * self.max_scale
+        shift = u[:, 2:] * (2 * self.max_shift_px / torch.tensor([w, h]))  # pixels -> normalised coords
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+        ).to(images)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffdfkd.distill.augment import RandomAffine
 from diffdfkd.worlds.digits import CLASS_NAMES, load_public
 from diffdfkd.worlds.tokenizer import build_tokenizer
 
@@ -210,19 +211,9 @@ def make_scheduler():
 # ----------------------------------------------------------------------------------------------
 
 
-def random_affine(images: torch.Tensor, cfg: GeneratorConfig, generator: torch.Generator) -> torch.Tensor:
-    """Small random rotation, scale and shift of ``[B, C, H, W]`` images in [0, 1] (black fill, no flips)."""
-    b, _, h, w = images.shape
-    u = torch.rand(b, 4, generator=generator) * 2 - 1
-    angle = u[:, 0] * math.radians(cfg.max_rotation_deg)
-    scale = 1 + u[:, 1] * cfg.max_scale
-    shift = u[:, 2:] * (2 * cfg.max_shift_px / torch.tensor([w, h]))  # pixels -> normalised coords
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    )
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+def random_affine(cfg: GeneratorConfig) -> RandomAffine:
+    """The generator's training augmentation: small rotations, scalings and shifts (no flips)."""
+    return RandomAffine(cfg.max_rotation_deg, cfg.max_scale, cfg.max_shift_px)
 
 
 def caption_ids(
@@ -330,7 +321,7 @@ def train_vae(cfg: GeneratorConfig, images: torch.Tensor, work: Path, seed: int,
         for group in opt.param_groups:
             group["lr"] = cfg.vae_lr * _lr_factor(step, cfg.vae_steps, min(100, cfg.vae_steps // 10))
         idx = torch.randint(len(images), (cfg.vae_batch,), generator=gen)
-        x = random_affine(images[idx], cfg, gen) * 2 - 1
+        x = random_affine(cfg)(images[idx], gen) * 2 - 1
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
@@ -364,7 +355,7 @@ def encode_latents(
         for i in range(0, len(images), batch):
             x = images[i : i + batch]
             if copy > 0:
-                x = random_affine(x, cfg, gen)
+                x = random_affine(cfg)(x, gen)
             dist = vae.encode(x * 2 - 1).latent_dist
             means.append(dist.mean)
             stds.append(dist.std)

@@ -8,6 +8,7 @@ generator bench measures Frechet distance and diversity.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffdfkd.distill.augment import RandomAffine
 from diffdfkd.evaluate import evaluate
 from diffdfkd.models.teacher import Teacher, load_teacher
 from diffdfkd.train import export_weights
@@ -34,18 +36,8 @@ def _new_model() -> nn.Module:
     return create_model(JUDGE_ARCH, num_classes=len(CLASS_NAMES), in_channels=3)
 
 
-def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation (+-10 deg), scale (+-10 %) and shift (+-2 px) of ``[B, 3, 32, 32]``; no flips."""
-    b = images.shape[0]
-    u = torch.rand(b, 4, generator=generator) * 2 - 1
-    angle, scale = u[:, 0] * 0.175, 1 + 0.1 * u[:, 1]
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    shift = u[:, 2:] * (4 / 32)
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    )
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
+# Random rotation (+-10 deg), scale (+-10 %) and shift (+-2 px); no flips.
+AUGMENT = RandomAffine(max_rotation_deg=math.degrees(0.175), max_scale=0.1, max_shift_px=2.0)
 
 
 def train_judge(*, epochs: int = 12, batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> Teacher:
@@ -62,7 +54,7 @@ def train_judge(*, epochs: int = 12, batch_size: int = 128, lr: float = 3e-3, se
         order = torch.randperm(len(images), generator=generator)
         for i in range(0, len(images), batch_size):
             idx = order[i : i + batch_size]
-            x = (_augment(images[idx], generator) - MEAN) / STD
+            x = (AUGMENT(images[idx], generator) - MEAN) / STD
             loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
