@@ -76,9 +76,9 @@ def test_class_prompts_and_captions():
 def test_random_affine_identity_and_no_flip():
     images = torch.rand(4, 3, 32, 32)
     still = replace(G.FULL, max_rotation_deg=0.0, max_shift_px=0.0, max_scale=0.0)
-    out = G.random_affine(images, still, torch.Generator().manual_seed(0))
+    out = G.random_affine(still)(images, torch.Generator().manual_seed(0))
     assert torch.allclose(out, images, atol=1e-5)
-    moved = G.random_affine(images, G.FULL, torch.Generator().manual_seed(0))
+    moved = G.random_affine(G.FULL)(images, torch.Generator().manual_seed(0))
     assert moved.shape == images.shape and not torch.allclose(moved, images)
 
 
