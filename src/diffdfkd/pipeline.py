@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,6 +20,11 @@ from diffdfkd.models import create_model
 from diffdfkd.synth.dataset import SyntheticData, load_synthetic
 from diffdfkd.synth.run import build_teacher, synthesize
 from diffdfkd.train import export_weights
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on its rank 0: the process that writes shared files."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @dataclass
@@ -51,9 +57,10 @@ def claim_output(config: ExperimentConfig, overwrite: bool) -> Path:
                 f"{out} holds a run made with another config (changed: {', '.join(changed)}); "
                 f"rerun with the same config to resume, choose another out_dir, or pass --overwrite"
             )
-        if changed:  # overwrite: the old student is stale (the synthetic set is replaced by synthesize)
+        if changed and is_main_process():  # overwrite: the old student is stale
             shutil.rmtree(out / "student", ignore_errors=True)
-    write_run_info(out, config)
+    if is_main_process():
+        write_run_info(out, config)
     return out
 
 
@@ -87,7 +94,9 @@ def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = T
         resume=(out / "state.pt").is_file(),
         progress=progress,
     )
-    weights = export_weights(student, out / "student.safetensors", half=False)
+    weights = out / "student.safetensors"
+    if is_main_process():  # under torchrun every rank ends with the same weights; one writes them
+        export_weights(student, weights, half=False)
     return DistillOutput(student, result, weights)
 
 
