@@ -57,3 +57,20 @@ def test_bad_input_gives_a_clear_error_not_a_traceback(argv, message, capsys, tm
     assert main([*argv, *(["--out", str(tmp_path / "o")] if argv[0] == "train-teacher" else [])]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    """The main job on the shipped digits world with tiny budgets: report files and numbers exist."""
+    from diffdfkd.worlds import get_world
+
+    if not (get_world("digits").generator / "model_index.json").is_file():
+        pytest.skip("the digits generator is not shipped in this checkout")
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "student top-1 on the private test split" in printed
+    for name in ("report.html", "report.md", "results.json", "synthetic_grid.png", "training_curves.png"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert results["teacher_top1"] > 0.98 and 0.0 <= results["student_top1"] <= 1.0
+    assert results["synthetic_images"] == 40 and results["test_data"] == "digits private:test"
