@@ -147,13 +147,13 @@ class _Killed(Exception):
 
 
 def _kill_after_first_checkpoint(monkeypatch):
-    real = G._save_checkpoint
+    real = G.replace_atomically
 
-    def save_then_die(path, state):
-        real(path, state)
+    def save_then_die(path, write):
+        real(path, write)
         raise _Killed
 
-    monkeypatch.setattr(G, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(G, "replace_atomically", save_then_die)
 
 
 def test_vae_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):

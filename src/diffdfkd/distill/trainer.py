@@ -29,7 +29,7 @@ import csv
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +47,7 @@ from diffdfkd.distill.augment import Augment, build_augment
 from diffdfkd.distill.losses import kd_loss
 from diffdfkd.errors import UserError
 from diffdfkd.evaluate import predict_logits
+from diffdfkd.files import replace_atomically
 
 STATE_FORMAT = 1
 LAST, BEST, STATE, METRICS = "last.safetensors", "best_holdout.safetensors", "state.pt", "metrics.csv"
@@ -200,13 +201,6 @@ def _seed(seed: int, epoch: int, stream: int) -> int:
 
 def _state_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-
-
-def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Write ``path`` through a temporary file and ``os.replace``: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
 
 
 # --- distributed ---------------------------------------------------------------------------------------
@@ -605,11 +599,11 @@ def _save_epoch(loop: _Loop, out_dir: Path, epoch: int, result: FitResult, impro
         "history": result.history,
         "best": {"epoch": result.best_epoch, "metric": result.best_holdout},
     }
-    _replace_atomically(out_dir / STATE, lambda tmp: torch.save(state, tmp))
+    replace_atomically(out_dir / STATE, lambda tmp: torch.save(state, tmp))
     weights = _state_cpu(loop.ema.module if loop.ema is not None else loop.model)
-    _replace_atomically(out_dir / LAST, lambda tmp: save_file(weights, tmp))
+    replace_atomically(out_dir / LAST, lambda tmp: save_file(weights, tmp))
     if improved:
-        _replace_atomically(out_dir / BEST, lambda tmp: save_file(weights, tmp))
+        replace_atomically(out_dir / BEST, lambda tmp: save_file(weights, tmp))
     columns = list(dict.fromkeys(key for row in result.history for key in row))
 
     def write_csv(tmp: str) -> None:
@@ -618,7 +612,7 @@ def _save_epoch(loop: _Loop, out_dir: Path, epoch: int, result: FitResult, impro
             writer.writeheader()
             writer.writerows(result.history)
 
-    _replace_atomically(out_dir / METRICS, write_csv)
+    replace_atomically(out_dir / METRICS, write_csv)
 
 
 def _load_state(loop: _Loop, path: Path, result: FitResult) -> int:

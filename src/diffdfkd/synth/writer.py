@@ -31,6 +31,7 @@ import numpy as np
 
 from diffdfkd.config import ConfigError, to_dict, write_run_info
 from diffdfkd.errors import UserError
+from diffdfkd.files import replace_atomically
 
 SIGNATURE_FILE = "signature.json"
 # Config keys that do not change the images (where and on which device they are made).
@@ -105,13 +106,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 
     On any ``OSError`` the temp file is removed and ``SynthWriteError`` names the path.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+        replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise SynthWriteError(f"could not write {path}: {error} (disk full or not writable?)") from error
 
 

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffdfkd.distill.augment import RandomAffine
+from diffdfkd.files import replace_atomically
 from diffdfkd.worlds.digits import CLASS_NAMES, load_public
 from diffdfkd.worlds.tokenizer import build_tokenizer
 
@@ -258,13 +259,6 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically, so a kill mid-write never leaves a broken checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def _load_checkpoint(path: Path) -> dict | None:
     return torch.load(path, weights_only=True) if path.exists() else None
 
@@ -335,7 +329,7 @@ def train_vae(cfg: GeneratorConfig, images: torch.Tensor, work: Path, seed: int,
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
             state = {"model": vae.state_dict(), "opt": opt.state_dict(), "rng": gen.get_state()}
             state.update(step=step + 1, elapsed=time.perf_counter() - t0)
-            _save_checkpoint(ckpt_path, state)
+            replace_atomically(ckpt_path, lambda tmp, state=state: torch.save(state, tmp))
     vae.eval()
     return vae, time.perf_counter() - t0
 
@@ -434,7 +428,7 @@ def train_unet(
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
             state = {"model": models.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow}
             state.update(rng=gen.get_state(), step=step + 1, elapsed=time.perf_counter() - t0)
-            _save_checkpoint(ckpt_path, state)
+            replace_atomically(ckpt_path, lambda tmp, state=state: torch.save(state, tmp))
     models.load_state_dict(ema.shadow)
     models.eval()
     return unet, text_encoder, tokenizer, time.perf_counter() - t0
