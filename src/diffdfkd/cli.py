@@ -45,6 +45,18 @@ def cmd_world_build_generator(args: argparse.Namespace) -> None:
     print(f"generator pipeline written to {out}")
 
 
+def cmd_world_build_tiny_decoder(args: argparse.Namespace) -> None:
+    from diffdfkd.worlds import get_world
+    from diffdfkd.worlds.tiny_decoder import QUICK, TinyDecoderConfig, build_tiny_decoder
+
+    world = get_world(args.world)
+    generator = Path(args.generator) if args.generator else world.generator
+    images, _ = world.load("public:train")
+    cfg = QUICK if args.quick else TinyDecoderConfig()
+    out = build_tiny_decoder(generator, images, out=args.out or None, cfg=cfg, seed=args.seed)
+    print(f"tiny guidance decoder written to {out}")
+
+
 # --- teacher training and evaluation -----------------------------------------------------------------
 
 
@@ -203,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny generator in under a minute (for tests)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.set_defaults(func=cmd_world_build_generator)
+    p = _add(
+        world_sub,
+        "build-tiny-decoder",
+        "distil a tiny decoder for the guidance gradient (generator.guidance_decoder=pipeline) from a "
+        "generator's VAE, on the world's PUBLIC images",
+    )
+    p.add_argument("--world", default="digits", help="world name (see `diffdfkd world list`)")
+    p.add_argument("--generator", default="", help="pipeline folder; empty: the world's shipped generator")
+    p.add_argument("--out", default="", help="output folder; empty: <generator>/vae_tiny")
+    p.add_argument("--quick", action="store_true", help="a tiny, barely trained decoder (for tests)")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.set_defaults(func=cmd_world_build_tiny_decoder)
 
     p = _add(sub, "train-teacher", "train a zoo model on a world split with cross-entropy")
     p.add_argument("--world", default="digits", help="world name (see `diffdfkd world list`)")

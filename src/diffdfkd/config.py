@@ -80,6 +80,10 @@ class GeneratorConfig:
     # VAE decoder and teacher (compiled on the first batch).
     channels_last: bool = False
     compile: bool = False
+    # The decoder the guidance gradient goes through: "" the full VAE; "pipeline" the pipeline folder's
+    # vae_tiny/ (an AutoencoderTiny, shipped with the digits generators); or an AutoencoderTiny folder.
+    # The saved images are always decoded by the full VAE.
+    guidance_decoder: str = ""
 
     def __post_init__(self) -> None:
         _check_choice("generator.scheduler", self.scheduler, SCHEDULERS)

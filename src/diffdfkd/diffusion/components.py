@@ -222,15 +222,18 @@ def encode_prompts(components: DiffusionComponents, prompts: list[str]) -> torch
     return hidden.float()
 
 
-def decode_latents(components: DiffusionComponents, latents: torch.Tensor) -> torch.Tensor:
+def decode_latents(
+    components: DiffusionComponents, latents: torch.Tensor, vae: torch.nn.Module | None = None
+) -> torch.Tensor:
     """VAE-decode clean latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1].
 
     ``image = clamp(D(x0 / scaling_factor) / 2 + 1/2, 0, 1)``. The clamp is straight-through: the
     forward value is clamped, the gradient passes as if it were not, so a saturated pixel (e.g. a
     digit's black background) can still be brightened by the guidance instead of getting zero gradient.
-    Differentiable when ``latents`` requires grad.
+    Differentiable when ``latents`` requires grad. ``vae``: another decoder of the same latents (the
+    tiny guidance decoder, see :func:`load_guidance_decoder`); default the pipeline's own VAE.
     """
-    vae = components.vae
+    vae = components.vae if vae is None else vae
     scaled = latents / vae.config.scaling_factor
     if getattr(vae.config, "shift_factor", None):
         scaled = scaled + vae.config.shift_factor
@@ -238,3 +241,61 @@ def decode_latents(components: DiffusionComponents, latents: torch.Tensor) -> to
         decoded = vae.decode(scaled).sample
     images = decoded.float() / 2 + 0.5
     return images + (images.clamp(0, 1) - images).detach()
+
+
+GUIDANCE_DECODER_IN_PIPELINE = "pipeline"
+"""``generator.guidance_decoder`` value meaning the pipeline folder's own ``vae_tiny/`` sub-folder."""
+
+
+def guidance_decoder_folder(pipeline_path: str | Path, value: str) -> Path | None:
+    """Where ``generator.guidance_decoder=value`` points: ``None`` for "" (the full VAE decodes for the
+    guidance too), ``<pipeline>/vae_tiny`` for "pipeline", else the folder ``value`` itself."""
+    if not value:
+        return None
+    if value == GUIDANCE_DECODER_IN_PIPELINE:
+        return Path(pipeline_path) / "vae_tiny"
+    return Path(value)
+
+
+def load_guidance_decoder(path: str | Path, components: DiffusionComponents) -> torch.nn.Module:
+    """A small decoder for the guidance gradient only: an ``AutoencoderTiny`` (TAESD architecture) folder.
+
+    It must decode the pipeline's UNet-space latents ``[B, C, h, w]`` (``scaling_factor`` 1, as TAESD
+    does for Stable Diffusion) to images of the same size as the VAE's. The saved images are still
+    decoded by the full VAE. Raises ``ComponentsError`` for a missing folder, another class, or latents
+    or an upsampling factor that do not match the pipeline's.
+    """
+    from diffusers import AutoencoderTiny
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ComponentsError(
+            f"guidance decoder folder {path} has no config.json; give generator.guidance_decoder a folder "
+            f"saved with AutoencoderTiny.save_pretrained, '{GUIDANCE_DECODER_IN_PIPELINE}' for the "
+            "pipeline's vae_tiny/, or '' for the full VAE"
+        )
+    config = json.loads(config_file.read_text())
+    if config.get("_class_name") != "AutoencoderTiny":
+        raise ComponentsError(
+            f"{path} holds a {config.get('_class_name')!r}; the guidance decoder must be an AutoencoderTiny"
+        )
+    try:
+        decoder = AutoencoderTiny.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ComponentsError(f"cannot load the guidance decoder from {path}: {error}") from None
+    upsampling = decoder.config.upsampling_scaling_factor ** (
+        len(decoder.config.decoder_block_out_channels) - 1
+    )
+    if (
+        decoder.config.latent_channels != components.latent_channels
+        or upsampling != components.vae_scale_factor
+    ):
+        raise ComponentsError(
+            f"the guidance decoder at {path} takes {decoder.config.latent_channels}-channel latents and "
+            f"upsamples {upsampling}x; the pipeline has {components.latent_channels} channels and a VAE factor "
+            f"of {components.vae_scale_factor}"
+        )
+    if components.device.type == "cuda" and components.dtype != torch.float32:
+        decoder = decoder.to(dtype=components.dtype)
+    return decoder.to(components.device).eval().requires_grad_(False)

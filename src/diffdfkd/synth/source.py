@@ -117,7 +117,13 @@ class DiffusionSource:
         """``teacher``: a ``Teacher`` (images in [0, 1] -> logits, ``class_names``); ``components``:
         already loaded parts (else loaded from ``config.generator``); ``student``: for ``L_adv``."""
         from diffdfkd.augment.cutmix import LatentCutMix
-        from diffdfkd.diffusion.components import decode_latents, encode_prompts, load_components
+        from diffdfkd.diffusion.components import (
+            decode_latents,
+            encode_prompts,
+            guidance_decoder_folder,
+            load_components,
+            load_guidance_decoder,
+        )
         from diffdfkd.guidance.guide import TeacherGuide
 
         gen = config.generator
@@ -159,9 +165,11 @@ class DiffusionSource:
         self.guide = None
         if config.guidance.mode != "none":
             g = config.guidance
+            folder = guidance_decoder_folder(gen.path, gen.guidance_decoder)
+            guidance_vae = None if folder is None else load_guidance_decoder(folder, components)
             self.guide = TeacherGuide(
                 self.teacher,
-                partial(decode_latents, components),
+                partial(decode_latents, components, vae=guidance_vae),
                 group_size=self.group_size,
                 ce_weight=g.ce_weight,
                 bn_weight=g.bn_weight,
