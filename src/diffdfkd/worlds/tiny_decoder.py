@@ -156,6 +156,12 @@ def build_tiny_decoder(
     start = time.perf_counter()
     tiny, losses = train_tiny_decoder(vae, images, cfg, seed=seed)
     tiny.save_pretrained(out, safe_serialization=True)
+    # AutoencoderTiny records its decoder widths a second time under a key its constructor does not take
+    # (loading then warns): keep the config to the constructor's arguments, as TAESD's folders do.
+    config_file = out / "config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("block_out_channels", None)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     info = {
         "config": asdict(cfg),
         "seed": seed,
