@@ -50,7 +50,7 @@ def test_overrides_apply_on_top_of_the_file_with_types(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("synth.batch_size=abc", "must be int"),
+        ("synth.batch_size=abc", "must be an integer"),
         ("guidance.mode=magic", "choose from"),
         ("cutmix.enabled=3", "true or false"),
         ("nodots", "key.sub=value"),
