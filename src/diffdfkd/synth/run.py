@@ -119,10 +119,22 @@ def build_teacher(config: ExperimentConfig) -> torch.nn.Module:
         teacher = load_world_teacher(config.world)
     else:
         names, arch = tc.class_names, tc.arch
+        if not Path(tc.weights).is_file():
+            raise ConfigError(f"teacher.weights: {tc.weights} does not exist")
         # The world fills only what the teacher does not say itself (a TorchScript file has its arch).
         if not names or not (arch or is_torchscript(Path(tc.weights))):
-            from diffdfkd.worlds import get_world
+            from diffdfkd.worlds import get_world, list_worlds
 
+            if config.world not in list_worlds():
+                missing = "teacher.class_names" if not names else "teacher.arch"
+                raise ConfigError(
+                    f"set {missing}: world {config.world!r} is not a shipped world that could fill it"
+                    + (
+                        f" ({tc.weights} is not a TorchScript file, which would carry its architecture)"
+                        if names
+                        else ""
+                    )
+                )
             world = get_world(config.world)
             names, arch = names or world.class_names, arch or world.teacher_arch
         teacher = load_teacher(
