@@ -98,6 +98,7 @@ def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool
     lines = []
     if config.synth.source in GENERATOR_SOURCES:
         lines += _check_generator(config)
+    _check_batchnorm(config, teacher)
     save_size = config.synth.save_size or teacher.input_size
     out = output_dir(config)
     writer = DatasetWriter(out, teacher.class_names)
@@ -135,6 +136,26 @@ def _check_generator(config: ExperimentConfig) -> list[str]:
             f"({train_steps} training steps): {error}"
         ) from None
     return [f"generator: {gen.path} ({gen.scheduler}, {gen.num_steps} of {train_steps} steps)"]
+
+
+def _check_batchnorm(config: ExperimentConfig, teacher: Teacher) -> None:
+    """A BN-statistics loss with a weight needs BatchNorm layers it can hook in the teacher."""
+    from diffdfkd.guidance.losses import BNStatsLoss
+
+    guided = config.synth.source in GENERATOR_SOURCES and config.guidance.mode != "none"
+    key, weight = ("guidance.bn_weight", config.guidance.bn_weight)
+    if config.synth.source == "deepinversion":
+        guided, key, weight = True, "deepinversion.bn_weight", config.deepinversion.bn_weight
+    if not guided or weight == 0:
+        return
+    try:
+        BNStatsLoss(teacher.model, config.synth.group_size).remove()
+    except ValueError as error:
+        raise ConfigError(
+            f"{key}={weight}, but the BN-statistics loss cannot run on this teacher: {error}. Ways out: "
+            f"{key}=0 (no BN-statistics term), or a teacher whose BatchNorm layers it reaches (a zoo "
+            f"architecture with its weights: teacher.arch + teacher.weights)"
+        ) from None
 
 
 def _unet_calls(config: ExperimentConfig, plan: SynthPlan) -> str:
