@@ -262,6 +262,11 @@ CASES = [
         ["not a synthetic dataset folder"],
     ),
     (
+        "foreign-output-folder",
+        lambda u, tmp: ["check", "--config", u.config, f"out_dir={_foreign_folder(tmp)}"],
+        ["not a diffdfkd run", "notes.txt"],
+    ),
+    (
         "changed-synth-config",
         lambda u, tmp: ["synthesize", "--config", u.config, f"synth.out_dir={u.datasets['a']}", "seed=5"],
         ["another config", "seed (0 -> 5)"],

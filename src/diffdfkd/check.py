@@ -34,6 +34,18 @@ from diffdfkd.synth.run import SynthPlan, build_teacher, dataset_signature, outp
 from diffdfkd.synth.writer import DatasetFolderError, DatasetWriter, missing_batches
 
 STAGES = ("synthesize", "distill", "run")
+# What a run writes into its out_dir; anything else there makes it someone else's folder.
+RUN_NAMES = (
+    "config.yaml",
+    "run_info.json",
+    "synth",
+    "student",
+    "results.json",
+    "report.md",
+    "report.html",
+    "synthetic_grid.png",
+    "training_curves.png",
+)
 # Sources that sample the configured diffusion model (the others need no generator folder).
 GENERATOR_SOURCES = ("diffdfkd",)
 
@@ -246,14 +258,22 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def output_state(config: ExperimentConfig, overwrite: bool) -> str:
-    """``out_dir``'s state, read only: "new", "resumable" (made with this config) or "replaced"
-    (another config's, with ``overwrite``); another config's without ``overwrite`` is refused,
-    naming the changed keys."""
+    """``out_dir``'s state, read only: "new" (absent, empty, or only a dataset made there by
+    ``synthesize``), "resumable" (made with this config) or "replaced" (another config's, with
+    ``overwrite``). Another config's without ``overwrite`` is refused, naming the changed keys, and
+    so is a folder holding files of someone else's."""
     out = Path(config.out_dir)
     saved = out / "config.yaml"
     if not saved.is_file():
-        if out.is_file():
-            raise ConfigError(f"out_dir {out} is a file; choose a folder")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"out_dir {out} is a file; choose a new or empty folder")
+        entries = out.iterdir() if out.is_dir() else ()
+        foreign = sorted(p.name for p in entries if p.name not in RUN_NAMES and not p.name.startswith("."))
+        if foreign:
+            raise ConfigError(
+                f"out_dir {out} holds files that are not a diffdfkd run ({', '.join(foreign[:3])}...); "
+                f"choose a new or empty folder"
+            )
         return "new"
     old = to_dict(from_dict(ExperimentConfig, yaml.safe_load(saved.read_text()) or {}))
     changed = changed_keys(old, to_dict(config))
