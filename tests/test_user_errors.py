@@ -209,6 +209,11 @@ CASES = [
         _check("generator.num_steps=5000"),
         ["generator.num_steps=5000", "1000 training steps"],
     ),
+    (
+        "resolution-off-the-latent-grid",
+        _check("generator.resolution=30"),
+        ["generator.resolution=30", "VAE factor 4"],
+    ),
     ("student-cannot-take-24px", _check("distill.student=lenet5"), ["distill.student=lenet5", "24 x 24"]),
     ("unknown-student", _check("distill.student=resnet1000"), ["unknown model 'resnet1000'"]),
     ("unknown-source", _check("synth.source=magic"), ["unknown synthetic-data source 'magic'"]),

@@ -132,7 +132,8 @@ def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool
 
 
 def _check_generator(config: ExperimentConfig) -> list[str]:
-    """The pipeline folder has every part, the device exists, the scheduler takes ``num_steps``."""
+    """The pipeline folder has every part, the device exists, the scheduler takes ``num_steps``, the
+    resolution is a whole number of latent pixels."""
     from diffdfkd.diffusion.components import build_scheduler, read_pipeline_index, resolve_device
 
     gen = resolve_config(config).generator
@@ -147,7 +148,16 @@ def _check_generator(config: ExperimentConfig) -> list[str]:
             f"generator.num_steps={gen.num_steps} does not fit the {gen.scheduler} scheduler of {gen.path} "
             f"({train_steps} training steps): {error}"
         ) from None
-    return [f"generator: {gen.path} ({gen.scheduler}, {gen.num_steps} of {train_steps} steps)"]
+    vae = json.loads((Path(gen.path) / "vae" / "config.json").read_text())
+    unet = json.loads((Path(gen.path) / "unet" / "config.json").read_text())
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)  # as DiffusionComponents.vae_scale_factor
+    resolution = gen.resolution or int(unet["sample_size"]) * factor
+    if resolution % factor:
+        raise ConfigError(f"generator.resolution={resolution} is not a multiple of the VAE factor {factor}")
+    return [
+        f"generator: {gen.path} ({gen.scheduler}, {gen.num_steps} of {train_steps} steps, "
+        f"{resolution} x {resolution} px)"
+    ]
 
 
 def _check_batchnorm(config: ExperimentConfig, teacher: Teacher) -> None:
