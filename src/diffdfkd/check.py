@@ -17,9 +17,14 @@ from typing import Any
 
 import torch
 import yaml
+from PIL import Image
 
+import diffdfkd.baselines  # noqa: F401  (registers the baseline sources in SOURCES)
 from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, to_dict
+from diffdfkd.diffusion.components import build_scheduler, read_pipeline_index, resolve_device
+from diffdfkd.diffusion.sampler import guidance_active
 from diffdfkd.distill.trainer import checkpoint_run
+from diffdfkd.guidance.losses import BNStatsLoss
 from diffdfkd.models import create_model
 from diffdfkd.models.teacher import Teacher
 from diffdfkd.synth.dataset import (
@@ -31,7 +36,9 @@ from diffdfkd.synth.dataset import (
     require_complete,
 )
 from diffdfkd.synth.run import SynthPlan, build_teacher, dataset_signature, output_dir, resolve_config
+from diffdfkd.synth.source import SOURCES
 from diffdfkd.synth.writer import DatasetFolderError, DatasetWriter, missing_batches
+from diffdfkd.worlds import get_world, list_worlds
 
 STAGES = ("synthesize", "distill", "run")
 # What a run writes into its out_dir; anything else there makes it someone else's folder.
@@ -102,9 +109,6 @@ def check(
 
 def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool) -> list[str]:
     """The source, the generator folder and its scheduler, the dataset folder's state, the plan."""
-    import diffdfkd.baselines  # noqa: F401  (registers the baseline sources in SOURCES)
-    from diffdfkd.synth.source import SOURCES
-
     SOURCES.get(config.synth.source)  # an unknown name lists the known ones
     plan = SynthPlan.from_config(config, teacher.num_classes)
     lines = []
@@ -134,8 +138,6 @@ def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool
 def _check_generator(config: ExperimentConfig) -> list[str]:
     """The pipeline folder has every part, the device exists, the scheduler takes ``num_steps``, the
     resolution is a whole number of latent pixels."""
-    from diffdfkd.diffusion.components import build_scheduler, read_pipeline_index, resolve_device
-
     gen = resolve_config(config).generator
     read_pipeline_index(gen.path)
     resolve_device(gen.device)
@@ -162,8 +164,6 @@ def _check_generator(config: ExperimentConfig) -> list[str]:
 
 def _check_batchnorm(config: ExperimentConfig, teacher: Teacher) -> None:
     """A BN-statistics loss with a weight needs BatchNorm layers it can hook in the teacher."""
-    from diffdfkd.guidance.losses import BNStatsLoss
-
     guided = config.synth.source in GENERATOR_SOURCES and config.guidance.mode != "none"
     key, weight = ("guidance.bn_weight", config.guidance.bn_weight)
     if config.synth.source == "deepinversion":
@@ -182,8 +182,6 @@ def _check_batchnorm(config: ExperimentConfig, teacher: Teacher) -> None:
 
 def _unet_calls(config: ExperimentConfig, plan: SynthPlan) -> str:
     """The estimated number of CFG-batched UNet calls (and backward passes) of the whole dataset."""
-    from diffdfkd.diffusion.sampler import guidance_active
-
     steps = config.generator.num_steps
     guided = sum(guidance_active(config.guidance, step, steps) for step in range(steps))
     mode = config.guidance.mode
@@ -230,8 +228,6 @@ def _check_dataset(
 
 def _dataset_image_size(root: Path) -> int:
     """The side of the dataset's (square) images, from its first image's header."""
-    from PIL import Image
-
     first = read_rows(root, warn=False)[0]
     with Image.open(root / first["file"]) as image:
         return image.size[0]
@@ -301,8 +297,6 @@ def check_test_data(config: ExperimentConfig, teacher: Teacher, split: str = "pr
     """Where the labelled test images come from, checked: ``eval_folder`` (classes matched to the
     teacher's by folder name), else the world's ``split`` (by default its PRIVATE test split), which
     only fits a teacher of the world's classes. Returns the name of the data."""
-    from diffdfkd.worlds import get_world, list_worlds
-
     if config.eval_folder:
         folders = match_class_folders(config.eval_folder, teacher.class_names)
         count = sum(
