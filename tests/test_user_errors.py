@@ -393,3 +393,15 @@ def test_synthesize_remakes_missing_and_damaged_files_byte_identical(user, tmp_p
     assert code == 0, err
     assert "is damaged" in caplog.text and "making it again" in caplog.text
     assert {p: p.read_bytes() for p in sorted((folder / "images").rglob("*.png"))} == originals
+
+
+def test_a_full_disk_anywhere_ends_with_a_clear_error(user, tmp_path, capsys, monkeypatch):
+    from diffdfkd import pipeline
+
+    def disk_full(model, path, half=True):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pipeline, "export_weights", disk_full)
+    code, _, err = _run(_distill(lambda u, tmp: u.datasets["a"])(user, tmp_path), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "No space left" in err and "disk full" in err and "rerun the same command" in err

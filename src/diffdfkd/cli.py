@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -336,6 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (UserError, FileNotFoundError) as error:
         print(f"diffdfkd: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk anywhere (the stages' own writers say where)
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(
+            f"diffdfkd: error: {error} (disk full); free space and rerun the same command: it resumes "
+            f"where it stopped",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("diffdfkd: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
