@@ -405,3 +405,14 @@ def test_a_full_disk_anywhere_ends_with_a_clear_error(user, tmp_path, capsys, mo
     code, _, err = _run(_distill(lambda u, tmp: u.datasets["a"])(user, tmp_path), capsys)
     assert code == 2 and "Traceback" not in err
     assert "No space left" in err and "disk full" in err and "rerun the same command" in err
+
+
+def test_check_for_distill_reads_the_dataset_and_the_student_checkpoint(user, capsys):
+    argv = ["check", "--stage", "distill", "--config", user.config, "--data", user.datasets["a"]]
+    code, out, err = _run([*argv, f"out_dir={user.trained}"], capsys)
+    assert code == 0, err
+    assert (
+        f"dataset: {user.datasets['a']}, 16 images" in out and "output folder" in out and "resumable" in out
+    )
+    code, out, err = _run([*argv, f"out_dir={user.trained}", "--overwrite"], capsys)
+    assert code == 0 and "replaced" not in out  # the same data and config: nothing to replace
