@@ -202,6 +202,11 @@ CASES = [
         _check("generator.prompt_template=a photo of a {animal}"),
         ["unknown placeholders", "animal"],
     ),
+    (
+        "teacher-cannot-take-the-input",
+        _check("teacher.in_channels=1", "teacher.mean=[0.5]", "teacher.std=[0.5]"),
+        ["cannot take inputs of shape [1, 1, 24, 24]", "teacher.in_channels"],
+    ),
     ("single-class", _check("teacher.class_names=[owl]"), ["at least two classes"]),
     ("seed-negative", _check("seed=-1"), ["seed=-1"]),
     (
