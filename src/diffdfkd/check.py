@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from PIL import Image
 
 import diffdfkd.baselines  # noqa: F401  (registers the baseline sources in SOURCES)
-from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, to_dict
+from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, load_yaml, to_dict
 from diffdfkd.diffusion.components import build_scheduler, read_pipeline_index, resolve_device
 from diffdfkd.diffusion.sampler import guidance_active
 from diffdfkd.distill.trainer import checkpoint_run
@@ -281,7 +280,7 @@ def output_state(config: ExperimentConfig, overwrite: bool) -> str:
                 f"choose a new or empty folder"
             )
         return "new"
-    old = to_dict(from_dict(ExperimentConfig, yaml.safe_load(saved.read_text()) or {}))
+    old = to_dict(from_dict(ExperimentConfig, load_yaml(saved.read_text(), str(saved)) or {}))
     changed = changed_keys(old, to_dict(config))
     if not changed:
         return "resumable"
