@@ -219,6 +219,11 @@ CASES = [
         _check("generator.resolution=30"),
         ["generator.resolution=30", "VAE factor 4"],
     ),
+    (
+        "guidance-decoder-missing",
+        _check("generator.guidance_decoder=/nonexistent/taesd"),
+        ["/nonexistent/taesd", "no config.json", "AutoencoderTiny"],
+    ),
     ("student-cannot-take-24px", _check("distill.student=lenet5"), ["distill.student=lenet5", "24 x 24"]),
     ("unknown-student", _check("distill.student=resnet1000"), ["unknown model 'resnet1000'"]),
     ("unknown-source", _check("synth.source=magic"), ["unknown synthetic-data source 'magic'"]),

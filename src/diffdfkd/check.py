@@ -20,7 +20,13 @@ from PIL import Image
 
 import diffdfkd.baselines  # noqa: F401  (registers the baseline sources in SOURCES)
 from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, load_yaml, to_dict
-from diffdfkd.diffusion.components import build_scheduler, read_pipeline_index, resolve_device
+from diffdfkd.diffusion.components import (
+    build_scheduler,
+    check_guidance_decoder,
+    guidance_decoder_folder,
+    read_pipeline_index,
+    resolve_device,
+)
 from diffdfkd.diffusion.sampler import guidance_active
 from diffdfkd.distill.trainer import checkpoint_run
 from diffdfkd.guidance.losses import BNStatsLoss
@@ -155,9 +161,12 @@ def _check_generator(config: ExperimentConfig) -> list[str]:
     resolution = gen.resolution or int(unet["sample_size"]) * factor
     if resolution % factor:
         raise ConfigError(f"generator.resolution={resolution} is not a multiple of the VAE factor {factor}")
+    decoder = guidance_decoder_folder(gen.path, gen.guidance_decoder)
+    if decoder is not None:
+        check_guidance_decoder(decoder, int(unet["in_channels"]), factor)
     return [
         f"generator: {gen.path} ({gen.scheduler}, {gen.num_steps} of {train_steps} steps, "
-        f"{resolution} x {resolution} px)"
+        f"{resolution} x {resolution} px" + (f"; guidance decoder {decoder})" if decoder is not None else ")")
     ]
 
 

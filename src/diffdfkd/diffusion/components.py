@@ -270,16 +270,9 @@ def guidance_decoder_folder(pipeline_path: str | Path, value: str) -> Path | Non
     return Path(value)
 
 
-def load_guidance_decoder(path: str | Path, components: DiffusionComponents) -> torch.nn.Module:
-    """A small decoder for the guidance gradient only: an ``AutoencoderTiny`` (TAESD architecture) folder.
-
-    It must decode the pipeline's UNet-space latents ``[B, C, h, w]`` (``scaling_factor`` 1, as TAESD
-    does for Stable Diffusion) to images of the same size as the VAE's. The saved images are still
-    decoded by the full VAE. Raises ``ComponentsError`` for a missing folder, another class, or latents
-    or an upsampling factor that do not match the pipeline's.
-    """
-    from diffusers import AutoencoderTiny
-
+def check_guidance_decoder(path: str | Path, latent_channels: int, vae_scale_factor: int) -> Path:
+    """Refuse (``ComponentsError``) a guidance-decoder folder that is missing, holds another class than
+    ``AutoencoderTiny``, or does not take ``latent_channels``-channel latents up by ``vae_scale_factor``."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -293,22 +286,31 @@ def load_guidance_decoder(path: str | Path, components: DiffusionComponents) -> 
         raise ComponentsError(
             f"{path} holds a {config.get('_class_name')!r}; the guidance decoder must be an AutoencoderTiny"
         )
+    channels = int(config.get("latent_channels", 4))
+    stages = len(config.get("decoder_block_out_channels", (64, 64, 64, 64)))
+    upsampling = int(config.get("upsampling_scaling_factor", 2)) ** (stages - 1)
+    if channels != latent_channels or upsampling != vae_scale_factor:
+        raise ComponentsError(
+            f"the guidance decoder at {path} takes {channels}-channel latents and upsamples {upsampling}x; "
+            f"the pipeline has {latent_channels} channels and a VAE factor of {vae_scale_factor}"
+        )
+    return path
+
+
+def load_guidance_decoder(path: str | Path, components: DiffusionComponents) -> torch.nn.Module:
+    """A small decoder for the guidance gradient only: an ``AutoencoderTiny`` (TAESD architecture) folder.
+
+    It must decode the pipeline's UNet-space latents ``[B, C, h, w]`` (``scaling_factor`` 1, as TAESD
+    does for Stable Diffusion) to images of the same size as the VAE's; see
+    :func:`check_guidance_decoder`. The saved images are still decoded by the full VAE.
+    """
+    from diffusers import AutoencoderTiny
+
+    path = check_guidance_decoder(path, components.latent_channels, components.vae_scale_factor)
     try:
         decoder = AutoencoderTiny.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as error:
         raise ComponentsError(f"cannot load the guidance decoder from {path}: {error}") from None
-    upsampling = decoder.config.upsampling_scaling_factor ** (
-        len(decoder.config.decoder_block_out_channels) - 1
-    )
-    if (
-        decoder.config.latent_channels != components.latent_channels
-        or upsampling != components.vae_scale_factor
-    ):
-        raise ComponentsError(
-            f"the guidance decoder at {path} takes {decoder.config.latent_channels}-channel latents and "
-            f"upsamples {upsampling}x; the pipeline has {components.latent_channels} channels and a VAE factor "
-            f"of {components.vae_scale_factor}"
-        )
     if components.device.type == "cuda" and components.dtype != torch.float32:
         decoder = decoder.to(dtype=components.dtype)
     return decoder.to(components.device).eval().requires_grad_(False)
