@@ -604,7 +604,7 @@ def decomposed_flops(components: Any, teacher: torch.nn.Module, mode: str, batch
     order ``sample`` calls them, on shapes only (works on the meta device: no ``.item()``)."""
     from diffdfkd.diffusion.components import decode_latents
     from diffdfkd.diffusion.sampler import cfg_eps, predict_x0
-    from diffdfkd.guidance.losses import BNStatsLoss, cross_entropy_sum
+    from diffdfkd.guidance.teacher_loss import BNStatistics, Units, cross_entropy
 
     device = next(components.unet.parameters()).device
     dim = components.text_encoder.config.hidden_size
@@ -629,9 +629,9 @@ def decomposed_flops(components: Any, teacher: torch.nn.Module, mode: str, batch
         with torch.set_grad_enabled(mode != "detach_unet"):
             eps = eps_at(z)
         images = decode_latents(components, predict_x0(z, eps, abar))
-        with BNStatsLoss(teacher.model, 1) as bn:
+        with BNStatistics(teacher.model, Units("sample")) as bn:
             logits = teacher(images).float()
-            loss = cross_entropy_sum(logits, targets) + 0.1 * bn.loss()
+            loss = cross_entropy(logits, targets, Units("sample")) + 0.1 * bn.loss()
         torch.autograd.grad(loss, z)
         if mode != "one_pass":  # the re-denoise at the updated z_t
             with torch.no_grad():

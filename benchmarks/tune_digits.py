@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from diffdfkd.config import load_config  # noqa: E402
-from diffdfkd.guidance.losses import BNStatsLoss  # noqa: E402
+from diffdfkd.guidance.teacher_loss import BNStatistics, Units  # noqa: E402
 from diffdfkd.pipeline import DEMO_CONFIG  # noqa: E402
 from diffdfkd.synth.run import SynthPlan, build_teacher, resolve_config  # noqa: E402
 from diffdfkd.synth.source import SOURCES  # noqa: E402
@@ -50,7 +50,7 @@ SWEEP: list[list[str]] = [
 @torch.no_grad()
 def bn_distance(teacher: torch.nn.Module, images: torch.Tensor) -> float:
     """BatchNorm-statistics distance of the whole set ``images [N, 3, H, W]`` (one group)."""
-    with BNStatsLoss(teacher.model, group_size=len(images)) as bn:
+    with BNStatistics(teacher.model, Units("batch")) as bn:
         teacher(images)
         return float(bn.loss())
 
