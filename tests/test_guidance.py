@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffdfkd.config import GuidanceConfig
-from diffdfkd.diffusion import sampler as sampler_module
-from diffdfkd.diffusion.components import decode_latents
+from diffdfkd.diffusion import denoiser as denoiser_module
+from diffdfkd.diffusion.components import decode_latents, encode_prompts
+from diffdfkd.diffusion.denoiser import CFGDenoiser
 from diffdfkd.diffusion.sampler import sample
 from diffdfkd.guidance.guide import GuidanceError, GuideOutput, TeacherGuide
+from diffdfkd.guidance.modes import build_mode
 from diffdfkd.synth.source import generators_for
 
 BATCH = 6  # three classes, two samples each: [0, 0, 1, 1, 2, 2]
@@ -81,21 +83,15 @@ def run(
     guidance = GuidanceConfig(mode=mode, step_size=step_size)
     if guide is None and mode != "none":
         guide = TeacherGuide(teacher, lambda x0: decode_latents(components, x0), group_size=BATCH)
-    from diffdfkd.diffusion.components import encode_prompts
-
     cond = encode_prompts(components, ["a handwritten digit"]).expand(BATCH, -1, -1)
-    uncond = encode_prompts(components, [""])
+    denoiser = CFGDenoiser(components, cond, encode_prompts(components, [""]), cfg_scale=2.0)
     out = sample(
         components,
-        cond=cond,
-        uncond=uncond,
+        build_mode(guidance, denoiser, guide),
         targets=TARGETS,
         generators=generators_for([seed * 1000 + i for i in range(BATCH)]),
         latent_size=8,
         num_steps=steps,
-        cfg_scale=2.0,
-        guidance=guidance,
-        guide=guide,
     )
     with torch.no_grad():
         p_target = (teacher(out.images).softmax(dim=1) * TARGETS).sum(dim=1).mean().item()
@@ -131,7 +127,7 @@ def test_a_zero_gradient_gives_exactly_the_unguided_images(tiny_components, shar
 @pytest.mark.parametrize("cut", ["no_grad", "detach"])
 def test_cutting_the_gradient_path_is_an_error(tiny_components, sharp_teacher, monkeypatch, cut) -> None:
     """The reference computed x0_hat under no_grad, so its guidance did nothing: we refuse to run so."""
-    real = sampler_module.predict_x0
+    real = denoiser_module.predict_x0
 
     def cut_x0(z_in, eps, abar):
         if cut == "no_grad":
@@ -139,7 +135,7 @@ def test_cutting_the_gradient_path_is_an_error(tiny_components, sharp_teacher, m
                 return real(z_in, eps, abar)
         return real(z_in, eps, abar).detach().requires_grad_(True)
 
-    monkeypatch.setattr(sampler_module, "predict_x0", cut_x0)
+    monkeypatch.setattr(denoiser_module, "predict_x0", cut_x0)
     with pytest.raises(GuidanceError, match="z_t"):
         run(tiny_components, sharp_teacher, "full")
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from diffdfkd.augment.cutmix import LatentCutMix
 from diffdfkd.config import GuidanceConfig
-from diffdfkd.diffusion import sampler as sampler_module
+from diffdfkd.diffusion import denoiser as denoiser_module
 from diffdfkd.diffusion.components import (
     SCHEDULER_CLASSES,
     ComponentsError,
@@ -23,8 +23,10 @@ from diffdfkd.diffusion.components import (
     encode_prompts,
     load_components,
 )
-from diffdfkd.diffusion.sampler import alpha_bar, cfg_eps, predict_x0, sample
+from diffdfkd.diffusion.denoiser import CFGDenoiser, alpha_bar, cfg_eps, predict_x0
+from diffdfkd.diffusion.sampler import sample
 from diffdfkd.guidance.guide import TeacherGuide
+from diffdfkd.guidance.modes import build_mode
 from diffdfkd.synth.source import generators_for
 
 BATCH = 4
@@ -36,18 +38,15 @@ def run(components, teacher=None, *, mode="none", steps=3, augmentations=(), kee
     if mode != "none":
         guide = TeacherGuide(teacher, lambda x0: decode_latents(components, x0), group_size=BATCH)
     cond = encode_prompts(components, ["a handwritten digit"]).expand(BATCH, -1, -1)
+    denoiser = CFGDenoiser(components, cond, encode_prompts(components, [""]), cfg_scale=2.0)
     return sample(
         components,
-        cond=cond,
-        uncond=encode_prompts(components, [""]),
+        build_mode(GuidanceConfig(mode=mode, step_size=5.0, **guidance), denoiser, guide),
         targets=TARGETS,
         generators=generators_for(list(range(BATCH))),
         group_generators=generators_for([99]),
         latent_size=8,
         num_steps=steps,
-        cfg_scale=2.0,
-        guidance=GuidanceConfig(mode=mode, step_size=5.0, **guidance),
-        guide=guide,
         augmentations=augmentations,
         keep_intermediates=keep,
     )
@@ -134,13 +133,13 @@ def test_unet_passes_per_step(
     tiny_components, tiny_teacher, monkeypatch, mode, extra, grad_calls, plain_calls
 ):
     calls = []
-    real = sampler_module.cfg_eps
+    real = denoiser_module.cfg_eps
 
     def counting(*args, **kwargs):
         calls.append(torch.is_grad_enabled())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sampler_module, "cfg_eps", counting)
+    monkeypatch.setattr(denoiser_module, "cfg_eps", counting)
     run(tiny_components, tiny_teacher, mode=mode, steps=4, **extra)
     assert (sum(calls), len(calls) - sum(calls)) == (grad_calls, plain_calls)
 

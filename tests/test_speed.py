@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from diffdfkd.diffusion.components import decode_latents
-from diffdfkd.diffusion.sampler import cfg_eps, predict_x0
+from diffdfkd.diffusion.denoiser import cfg_eps, predict_x0
 from diffdfkd.diffusion.speed import apply_speed_settings, sd15_components
 from diffdfkd.guidance.guide import TeacherGuide
 

@@ -175,23 +175,25 @@ class DiffusionSource:
 
     def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch:
         """Sample images for ``indices [B]`` (whole mixing groups) with ``targets [B, K]``."""
+        from diffdfkd.diffusion.denoiser import CFGDenoiser
         from diffdfkd.diffusion.sampler import sample
+        from diffdfkd.guidance.modes import build_mode
 
         groups = check_groups(indices, self.group_size)
         seed = self.config.seed
         classes = targets.argmax(dim=1).to(self.class_embeds.device)
+        gen = self.config.generator
+        denoiser = CFGDenoiser(
+            self.components, self.class_embeds[classes], self.negative_embeds, gen.cfg_scale
+        )
         out = sample(
             self.components,
-            cond=self.class_embeds[classes],
-            uncond=self.negative_embeds,
+            build_mode(self.config.guidance, denoiser, self.guide),
             targets=targets,
             generators=generators_for([sample_seed(seed, int(i)) for i in indices]),
             group_generators=generators_for([group_seed(seed, int(g)) for g in groups]),
             latent_size=self.latent_size,
-            num_steps=self.config.generator.num_steps,
-            cfg_scale=self.config.generator.cfg_scale,
-            guidance=self.config.guidance,
-            guide=self.guide,
+            num_steps=gen.num_steps,
             augmentations=self.augmentations,
             keep_intermediates=self.config.cutmix.keep_intermediates,
         )
