@@ -167,8 +167,10 @@ def cifar_teacher(device: torch.device | str = "cpu") -> torch.nn.Module:
 def build_components(tiny: bool, pipeline: str, device: torch.device, settings: Settings) -> Any:
     """SD 1.5 parts (random weights, or ``pipeline``'s) with ``settings`` applied, except compile and
     checkpointing (``finish_settings``: FLOPs are counted before, on the eager models)."""
+    from sd15 import sd15_components
+
     from diffdfkd.diffusion.components import load_components
-    from diffdfkd.diffusion.speed import apply_speed_settings, sd15_components
+    from diffdfkd.diffusion.speed import apply_speed_settings
 
     if pipeline:
         components = load_components(pipeline, device=device, dtype=settings.dtype, scheduler="ddpm")
@@ -204,7 +206,7 @@ def make_source(
     """A ``DiffusionSource`` for ``batch`` samples, ``num_steps`` DDPM steps, CFG 3, class-free prompt,
     BN statistics per sample and no Latent CutMix (the reference's batch of one: same mathematics)."""
     from diffdfkd.config import ExperimentConfig, replace
-    from diffdfkd.synth.source import DiffusionSource
+    from diffdfkd.synth.diffusion_source import DiffusionSource
 
     config = replace(
         ExperimentConfig(),
@@ -651,7 +653,7 @@ def decomposed_flops(components: Any, teacher: torch.nn.Module, mode: str, batch
 def full_arch_check(args: argparse.Namespace, argv: list[str]) -> dict:
     """Validate the full SD 1.5 build with one real guided step on the CPU at ``--check-resolution``,
     and count every row's FLOPs at 512 px on the meta device, cross-checked at the reduced size."""
-    from diffdfkd.diffusion.speed import sd15_components
+    from sd15 import sd15_components
 
     device = torch.device("cpu")
     check_res = args.check_resolution
@@ -802,7 +804,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark (or the full-architecture check), write JSON + Markdown, return the result."""
-    from diffdfkd.diffusion.components import resolve_device
+    from diffdfkd.runtime import resolve_device
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)

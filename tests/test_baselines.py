@@ -8,7 +8,7 @@ from diffdfkd.config import DeepInversionConfig, load_config
 from diffdfkd.pipeline import DEMO_CONFIG
 from diffdfkd.synth.dataset import load_synthetic
 from diffdfkd.synth.run import SynthPlan, synthesize
-from diffdfkd.synth.source import SOURCES
+from diffdfkd.synth.sources import SOURCES
 from diffdfkd.worlds import get_world
 
 
@@ -24,8 +24,6 @@ def _target_prob(teacher, images, targets):
 
 
 def test_sources_are_registered():
-    import diffdfkd.baselines  # noqa: F401
-
     assert {"diffdfkd", "deepinversion", "real"} <= set(SOURCES.names())
 
 

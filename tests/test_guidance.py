@@ -16,7 +16,7 @@ from diffdfkd.diffusion.denoiser import CFGDenoiser
 from diffdfkd.diffusion.sampler import sample
 from diffdfkd.guidance.guide import GuidanceError, GuideOutput, TeacherGuide
 from diffdfkd.guidance.modes import build_mode
-from diffdfkd.synth.source import generators_for
+from diffdfkd.runtime import generators_for
 
 BATCH = 6  # three classes, two samples each: [0, 0, 1, 1, 2, 2]
 TARGETS = F.one_hot(torch.arange(BATCH) // 2 % 3, 3).float()

@@ -11,7 +11,7 @@ from diffdfkd.diffusion.components import encode_prompts
 from diffdfkd.diffusion.denoiser import CFGDenoiser, Step
 from diffdfkd.diffusion.sampler import sample
 from diffdfkd.guidance.modes import MODES, Unguided, Window, build_mode
-from diffdfkd.synth.source import generators_for
+from diffdfkd.runtime import generators_for
 
 TARGETS = F.one_hot(torch.tensor([0, 1]), 3).float()
 

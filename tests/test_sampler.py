@@ -27,7 +27,7 @@ from diffdfkd.diffusion.denoiser import CFGDenoiser, alpha_bar, cfg_eps, predict
 from diffdfkd.diffusion.sampler import sample
 from diffdfkd.guidance.guide import TeacherGuide
 from diffdfkd.guidance.modes import build_mode
-from diffdfkd.synth.source import generators_for
+from diffdfkd.runtime import SettingError, generators_for
 
 BATCH = 4
 TARGETS = F.one_hot(torch.tensor([0, 0, 1, 1]), 3).float()
@@ -62,7 +62,7 @@ def test_load_components_errors_name_the_problem(tiny_pipeline_dir, tmp_path) ->
         load_components(broken)
     with pytest.raises(ComponentsError, match="supported: ddpm"):
         load_components(tiny_pipeline_dir, scheduler="pndm")
-    with pytest.raises(ComponentsError, match="choose from fp32"):
+    with pytest.raises(SettingError, match="choose from fp32"):
         load_components(tiny_pipeline_dir, dtype="fp8")
 
 

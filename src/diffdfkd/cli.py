@@ -1,4 +1,8 @@
-"""The ``diffdfkd`` command line: parses arguments, builds configs and calls the library."""
+"""The ``diffdfkd`` command line: parses arguments, builds configs and calls the library.
+
+Each command imports the library parts it needs when it runs (the top layer, so no cycle is dodged):
+``diffdfkd --help`` and ``diffdfkd world list`` start without loading torch, diffusers and the models.
+"""
 
 from __future__ import annotations
 
@@ -50,7 +54,8 @@ def cmd_world_build_generator(args: argparse.Namespace) -> None:
 
 def cmd_train_teacher(args: argparse.Namespace) -> None:
     from diffdfkd.config import DistillConfig, from_dict, parse_overrides, to_dict
-    from diffdfkd.train import TEACHER_RECIPE, export_weights, train_classifier
+    from diffdfkd.models import export_weights
+    from diffdfkd.train import TEACHER_RECIPE, train_classifier
     from diffdfkd.worlds import get_world
 
     world = get_world(args.world)
@@ -77,7 +82,7 @@ def _print_report(report: dict, class_names: tuple[str, ...]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from diffdfkd.evaluate import evaluate
-    from diffdfkd.models.teacher import load_teacher, load_world_teacher
+    from diffdfkd.models.teacher import build_teacher, load_teacher
     from diffdfkd.worlds import get_world
 
     world = get_world(args.world)
@@ -89,7 +94,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             input_size=world.image_size,
         )
     else:
-        model = load_world_teacher(args.world)
+        model = build_teacher(world.teacher_spec())
     if args.folder:
         from diffdfkd.synth.dataset import load_image_folder
 

@@ -8,18 +8,20 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 
-from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, to_dict, write_run_info
+from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, load_config, to_dict
 from diffdfkd.distill.trainer import FitResult, TensorData, fit, split_holdout
 from diffdfkd.evaluate import evaluate
-from diffdfkd.models import create_model
-from diffdfkd.synth.dataset import SyntheticData, load_synthetic
-from diffdfkd.synth.run import build_teacher, synthesize
-from diffdfkd.train import export_weights
+from diffdfkd.models import build_teacher, create_model, export_weights
+from diffdfkd.report import image_grid, write_report
+from diffdfkd.runinfo import write_run_info
+from diffdfkd.runtime import changed_keys
+from diffdfkd.synth.dataset import SyntheticData, load_image_folder, load_synthetic
+from diffdfkd.synth.run import synthesize
+from diffdfkd.worlds import get_world, list_worlds, teacher_spec
 
 
 def is_main_process() -> bool:
@@ -32,14 +34,6 @@ class DistillOutput:
     student: torch.nn.Module
     fit: FitResult
     weights: Path
-
-
-def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [k for key in keys for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def claim_output(config: ExperimentConfig, overwrite: bool) -> Path:
@@ -71,7 +65,7 @@ def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = T
     with the teacher); the student returned is the last epoch's. Resumes from ``<out_dir>/student``.
     ``distill.kd=false`` trains with cross-entropy on the dataset's labels instead, without the teacher.
     """
-    teacher = build_teacher(config)
+    teacher = build_teacher(teacher_spec(config))
     if len(data.class_names) != teacher.num_classes:
         raise ConfigError(
             f"the synthetic set has {len(data.class_names)} classes, the teacher {teacher.num_classes}"
@@ -102,9 +96,6 @@ def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = T
 
 def load_test_data(config: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The labelled test images of the final report: ``eval_folder``, else the world's PRIVATE test split."""
-    from diffdfkd.synth.dataset import load_image_folder
-    from diffdfkd.worlds import get_world, list_worlds
-
     if config.eval_folder:
         images, labels, _ = load_image_folder(config.eval_folder)
         return images, labels, config.eval_folder
@@ -123,8 +114,6 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
     Every stage resumes: rerunning the same command after an interruption continues where it stopped.
     Returns the summary also written to ``<out_dir>/results.json``.
     """
-    from diffdfkd.report import image_grid, write_report
-
     out = claim_output(config, overwrite)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -139,7 +128,7 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
     # The PRIVATE test split is read once, here, for the final report.
     start = time.perf_counter()
     test_images, test_labels, test_source = load_test_data(config)
-    teacher_eval = evaluate(build_teacher(config), test_images, test_labels)
+    teacher_eval = evaluate(build_teacher(teacher_spec(config)), test_images, test_labels)
     student_eval = evaluate(distilled.student, test_images, test_labels)
     timings["evaluation"] = time.perf_counter() - start
 
@@ -192,6 +181,4 @@ QUICK_OVERRIDES = [
 
 def demo_config(out_dir: str = "runs/demo", quick: bool = False) -> ExperimentConfig:
     """The shipped digits config, writing to ``out_dir``; ``quick``: tiny budgets for a smoke run."""
-    from diffdfkd.config import load_config
-
     return load_config(DEMO_CONFIG, [f"out_dir={out_dir}", *(QUICK_OVERRIDES if quick else [])])

@@ -18,7 +18,8 @@ class UnknownNameError(UserError, KeyError):
 
 
 class Registry(Generic[T]):
-    """Maps names to factories. ``register`` is a decorator; ``create(name, **kw)`` builds one.
+    """Maps names to factories, given as a table (``Registry(kind, {name: factory})``) or with the
+    ``register`` decorator in the same module; ``create(name, **kw)`` builds one.
 
     Example::
 
@@ -28,9 +29,9 @@ class Registry(Generic[T]):
         def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module: ...
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, factories: dict[str, Callable[..., T]] | None = None) -> None:
         self.kind = kind
-        self._factories: dict[str, Callable[..., T]] = {}
+        self._factories: dict[str, Callable[..., T]] = dict(factories or {})
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:

@@ -14,7 +14,7 @@ per sample and summed over samples like CE.
 
 Every loss is a sum over samples (or mixing groups) and Adam acts per pixel, so an image depends only on
 its own mixing group, never on how many groups share its batch. Sample ``i`` starts from uniform noise
-and draws its jitter from its own generator seeded by ``sample_seed(seed, i)``.
+and draws its jitter from its own generator seeded by ``runtime.sample_seed(seed, i)``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch
 
 from diffdfkd.config import DeepInversionConfig, ExperimentConfig
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units, cross_entropy, l2_prior, tv_l2
-from diffdfkd.synth.source import SOURCES, SynthBatch, check_groups, generators_for, sample_seed
+from diffdfkd.runtime import generators_for, sample_seed
+from diffdfkd.synthetic import SynthBatch, check_groups
 
 LOG_EVERY = 10
 
@@ -107,9 +108,3 @@ class DeepInversionSource:
             if step % LOG_EVERY == 0 or step == o.iterations - 1:
                 logs.append({"step": float(step), **parts})
         return SynthBatch(images=pixels.detach().cpu(), targets=targets, logs=logs)
-
-
-@SOURCES.register("deepinversion")
-def deepinversion_source(config: ExperimentConfig, teacher: torch.nn.Module) -> DeepInversionSource:
-    """DeepInversion: pixels optimised from noise against the teacher (``config.deepinversion``)."""
-    return DeepInversionSource(config, teacher)

@@ -1,103 +1,27 @@
-"""Synthetic-data sources behind one interface, and the DiffDFKD diffusion source.
+"""DiffDFKD's synthetic-data source: teacher-guided latent diffusion with Latent CutMix.
 
-Every source (ours; later unguided diffusion, DeepInversion, real data) implements::
-
-    source.generate(indices: LongTensor [B], targets: FloatTensor [B, K]) -> SynthBatch
-
-where ``indices`` are global sample indices (they fix every seed, see ``sample_seed``) and ``targets``
-are one-hot or soft class targets. Sources are registered by name in ``SOURCES`` as factories
-``factory(config: ExperimentConfig, teacher: Teacher) -> source``, so a bench loops over names.
+Implements the source interface of ``diffdfkd.synthetic``. Each sample's noise comes from its own
+generator seeded by ``runtime.sample_seed(seed, i)``, each mixing group's CutMix randomness from
+``runtime.group_seed(seed, g)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 import torch
 
+from diffdfkd.augment.cutmix import LatentCutMix
 from diffdfkd.config import ConfigError, ExperimentConfig
-from diffdfkd.registry import Registry
-
-if TYPE_CHECKING:
-    from diffdfkd.diffusion.components import DiffusionComponents
-
-SAMPLE_STREAM, GROUP_STREAM = 0, 1
-
-
-def derive_seed(seed: int, stream: int, index: int) -> int:
-    """A 63-bit seed from ``(run seed, stream, index)`` (numpy ``SeedSequence``: no collisions between
-    e.g. (seed 0, index 1000) and (seed 1, index 0), unlike ``seed + index``)."""
-    if seed < 0 or index < 0:
-        raise ConfigError(f"seeds and indices must be >= 0, got seed={seed}, index={index}")
-    state = np.random.SeedSequence([seed, stream, index]).generate_state(1, dtype=np.uint64)[0]
-    return int(state) >> 1
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """Seed of sample ``index``'s generator: its initial noise ``z_T`` and its stochastic sampler noise."""
-    return derive_seed(seed, SAMPLE_STREAM, index)
-
-
-def group_seed(seed: int, group: int) -> int:
-    """Seed of mixing group ``group``'s generator (Latent CutMix boxes and partners)."""
-    return derive_seed(seed, GROUP_STREAM, group)
-
-
-def generators_for(seeds: list[int]) -> list[torch.Generator]:
-    """One seeded CPU generator per seed (CPU, so the same seed gives the same noise on any device)."""
-    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
-
-
-@dataclass
-class SynthExtra:
-    """Extra samples of a batch (DiffDFKD's decoded ``x0_hat`` at the CutMix steps).
-
-    ``images [E, 3, H, W]`` in [0, 1]; ``targets [E, K]``; ``indices [E]`` the sample each came from;
-    ``steps [E]`` the sampling step it was taken at.
-    """
-
-    images: torch.Tensor
-    targets: torch.Tensor
-    indices: torch.Tensor
-    steps: torch.Tensor
-
-
-@dataclass
-class SynthBatch:
-    """What a source returns: ``images [B, 3, H, W]`` in [0, 1] (CPU) and ``targets [B, K]`` (possibly
-    soft); optional ``extra`` samples; ``logs``: named values per step for logging."""
-
-    images: torch.Tensor
-    targets: torch.Tensor
-    extra: SynthExtra | None = None
-    logs: list[dict[str, float]] = field(default_factory=list)
-
-
-class SyntheticSource(Protocol):
-    """The one interface of every synthetic-data source."""
-
-    def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch: ...
-
-
-SOURCES: Registry[SyntheticSource] = Registry("synthetic-data source")
-
-
-def check_groups(indices: torch.Tensor, group_size: int) -> torch.Tensor:
-    """The mixing-group numbers ``[G]`` of a batch made of whole groups of consecutive indices."""
-    batch = indices.numel()
-    if batch % group_size:
-        raise ValueError(f"a batch of {batch} samples is not a whole number of groups of {group_size}")
-    blocks = indices.view(-1, group_size)
-    expected = blocks[:, :1] + torch.arange(group_size)
-    if not torch.equal(blocks, expected) or bool((blocks[:, 0] % group_size).any()):
-        raise ValueError(
-            f"indices must form whole groups of {group_size} consecutive indices starting at multiples of it"
-        )
-    return blocks[:, 0] // group_size
+from diffdfkd.diffusion.components import DiffusionComponents, decode_latents, encode_prompts, load_components
+from diffdfkd.diffusion.denoiser import CFGDenoiser
+from diffdfkd.diffusion.sampler import sample
+from diffdfkd.diffusion.speed import apply_speed_settings
+from diffdfkd.guidance.guide import TeacherGuide
+from diffdfkd.guidance.modes import build_mode
+from diffdfkd.runtime import generators_for, group_seed, sample_seed
+from diffdfkd.synthetic import SynthBatch, SynthExtra, check_groups
 
 
 class DiffusionSource:
@@ -116,10 +40,6 @@ class DiffusionSource:
     ) -> None:
         """``teacher``: a ``Teacher`` (images in [0, 1] -> logits, ``class_names``); ``components``:
         already loaded parts (else loaded from ``config.generator``); ``student``: for ``L_adv``."""
-        from diffdfkd.augment.cutmix import LatentCutMix
-        from diffdfkd.diffusion.components import decode_latents, encode_prompts, load_components
-        from diffdfkd.guidance.guide import TeacherGuide
-
         gen = config.generator
         if components is None:
             if not gen.path:
@@ -138,8 +58,6 @@ class DiffusionSource:
         self.class_names = tuple(teacher.class_names)
         self.teacher = teacher.to(components.device)
         if gen.channels_last or gen.compile:
-            from diffdfkd.diffusion.speed import apply_speed_settings
-
             apply_speed_settings(
                 components, self.teacher, channels_last=gen.channels_last, compile=gen.compile
             )
@@ -175,10 +93,6 @@ class DiffusionSource:
 
     def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch:
         """Sample images for ``indices [B]`` (whole mixing groups) with ``targets [B, K]``."""
-        from diffdfkd.diffusion.denoiser import CFGDenoiser
-        from diffdfkd.diffusion.sampler import sample
-        from diffdfkd.guidance.modes import build_mode
-
         groups = check_groups(indices, self.group_size)
         seed = self.config.seed
         classes = targets.argmax(dim=1).to(self.class_embeds.device)
@@ -206,9 +120,3 @@ class DiffusionSource:
                 steps=torch.tensor([m.step for m in out.intermediates]).repeat_interleave(len(indices)),
             )
         return SynthBatch(images=out.images.cpu(), targets=out.targets.cpu(), extra=extra, logs=out.logs)
-
-
-@SOURCES.register("diffdfkd")
-def diffdfkd_source(config: ExperimentConfig, teacher: torch.nn.Module) -> DiffusionSource:
-    """Teacher-guided diffusion with Latent CutMix, as configured (``guidance.mode=none``: plain CFG)."""
-    return DiffusionSource(config, teacher)
