@@ -15,7 +15,6 @@ import logging
 
 import torch
 from torch import fx, nn
-from torch._export.converter import TS2EPConverter  # torch's one TorchScript -> graph converter
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +87,10 @@ def with_visible_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
     scripted = scripted_batchnorm_names(model)
     if not isinstance(model, torch.jit.ScriptModule) or not scripted:
         return model
+    # torch's one TorchScript -> graph converter; imported here because it loads torch.export (seconds),
+    # which only a TorchScript teacher with BatchNorm layers needs
+    from torch._export.converter import TS2EPConverter
+
     model = model.eval()
     try:
         exported = TS2EPConverter(model, (probe,)).convert().module()
