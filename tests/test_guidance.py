@@ -16,6 +16,7 @@ from diffdfkd.diffusion.denoiser import CFGDenoiser
 from diffdfkd.diffusion.sampler import sample
 from diffdfkd.guidance.guide import GuidanceError, GuideOutput, TeacherGuide
 from diffdfkd.guidance.modes import build_mode
+from diffdfkd.guidance.teacher_loss import BNStatistics, Units
 from diffdfkd.runtime import generators_for
 
 BATCH = 6  # three classes, two samples each: [0, 0, 1, 1, 2, 2]
@@ -176,3 +177,17 @@ def test_non_finite_gradient_names_the_step(tiny_components, sharp_teacher) -> N
 
     with pytest.raises(GuidanceError, match="step 1 of 3"):
         run(tiny_components, sharp_teacher, "full", guide=breaks_at_second_step)
+
+
+def test_the_guide_takes_bn_statistics_per_group_or_per_sample(tiny_teacher) -> None:
+    """``bn_per``: one distance per mixing group (default) or per image (the paper's batch of one)."""
+    decode = lambda x0: torch.sigmoid(x0[:, :3].repeat_interleave(4, 2).repeat_interleave(4, 3))  # noqa: E731
+    z = torch.randn(BATCH, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    values = {}
+    for per in ("group", "sample"):
+        guide = TeacherGuide(tiny_teacher, decode, group_size=2, bn_per=per)
+        values[per] = guide.loss(z, TARGETS)[1]["bn"]
+        with BNStatistics(tiny_teacher.model, Units(per, 2 if per == "group" else 1)) as bn:
+            tiny_teacher(decode(z))
+            assert values[per] == pytest.approx(bn.loss().item(), rel=1e-6)
+    assert values["sample"] != pytest.approx(values["group"], rel=1e-3)
