@@ -16,7 +16,7 @@ Rows (``--modes``), each timed through the library's real path, ``DiffusionSourc
 Timing: a warm-up run (compilation included), then a timed run of ``--steps`` steps of a short
 schedule; each step is timed at its ``scheduler.step`` (device synchronised) and the times are
 extrapolated to the 50-step schedule: ``s/image = (n_g t_g + n_u t_u + t_decode) / B`` with ``n_g``
-the guided steps of the 50 (the library's own guidance ``Window``). FLOPs: counted with
+the guided steps of the 50 (the library's own ``guided_steps``). FLOPs: counted with
 ``torch.utils.flop_counter.FlopCounterMode`` on one guided and one unguided step of the same path
 (eager, no checkpointing) and scaled the same way. MFU: achieved FLOP/s over a MEASURED matmul peak
 (bf16 on CUDA, fp32 on CPU). Weights are random: speed does not depend on them.
@@ -137,14 +137,10 @@ def guidance_for(row: Row, *, every: int | None = None, window_end: float | None
 
 
 def guided_steps(guidance: Any, num_steps: int = SCHEDULE_STEPS) -> int:
-    """How many of ``num_steps`` steps the sampler guides (the guidance modes' own ``Window``)."""
-    from diffdfkd.diffusion.denoiser import Step
-    from diffdfkd.guidance.modes import Window
+    """How many of ``num_steps`` steps the sampler guides (the library's own ``guided_steps``)."""
+    from diffdfkd.guidance.modes import guided_steps as library_guided_steps
 
-    if guidance.mode == "none":
-        return 0
-    window = Window(guidance.window_start, guidance.window_end, guidance.every)
-    return sum(window(Step(i, num_steps, torch.tensor(0), 1.0)) for i in range(num_steps))
+    return library_guided_steps(guidance, num_steps)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_run_writes_report_and_resumes(make_config, tmp_path, eval_folder):
     assert results["student_eval"]["n"] == 9
     # the reported student top-1 is the saved student's on the eval folder
     student = load_weights(create_model("lenet5", num_classes=3), out / "student" / "student.safetensors")
-    images, labels, _ = load_image_folder(eval_folder)
+    images, labels = load_image_folder(eval_folder, config.teacher.class_names)
     assert evaluate(student, images, labels)["top1"] == pytest.approx(results["student_top1"], abs=1e-9)
     assert results == json.loads(json.dumps(summary))
     html = (out / "report.html").read_text()

@@ -128,5 +128,17 @@ def build_mode(guidance: GuidanceConfig, denoiser: CFGDenoiser, guide: Guide | N
         raise ValueError(f"unknown guidance mode {guidance.mode!r}; known: none, {', '.join(MODES)}")
     if guide is None:
         raise ValueError(f"guidance mode {guidance.mode!r} needs a guide")
-    window = Window(guidance.window_start, guidance.window_end, guidance.every)
-    return MODES[guidance.mode](denoiser, guide, guidance.step_size, window)
+    return MODES[guidance.mode](denoiser, guide, guidance.step_size, window_of(guidance))
+
+
+def window_of(guidance: GuidanceConfig) -> Window:
+    """The steps ``guidance`` guides at (all of them are unguided in mode ``none``)."""
+    return Window(guidance.window_start, guidance.window_end, guidance.every)
+
+
+def guided_steps(guidance: GuidanceConfig, num_steps: int) -> int:
+    """How many steps of an ``num_steps``-step schedule the configured mode guides."""
+    if guidance.mode == "none":
+        return 0
+    window = window_of(guidance)
+    return sum(window(Step(i, num_steps, torch.tensor(0), 1.0)) for i in range(num_steps))

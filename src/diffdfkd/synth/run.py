@@ -116,6 +116,15 @@ def output_dir(config: ExperimentConfig) -> Path:
     return Path(config.synth.out_dir) if config.synth.out_dir else Path(config.out_dir) / "synth"
 
 
+def dataset_signature(
+    config: ExperimentConfig, plan: SynthPlan, class_names: tuple[str, ...], save_size: int
+) -> dict[str, Any]:
+    """What identifies the dataset of ``config`` in its folder (see ``DatasetWriter.state``)."""
+    return config_signature(
+        config, num_batches=plan.num_batches, class_names=list(class_names), save_size=save_size
+    )
+
+
 @torch.no_grad()
 def make_records(
     writer: DatasetWriter,
@@ -197,10 +206,10 @@ def synthesize(
     save_size = config.synth.save_size or teacher.input_size
     out = output_dir(config)
     writer = DatasetWriter(out, class_names)
-    signature = config_signature(
-        config, num_batches=plan.num_batches, class_names=list(class_names), save_size=save_size
-    )
+    signature = dataset_signature(config, plan, class_names, save_size)
     writer.prepare(config, signature, overwrite=overwrite)
+    for b, problems in writer.drop_damaged(plan.shard_batches(shard, num_shards)).items():
+        logger.warning("%s: batch %d is damaged (%s); making it again", out, b, "; ".join(problems[:3]))
     todo = [b for b in plan.shard_batches(shard, num_shards) if not writer.is_done(b)]
     mine = len(plan.shard_batches(shard, num_shards))
     if todo:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from diffdfkd.config import ConfigError, ExperimentConfig
-from diffdfkd.models.teacher import TeacherSpec
+from diffdfkd.models.teacher import TeacherSpec, is_torchscript
 from diffdfkd.registry import Registry, UnknownNameError
 from diffdfkd.worlds import digits
 
@@ -104,9 +104,11 @@ def list_worlds() -> list[str]:
 
 def teacher_spec(config: ExperimentConfig) -> TeacherSpec:
     """The configured teacher: the world's shipped one when ``teacher.weights`` is empty; else the
-    given file, with the world's class names and arch where the config leaves them empty.
+    given file, with the world's class names and arch where the config leaves them empty (a
+    TorchScript file carries its own arch).
 
-    Raises ``ConfigError`` when configured class names differ from the shipped teacher's.
+    Raises ``ConfigError`` for a missing weights file, for class names that differ from the shipped
+    teacher's, and for empty fields that a world which is not shipped cannot fill.
     """
     tc = config.teacher
     if not tc.weights:
@@ -117,7 +119,20 @@ def teacher_spec(config: ExperimentConfig) -> TeacherSpec:
             )
         return spec
     names, arch = tuple(tc.class_names), tc.arch
-    if not names or not arch:
+    if not Path(tc.weights).is_file():
+        raise ConfigError(f"teacher.weights: {tc.weights} does not exist")
+    # The world fills only what the teacher does not say itself (a TorchScript file has its arch).
+    if not names or not (arch or is_torchscript(Path(tc.weights))):
+        if config.world not in list_worlds():
+            missing = "teacher.class_names" if not names else "teacher.arch"
+            raise ConfigError(
+                f"set {missing}: world {config.world!r} is not a shipped world that could fill it"
+                + (
+                    f" ({tc.weights} is not a TorchScript file, which would carry its architecture)"
+                    if names
+                    else ""
+                )
+            )
         world = get_world(config.world)
         names, arch = names or world.class_names, arch or world.teacher_arch
     return TeacherSpec(arch, Path(tc.weights), names, tc.input_size, tc.in_channels, tc.mean, tc.std)
