@@ -12,8 +12,8 @@ from diffdfkd.config import (
     parse_overrides,
     replace,
     to_dict,
-    write_run_info,
 )
+from diffdfkd.runinfo import write_run_info
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):

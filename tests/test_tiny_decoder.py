@@ -9,8 +9,10 @@ import torch
 from diffusers.models.autoencoders import vae as vae_blocks
 
 from diffdfkd.diffusion.components import ComponentsError, guidance_decoder_folder, load_guidance_decoder
-from diffdfkd.synth.run import SynthPlan, build_teacher
-from diffdfkd.synth.source import DiffusionSource
+from diffdfkd.models.teacher import build_teacher
+from diffdfkd.synth.diffusion_source import DiffusionSource
+from diffdfkd.synth.run import SynthPlan
+from diffdfkd.worlds import teacher_spec
 from diffdfkd.worlds.tiny_decoder import QUICK, make_tiny_autoencoder, train_tiny_decoder
 
 
@@ -41,7 +43,7 @@ def test_guidance_uses_the_tiny_decoder_and_saves_the_full_vae_decode(
     config = make_config(tmp_path, **overrides, **{"generator.guidance_decoder": str(tiny_decoder_dir)})
     plan = SynthPlan.from_config(config, 3)
     indices = torch.arange(4)
-    tiny_source = DiffusionSource(config, build_teacher(config), components=tiny_components)
+    tiny_source = DiffusionSource(config, build_teacher(teacher_spec(config)), components=tiny_components)
     tiny_calls = _count_calls(monkeypatch, vae_blocks.DecoderTiny)
     vae_calls = _count_calls(monkeypatch, vae_blocks.Decoder)
     guided = tiny_source.generate(indices, plan.targets(indices))
@@ -49,7 +51,9 @@ def test_guidance_uses_the_tiny_decoder_and_saves_the_full_vae_decode(
     assert vae_calls[0] == 1  # the saved images: the full VAE, once
 
     unguided_config = make_config(tmp_path, **overrides, **{"guidance.mode": "none"})
-    unguided = DiffusionSource(unguided_config, build_teacher(config), components=tiny_components)
+    unguided = DiffusionSource(
+        unguided_config, build_teacher(teacher_spec(config)), components=tiny_components
+    )
     plain = unguided.generate(indices, plan.targets(indices))
     # The gradient through the tiny decoder reaches z_t: the guided images moved away from the plain ones.
     assert (guided.images - plain.images).abs().max() > 1e-3

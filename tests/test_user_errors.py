@@ -100,9 +100,6 @@ def user(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline_dir: Path) -> U
             "input_size": 24,
         },
         "generator": {"path": str(tiny_pipeline_dir), "num_steps": 3, "prompt": "a photo", "device": "cpu"},
-        # TODO(issue 10 item 4, another branch): drop this once the BN-statistics loss reaches the
-        # BatchNorm layers of TorchScript teachers.
-        "guidance": {"bn_weight": 0.0},
         "synth": {"images_per_class": 2, "batch_size": 4, "group_size": 4, "samples_per_class_in_group": 2},
         "distill": {"student": "cnn_small", "epochs": 1, "batch_size": 4},
     }

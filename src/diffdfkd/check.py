@@ -13,25 +13,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
 
-import diffdfkd.baselines  # noqa: F401  (registers the baseline sources in SOURCES)
 from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, load_yaml, to_dict
 from diffdfkd.diffusion.components import (
     build_scheduler,
     check_guidance_decoder,
     guidance_decoder_folder,
     read_pipeline_index,
-    resolve_device,
 )
-from diffdfkd.diffusion.sampler import guidance_active
 from diffdfkd.distill.trainer import checkpoint_run
-from diffdfkd.guidance.losses import BNStatsLoss
-from diffdfkd.models import create_model
+from diffdfkd.guidance.modes import guided_steps
+from diffdfkd.guidance.teacher_loss import NoBatchNormError, batchnorm_layers
+from diffdfkd.models import build_teacher, create_model
 from diffdfkd.models.teacher import Teacher
+from diffdfkd.runtime import changed_keys, resolve_device
 from diffdfkd.synth.dataset import (
     IMAGE_SUFFIXES,
     KINDS,
@@ -40,10 +38,10 @@ from diffdfkd.synth.dataset import (
     read_rows,
     require_complete,
 )
-from diffdfkd.synth.run import SynthPlan, build_teacher, dataset_signature, output_dir, resolve_config
-from diffdfkd.synth.source import SOURCES
+from diffdfkd.synth.run import SynthPlan, dataset_signature, output_dir, resolve_config
+from diffdfkd.synth.sources import SOURCES
 from diffdfkd.synth.writer import DatasetFolderError, DatasetWriter, missing_batches
-from diffdfkd.worlds import get_world, list_worlds
+from diffdfkd.worlds import get_world, list_worlds, teacher_spec
 
 STAGES = ("synthesize", "distill", "run")
 # What a run writes into its out_dir; anything else there makes it someone else's folder.
@@ -85,7 +83,7 @@ def check(
     """
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
-    teacher = build_teacher(config)
+    teacher = build_teacher(teacher_spec(config))
     size = teacher.input_size
     report = CheckReport(teacher)
     report.lines.append(
@@ -179,8 +177,8 @@ def _check_batchnorm(config: ExperimentConfig, teacher: Teacher) -> None:
     if not guided or weight == 0:
         return
     try:
-        BNStatsLoss(teacher.model, config.synth.group_size).remove()
-    except ValueError as error:
+        batchnorm_layers(teacher.model)
+    except NoBatchNormError as error:
         raise ConfigError(
             f"{key}={weight}, but the BN-statistics loss cannot run on this teacher: {error}. Ways out: "
             f"{key}=0 (no BN-statistics term), or a teacher whose BatchNorm layers it reaches (a zoo "
@@ -191,8 +189,8 @@ def _check_batchnorm(config: ExperimentConfig, teacher: Teacher) -> None:
 def _unet_calls(config: ExperimentConfig, plan: SynthPlan) -> str:
     """The estimated number of CFG-batched UNet calls (and backward passes) of the whole dataset."""
     steps = config.generator.num_steps
-    guided = sum(guidance_active(config.guidance, step, steps) for step in range(steps))
     mode = config.guidance.mode
+    guided = guided_steps(config.guidance, steps)
     per_batch = steps + (guided if mode in ("full", "detach_unet") else 0)
     backward = guided if mode in ("full", "one_pass") else 0
     return (
@@ -261,14 +259,6 @@ def _check_student(config: ExperimentConfig, num_classes: int, size: int) -> str
 
 
 # --- output folder and test data -----------------------------------------------------------------------
-
-
-def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [k for key in keys for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def output_state(config: ExperimentConfig, overwrite: bool) -> str:

@@ -1,4 +1,8 @@
-"""The ``diffdfkd`` command line: parses arguments, builds configs and calls the library."""
+"""The ``diffdfkd`` command line: parses arguments, builds configs and calls the library.
+
+Each command imports the library parts it needs when it runs (the top layer, so no cycle is dodged):
+``diffdfkd --help`` and ``diffdfkd world list`` start without loading torch, diffusers and the models.
+"""
 
 from __future__ import annotations
 
@@ -63,7 +67,8 @@ def cmd_world_build_tiny_decoder(args: argparse.Namespace) -> None:
 
 def cmd_train_teacher(args: argparse.Namespace) -> None:
     from diffdfkd.config import DistillConfig, from_dict, parse_overrides, to_dict
-    from diffdfkd.train import TEACHER_RECIPE, export_weights, train_classifier
+    from diffdfkd.models import export_weights
+    from diffdfkd.train import TEACHER_RECIPE, train_classifier
     from diffdfkd.worlds import get_world
 
     world = get_world(args.world)
@@ -92,15 +97,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from diffdfkd.check import check_test_data
     from diffdfkd.config import replace
     from diffdfkd.evaluate import evaluate
-    from diffdfkd.models.teacher import load_teacher
+    from diffdfkd.models.teacher import build_teacher, load_teacher
     from diffdfkd.pipeline import load_test_data
-    from diffdfkd.synth.run import build_teacher
-    from diffdfkd.worlds import get_world
+    from diffdfkd.worlds import get_world, teacher_spec
 
     config = _config(args)
     if args.folder:
         config = replace(config, eval_folder=args.folder)
-    teacher = build_teacher(config)  # the configured teacher: its classes, input size, normalisation
+    teacher = build_teacher(
+        teacher_spec(config)
+    )  # the configured teacher: its classes, input size, normalisation
     model, name = (
         teacher,
         f"teacher {config.teacher.weights or 'shipped with the ' + config.world + ' world'}",

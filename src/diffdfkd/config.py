@@ -4,8 +4,8 @@ YAML is loaded strictly (an unknown key is an error naming it and the valid keys
 syntax error is an error naming its line; only plain data, never tags that build objects) and
 ``a.b=value`` overrides are applied on top. Numbers are read as YAML 1.2 reads them (``1e-3``, ``5e-4``
 and ``.5`` are floats, where YAML 1.1 reads the first two as strings), and every float field must be
-finite: NaN and infinity are refused. ``write_run_info`` records the resolved config, seed, package version and
-git SHA in an output folder.
+finite: NaN and infinity are refused. ``diffdfkd.runinfo`` records the resolved config, seed, package
+versions and git SHA in an output folder.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import math
 import re
 import string
-import subprocess
 import types
 import typing
 from dataclasses import dataclass, field
@@ -479,45 +478,3 @@ def replace(config: C, **changes: Any) -> C:
     """``dataclasses.replace`` with nested ``"a.b"`` keys: ``replace(cfg, **{"synth.batch_size": 8})``."""
     tree = parse_overrides([f"{k}={json.dumps(v)}" for k, v in changes.items()])
     return from_dict(type(config), _merge(to_dict(config), tree))
-
-
-def git_sha() -> str:
-    """The git SHA of the source tree this package runs from, or 'unknown' outside a checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def run_info(config: Any) -> dict[str, Any]:
-    """Versions, git SHA and seed, for reproducibility."""
-    import diffusers
-    import torch
-    import transformers
-
-    from diffdfkd import __version__
-
-    return {
-        "diffdfkd": __version__,
-        "git_sha": git_sha(),
-        "seed": getattr(config, "seed", None),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-    }
-
-
-def write_run_info(out_dir: str | Path, config: Any) -> None:
-    """Write ``config.yaml`` (the resolved config) and ``run_info.json`` into ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    (out_dir / "run_info.json").write_text(json.dumps(run_info(config), indent=2) + "\n")

@@ -12,13 +12,15 @@ from pathlib import Path
 import torch
 
 from diffdfkd.check import check, output_state
-from diffdfkd.config import ConfigError, ExperimentConfig, write_run_info
+from diffdfkd.config import ConfigError, ExperimentConfig, load_config
 from diffdfkd.distill.trainer import FitResult, TensorData, checkpoint_run, fit, split_holdout
 from diffdfkd.evaluate import evaluate
-from diffdfkd.models import create_model
-from diffdfkd.synth.dataset import SyntheticData, load_synthetic
-from diffdfkd.synth.run import build_teacher, synthesize
-from diffdfkd.train import export_weights
+from diffdfkd.models import build_teacher, create_model, export_weights
+from diffdfkd.report import image_grid, write_report
+from diffdfkd.runinfo import write_run_info
+from diffdfkd.synth.dataset import SyntheticData, load_image_folder, load_synthetic
+from diffdfkd.synth.run import synthesize
+from diffdfkd.worlds import get_world, teacher_spec
 
 
 def is_main_process() -> bool:
@@ -65,7 +67,7 @@ def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = T
     with the teacher); the student returned is the last epoch's. Resumes from ``<out_dir>/student``.
     ``distill.kd=false`` trains with cross-entropy on the dataset's labels instead, without the teacher.
     """
-    teacher = build_teacher(config)
+    teacher = build_teacher(teacher_spec(config))
     if len(data.class_names) != teacher.num_classes:
         raise ConfigError(
             f"the synthetic set has {len(data.class_names)} classes, the teacher {teacher.num_classes}"
@@ -101,9 +103,6 @@ def load_test_data(
     """The labelled test images ``[N, 3, H, W]``, labels ``[N]`` and the data's name: ``eval_folder``
     (class folders matched to ``class_names`` by name), else the world's ``split``, by default its
     PRIVATE test split (``check.check_test_data`` checks which applies first)."""
-    from diffdfkd.synth.dataset import load_image_folder
-    from diffdfkd.worlds import get_world
-
     if config.eval_folder:
         images, labels = load_image_folder(config.eval_folder, class_names)
         return images, labels, config.eval_folder
@@ -118,8 +117,6 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
     Everything cheap to check is checked first (``diffdfkd.check``), before any folder is claimed.
     Returns the summary also written to ``<out_dir>/results.json``.
     """
-    from diffdfkd.report import image_grid, write_report
-
     check(config, "run", overwrite=overwrite)
     out = claim_output(config, overwrite)
     timings: dict[str, float] = {}
@@ -134,7 +131,7 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
 
     # The PRIVATE test split is read once, here, for the final report.
     start = time.perf_counter()
-    teacher = build_teacher(config)
+    teacher = build_teacher(teacher_spec(config))
     test_images, test_labels, test_source = load_test_data(config, teacher.class_names)
     teacher_eval = evaluate(teacher, test_images, test_labels)
     student_eval = evaluate(distilled.student, test_images, test_labels)
@@ -190,6 +187,4 @@ QUICK_OVERRIDES = [
 
 def demo_config(out_dir: str = "runs/demo", quick: bool = False) -> ExperimentConfig:
     """The shipped digits config, writing to ``out_dir``; ``quick``: tiny budgets for a smoke run."""
-    from diffdfkd.config import load_config
-
     return load_config(DEMO_CONFIG, [f"out_dir={out_dir}", *(QUICK_OVERRIDES if quick else [])])

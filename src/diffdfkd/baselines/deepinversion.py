@@ -7,13 +7,14 @@ its BatchNorm layers see their training statistics::
 
 where ``x [B, 3, S, S]`` in [0, 1] are the pixels (Adam, clamped to [0, 1] after every step), ``v`` is a
 randomly jittered (shifted up to ``jitter`` pixels, and mirrored when ``flip``) view of ``x`` drawn anew
-at every iteration, ``L_bn`` is the project's BN-statistics loss per mixing group
-(:class:`diffdfkd.guidance.losses.BNStatsLoss`), ``TV(x)`` the mean squared difference of neighbouring
-pixels and ``L2(x)`` the mean squared normalised input, both summed over samples like CE.
+at every iteration. All terms come from :mod:`diffdfkd.guidance.teacher_loss`, with its batch
+semantics: ``L_bn`` per mixing group (``bn_statistics``), ``TV(x)`` the mean squared difference of
+neighbouring pixels (``tv_l2``) and ``L2(x)`` the mean squared normalised input (``l2_prior``), both
+per sample and summed over samples like CE.
 
 Every loss is a sum over samples (or mixing groups) and Adam acts per pixel, so an image depends only on
 its own mixing group, never on how many groups share its batch. Sample ``i`` starts from uniform noise
-and draws its jitter from its own generator seeded by ``sample_seed(seed, i)``.
+and draws its jitter from its own generator seeded by ``runtime.sample_seed(seed, i)``.
 """
 
 from __future__ import annotations
@@ -21,17 +22,11 @@ from __future__ import annotations
 import torch
 
 from diffdfkd.config import DeepInversionConfig, ExperimentConfig
-from diffdfkd.guidance.losses import BNStatsLoss, cross_entropy_sum
-from diffdfkd.synth.source import SOURCES, SynthBatch, check_groups, generators_for, sample_seed
+from diffdfkd.guidance.teacher_loss import BNStatistics, Units, cross_entropy, l2_prior, tv_l2
+from diffdfkd.runtime import generators_for, sample_seed
+from diffdfkd.synthetic import SynthBatch, check_groups
 
 LOG_EVERY = 10
-
-
-def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """``sum_i mean((x[h+1] - x[h])^2) + mean((x[w+1] - x[w])^2)`` of ``images [B, C, H, W]``; a scalar."""
-    dh = (images[:, :, 1:, :] - images[:, :, :-1, :]).pow(2).flatten(1).mean(dim=1)
-    dw = (images[:, :, :, 1:] - images[:, :, :, :-1]).pow(2).flatten(1).mean(dim=1)
-    return (dh + dw).sum()
 
 
 def jitter_view(
@@ -78,12 +73,13 @@ class DeepInversionSource:
     def loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """``L`` of ``images [B, 3, S, S]`` (already jittered) against ``targets [B, K]``, and its parts."""
         o = self.options
-        with BNStatsLoss(self.teacher.model, self.group_size) as bn:
+        per_sample = Units("sample")
+        with BNStatistics(self.teacher.model, Units("group", self.group_size)) as bn:
             logits = self.teacher(images).float()
             bn_loss = bn.loss()
-        ce = cross_entropy_sum(logits, targets)
-        tv = total_variation(images)
-        l2 = self.teacher.preprocess(images).pow(2).flatten(1).mean(dim=1).sum()
+        ce = cross_entropy(logits, targets, per_sample)
+        tv = tv_l2(images, per_sample)
+        l2 = l2_prior(self.teacher.preprocess(images), per_sample)
         total = o.ce_weight * ce + o.bn_weight * bn_loss + o.tv_weight * tv + o.l2_weight * l2
         p_target = (logits.detach().softmax(dim=1) * targets).sum(dim=1).mean()
         parts = {"ce": ce, "bn": bn_loss, "tv": tv, "l2": l2, "total": total, "p_target": p_target}
@@ -112,9 +108,3 @@ class DeepInversionSource:
             if step % LOG_EVERY == 0 or step == o.iterations - 1:
                 logs.append({"step": float(step), **parts})
         return SynthBatch(images=pixels.detach().cpu(), targets=targets, logs=logs)
-
-
-@SOURCES.register("deepinversion")
-def deepinversion_source(config: ExperimentConfig, teacher: torch.nn.Module) -> DeepInversionSource:
-    """DeepInversion: pixels optimised from noise against the teacher (``config.deepinversion``)."""
-    return DeepInversionSource(config, teacher)

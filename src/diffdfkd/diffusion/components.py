@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from diffdfkd.errors import UserError
+from diffdfkd.runtime import resolve_device, resolve_dtype
 
 SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "ddpm": ("DDPMScheduler", {}),
@@ -32,7 +33,6 @@ SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
 }
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -75,25 +75,6 @@ class DiffusionComponents:
     def autocast(self) -> torch.autocast:
         """Mixed-precision context for model calls (a no-op for fp32)."""
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` (``cuda:$LOCAL_RANK`` under torchrun) when available, else ``cpu``."""
-    import os
-
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ComponentsError(
-            f"unknown device {device!r}; use auto, cpu, cuda or cuda:<n>: {error}"
-        ) from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ComponentsError(f"device {device!r} was asked for but CUDA is not available; use cpu or auto")
-    return resolved
 
 
 def build_scheduler(path: str | Path, name: str) -> tuple[Any, str]:
@@ -169,19 +150,14 @@ def load_components(
 
     ``dtype``: "fp32" | "bf16" | "fp16" (or the torch dtype). ``scheduler``: a key of
     ``SCHEDULER_CLASSES``. ``gradient_checkpointing``: recompute UNet and VAE activations during the
-    guidance backward pass (same gradients, less memory). Raises ``ComponentsError`` naming a missing folder or part, an unknown
-    scheduler, device or dtype.
+    guidance backward pass (same gradients, less memory). Raises ``ComponentsError`` naming a missing folder or part or an unknown
+    scheduler, and ``runtime.SettingError`` for an unknown device or dtype.
     """
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = Path(path)
-    if isinstance(dtype, str):
-        if dtype not in TORCH_DTYPES:
-            raise ComponentsError(f"unknown dtype {dtype!r}; choose from {', '.join(TORCH_DTYPES)}")
-        dtype = TORCH_DTYPES[dtype]
-    elif dtype not in TORCH_DTYPES.values():
-        raise ComponentsError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+    dtype = resolve_dtype(dtype)
     device = resolve_device(device)
     index = read_pipeline_index(path)
     sched, prediction_type = build_scheduler(path, scheduler)

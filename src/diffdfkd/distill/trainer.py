@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -48,6 +47,7 @@ from diffdfkd.distill.losses import kd_loss
 from diffdfkd.errors import UserError
 from diffdfkd.evaluate import predict_logits
 from diffdfkd.files import replace_atomically
+from diffdfkd.runtime import changed_keys, derive_seed, describe_changes, resolve_device
 
 STATE_FORMAT = 1
 LAST, BEST, STATE, METRICS = "last.safetensors", "best_holdout.safetensors", "state.pt", "metrics.csv"
@@ -194,11 +194,6 @@ def _optimizer(model: nn.Module, recipe: DistillConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
-def _seed(seed: int, epoch: int, stream: int) -> int:
-    """A well-mixed 63-bit seed for one random stream of one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]) >> 1
-
-
 def _state_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
@@ -210,14 +205,6 @@ def _state_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
 class _Dist:
     rank: int = 0
     world: int = 1
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def _join_process_group(device: torch.device) -> _Dist:
@@ -315,7 +302,7 @@ def fit(
     non-finite loss (training stops at that step; no weights with NaN or infinity are ever written)
     and when a checkpoint cannot be written (disk full: free space and resume).
     """
-    device = _resolve_device(device)
+    device = resolve_device("auto" if device is None else device)
     group = _join_process_group(device)
     if holdout is not None and len(holdout) == 0:
         holdout = None
@@ -542,10 +529,10 @@ def _train_epoch(loop: _Loop, epoch: int, bar: tqdm) -> dict[str, float]:
     # The data order is the same on every rank (each takes its slice of every global batch);
     # augmentation and dropout draw from per-rank streams. All derive from (seed, epoch).
     order = torch.randperm(
-        len(loop.train), generator=torch.Generator().manual_seed(_seed(loop.seed, epoch, 0))
+        len(loop.train), generator=torch.Generator().manual_seed(derive_seed(loop.seed, epoch, 0))
     )
     order = order.to(loop.train.images.device)
-    aug_generator = torch.Generator().manual_seed(_seed(loop.seed, epoch, 1 + group.rank))
+    aug_generator = torch.Generator().manual_seed(derive_seed(loop.seed, epoch, 1 + group.rank))
     local = recipe.batch_size // group.world
     autocast = recipe.amp and device.type == "cuda"
     sums: dict[str, torch.Tensor] = {}
@@ -553,7 +540,7 @@ def _train_epoch(loop: _Loop, epoch: int, bar: tqdm) -> dict[str, float]:
     loop.net.train()
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(_seed(loop.seed, epoch, 1_000_000 + group.rank))
+        torch.manual_seed(derive_seed(loop.seed, epoch, 1_000_000 + group.rank))
         for step in range(steps):
             start = step * recipe.batch_size + group.rank * local
             index = order[start : start + local]
@@ -675,9 +662,8 @@ def _load_state(loop: _Loop, path: Path, result: FitResult) -> int:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise FitError(f"{path} is not a diffdfkd training checkpoint (format {STATE_FORMAT})")
     saved, current = state["run"], loop.signature
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    if changed:
-        details = ", ".join(f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in changed)
+    if changed_keys(saved, current):
+        details = describe_changes(saved, current)
         raise FitError(
             f"cannot resume {path.parent}: the run differs from the checkpoint's in {details}; "
             f"use the checkpoint's settings or start a new out_dir"

@@ -1,14 +1,14 @@
-"""Teacher guidance: the losses on the decoded predicted clean image and the gradient on z_t."""
+"""Teacher guidance: the teacher's loss terms and the gradient of their sum on z_t."""
 
 from diffdfkd.guidance.guide import GuidanceError, Guide, GuideOutput, TeacherGuide
-from diffdfkd.guidance.losses import BNStatsLoss, adversarial_loss, cross_entropy_sum
+from diffdfkd.guidance.teacher_loss import BNStatistics, NoBatchNormError, Units
 
 __all__ = [
-    "BNStatsLoss",
+    "BNStatistics",
     "Guide",
     "GuideOutput",
     "GuidanceError",
+    "NoBatchNormError",
     "TeacherGuide",
-    "adversarial_loss",
-    "cross_entropy_sum",
+    "Units",
 ]

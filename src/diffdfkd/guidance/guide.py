@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffdfkd.guidance.losses import BNStatsLoss, adversarial_loss, cross_entropy_sum
+from diffdfkd.guidance.teacher_loss import BNStatistics, Units, adversarial, cross_entropy
 
 
 class GuidanceError(RuntimeError):
@@ -43,7 +43,11 @@ class TeacherGuide:
         teacher: ``images [B, 3, H, W] in [0, 1] -> logits [B, K]``; ``teacher.model`` holds the
             BatchNorm layers whose running statistics ``L_bn`` matches.
         decode: clean latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], differentiable.
-        group_size: samples per mixing group; BN statistics are taken per group.
+        group_size: samples per mixing group.
+        bn_per: the units of ``L_bn`` (``teacher_loss``'s batch semantics): ``group`` (default: each
+            mixing group's pooled statistics, one distance per group) or ``sample`` (the paper's batch
+            of one: each image's own statistics, one distance per image). CE and ``L_adv`` are per
+            sample, summed over the batch.
         ce_weight, bn_weight, adv_weight: the loss weights (paper: 1, 0.1, 0).
         student: for ``L_adv``, ``images in [0, 1] -> logits``; needed only when ``adv_weight > 0``.
     """
@@ -54,6 +58,7 @@ class TeacherGuide:
         decode: Callable[[torch.Tensor], torch.Tensor],
         *,
         group_size: int,
+        bn_per: str = "group",
         ce_weight: float = 1.0,
         bn_weight: float = 0.1,
         adv_weight: float = 0.0,
@@ -63,7 +68,8 @@ class TeacherGuide:
             raise ValueError("guidance.adv_weight > 0 needs a student to measure disagreement against")
         self.teacher = teacher
         self.decode = decode
-        self.group_size = group_size
+        self.bn_units = Units(bn_per, group_size if bn_per == "group" else 1)
+        self.sample_units = Units("sample")
         self.ce_weight = ce_weight
         self.bn_weight = bn_weight
         self.adv_weight = adv_weight
@@ -73,14 +79,14 @@ class TeacherGuide:
         """``L`` (a scalar attached to ``x0_hat``'s graph) and its named parts."""
         images = self.decode(x0_hat)
         model = getattr(self.teacher, "model", self.teacher)
-        with BNStatsLoss(model, self.group_size) if self.bn_weight > 0 else _NoBN() as bn:
+        with BNStatistics(model, self.bn_units) if self.bn_weight > 0 else _NoBN() as bn:
             logits = self.teacher(images).float()
             bn_loss = bn.loss()
-        ce = cross_entropy_sum(logits, targets)
+        ce = cross_entropy(logits, targets, self.sample_units)
         total = self.ce_weight * ce + self.bn_weight * bn_loss
         losses = {"ce": ce.item(), "bn": bn_loss.item()}
         if self.adv_weight > 0:
-            adv = adversarial_loss(logits, self.student(images))
+            adv = adversarial(logits, self.student(images), self.sample_units)
             total = total + self.adv_weight * adv
             losses["adv"] = adv.item()
         probs = logits.detach().softmax(dim=1)
@@ -103,7 +109,7 @@ class TeacherGuide:
 
 
 class _NoBN:
-    """Stand-in for ``BNStatsLoss`` when its weight is 0: no hooks, a zero loss."""
+    """Stand-in for ``BNStatistics`` when its weight is 0: no hooks, a zero loss."""
 
     def __enter__(self) -> _NoBN:
         return self

@@ -26,8 +26,10 @@ import torch.nn.functional as F
 
 from diffdfkd.config import ConfigError, ExperimentConfig, replace
 from diffdfkd.errors import UserError
+from diffdfkd.models.teacher import build_teacher
+from diffdfkd.runtime import sample_seed
 from diffdfkd.synth.dataset import read_rows
-from diffdfkd.synth.source import SOURCES, SynthBatch, sample_seed
+from diffdfkd.synth.sources import SOURCES
 from diffdfkd.synth.writer import (
     DatasetWriter,
     Record,
@@ -36,6 +38,8 @@ from diffdfkd.synth.writer import (
     merge_manifest,
     missing_batches,
 )
+from diffdfkd.synthetic import SynthBatch
+from diffdfkd.worlds import get_world, teacher_spec
 
 logger = logging.getLogger(__name__)
 
@@ -99,58 +103,12 @@ def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
     """Fill an empty ``generator.path`` with the world's shipped generator."""
     if config.generator.path:
         return config
-    from diffdfkd.worlds import get_world
-
     path = get_world(config.world).generator
     if not (path / "model_index.json").is_file():
         raise UserError(
             f"world {config.world!r} has no shipped generator at {path} yet; train it, or set generator.path"
         )
     return replace(config, **{"generator.path": str(path)})
-
-
-def build_teacher(config: ExperimentConfig) -> torch.nn.Module:
-    """The configured teacher (the world's shipped one when ``teacher.weights`` is empty), checking
-    that its class names are the configured ones."""
-    from diffdfkd.models.teacher import is_torchscript, load_teacher, load_world_teacher
-
-    tc = config.teacher
-    if not tc.weights:
-        teacher = load_world_teacher(config.world)
-    else:
-        names, arch = tc.class_names, tc.arch
-        if not Path(tc.weights).is_file():
-            raise ConfigError(f"teacher.weights: {tc.weights} does not exist")
-        # The world fills only what the teacher does not say itself (a TorchScript file has its arch).
-        if not names or not (arch or is_torchscript(Path(tc.weights))):
-            from diffdfkd.worlds import get_world, list_worlds
-
-            if config.world not in list_worlds():
-                missing = "teacher.class_names" if not names else "teacher.arch"
-                raise ConfigError(
-                    f"set {missing}: world {config.world!r} is not a shipped world that could fill it"
-                    + (
-                        f" ({tc.weights} is not a TorchScript file, which would carry its architecture)"
-                        if names
-                        else ""
-                    )
-                )
-            world = get_world(config.world)
-            names, arch = names or world.class_names, arch or world.teacher_arch
-        teacher = load_teacher(
-            arch,
-            tc.weights,
-            class_names=names,
-            input_size=tc.input_size,
-            in_channels=tc.in_channels,
-            mean=tc.mean,
-            std=tc.std,
-        )
-    if tc.class_names and tuple(tc.class_names) != tuple(teacher.class_names):
-        raise ConfigError(
-            f"teacher.class_names {list(tc.class_names)} differ from the teacher's classes {list(teacher.class_names)}"
-        )
-    return teacher
 
 
 def output_dir(config: ExperimentConfig) -> Path:
@@ -242,7 +200,7 @@ def synthesize(
 
     start = time.perf_counter()
     shard, num_shards = resolve_shard(shard, num_shards)
-    teacher = build_teacher(config)
+    teacher = build_teacher(teacher_spec(config))
     class_names = tuple(teacher.class_names)
     plan = SynthPlan.from_config(config, len(class_names))
     save_size = config.synth.save_size or teacher.input_size
@@ -255,8 +213,6 @@ def synthesize(
     todo = [b for b in plan.shard_batches(shard, num_shards) if not writer.is_done(b)]
     mine = len(plan.shard_batches(shard, num_shards))
     if todo:
-        import diffdfkd.baselines  # noqa: F401  (registers the baseline sources in SOURCES)
-
         source = SOURCES.create(config.synth.source, config=resolve_config(config), teacher=teacher)
         bar = tqdm(
             total=mine * plan.batch_size,

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from diffdfkd.config import ConfigError, to_dict, write_run_info
+from diffdfkd.config import ConfigError, to_dict
 from diffdfkd.errors import UserError
 from diffdfkd.files import replace_atomically
+from diffdfkd.runinfo import write_run_info
+from diffdfkd.runtime import describe_changes, flatten
 
 SIGNATURE_FILE = "signature.json"
 # Config keys that do not change the images (where and on which device they are made).
@@ -79,20 +81,10 @@ def class_dir(k: int, name: str) -> str:
     return f"{k:03d}_{sanitise_class_name(name)}"
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_signature(config: Any, **resolved: Any) -> dict[str, Any]:
     """The synthesis-relevant config as flat ``{"a.b": value}`` (plus ``resolved`` facts such as the
     number of batches); keys that do not change the images are left out."""
-    flat = _flatten(to_dict(config))
+    flat = flatten(to_dict(config))
     flat = {k: v for k, v in flat.items() if not any(k == u or k.startswith(u + ".") for u in UNSIGNED_KEYS)}
     return {**flat, **{f"resolved.{k}": v for k, v in resolved.items()}}
 
@@ -163,7 +155,7 @@ class DatasetWriter:
             if not overwrite:
                 raise ConfigError(
                     f"{self.root} holds a dataset made with another config; differing keys: "
-                    f"{_describe_diff(old.get('config', {}), signature)}. Use another output folder, "
+                    f"{describe_changes(old.get('config', {}), signature) or '(unknown)'}. Use another output folder, "
                     f"or overwrite=True (--overwrite) to delete it and start again"
                 )
             return "replace"
@@ -261,14 +253,6 @@ def damaged_files(root: str | Path, batch: int) -> list[str]:
     lines = (root / "parts" / f"{batch:06d}.jsonl").read_text().splitlines()
     problems = (file_problem(root, json.loads(line)) for line in lines if line.strip())
     return [p for p in problems if p is not None]
-
-
-def _describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
-    return (
-        ", ".join(f"{k} ({old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r})" for k in keys)
-        or "(unknown)"
-    )
 
 
 def num_batches(root: str | Path) -> int:
