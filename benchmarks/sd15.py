@@ -15,7 +15,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
+from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from diffdfkd.diffusion.components import DiffusionComponents  # noqa: E402
@@ -145,3 +145,10 @@ def sd15_components(
         device=device,
         dtype=dtype,
     )
+
+
+def taesd(device: torch.device | str = "cpu") -> AutoencoderTiny:
+    """TAESD for SD 1.x (diffusers' ``AutoencoderTiny`` defaults: 64 channels, 4 stages, 4 latent
+    channels, 8x), random weights, in UNet latent space: the tiny guidance decoder's architecture."""
+    torch.manual_seed(0)
+    return AutoencoderTiny().to(device).eval().requires_grad_(False)

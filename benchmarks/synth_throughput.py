@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -87,6 +89,7 @@ class Row:
     every: int = 1
     window_end: float = 1.0
     resolution_divisor: int = 1
+    tiny_decoder: bool = False  # the guidance gradient through TAESD (AutoencoderTiny), the image by the VAE
 
 
 ROWS = {
@@ -111,9 +114,32 @@ ROWS = {
         Row("half_res", "ours", False, "generation at half the native side (256 px for SD 1.5)",
             "no digits analogue (one native resolution); needs a CIFAR run at generator.resolution=256",
             resolution_divisor=2),
+        Row("tiny_decoder", "ours", False, "guidance gradient through TAESD (AutoencoderTiny); saved image by the VAE",
+            f"{DIGITS_BENCH}: guidance-cost front", tiny_decoder=True),
+        Row("tiny_one_pass", "ours", False, "TAESD gradient + one-pass classifier guidance",
+            f"{DIGITS_BENCH}: guidance-cost front", mode="one_pass", tiny_decoder=True),
+        Row("tiny_every2", "ours", False, "TAESD gradient, guidance every 2nd step",
+            f"{DIGITS_BENCH}: guidance-cost front", every=2, tiny_decoder=True),
+        Row("tiny_window", "ours", False, "TAESD gradient, guidance on the first half of the schedule",
+            f"{DIGITS_BENCH}: guidance-cost front", window_end=0.5, tiny_decoder=True),
+        Row("one_pass_every2", "ours", False, "one-pass classifier guidance every 2nd step",
+            f"{DIGITS_BENCH}: guidance-cost front", mode="one_pass", every=2),
     )
 }  # fmt: skip
-DEFAULT_MODES = ("reference", "ours", "one_pass", "detach_unet", "every2", "window", "half_res")
+DEFAULT_MODES = (
+    "reference",
+    "ours",
+    "one_pass",
+    "detach_unet",
+    "every2",
+    "window",
+    "half_res",
+    "tiny_decoder",
+    "tiny_one_pass",
+    "tiny_every2",
+    "tiny_window",
+    "one_pass_every2",
+)
 
 
 def settings_for(kind: str, *, batch: int, device: torch.device, compile: bool, grad_ckpt: bool) -> Settings:
@@ -196,6 +222,16 @@ def finish_settings(
     )
 
 
+@functools.cache
+def taesd_folder() -> str:
+    """A random-weight TAESD saved once to a temporary folder: timed rows load it as a user's would be."""
+    from sd15 import taesd
+
+    folder = Path(tempfile.mkdtemp(prefix="taesd_")) / "vae_tiny"
+    taesd().save_pretrained(folder)
+    return str(folder)
+
+
 def make_source(
     components: Any, teacher: torch.nn.Module, row: Row, batch: int, num_steps: int, guidance: Any
 ):
@@ -211,6 +247,7 @@ def make_source(
             "generator.cfg_scale": CFG_SCALE,
             "generator.resolution": components.native_resolution // row.resolution_divisor,
             "guidance": dataclasses.asdict(guidance),
+            "generator.guidance_decoder": taesd_folder() if row.tiny_decoder else "",
             "cutmix.enabled": False,
             "synth.batch_size": batch,
             "synth.group_size": 1,
@@ -600,10 +637,18 @@ def benchmark(args: argparse.Namespace, device: torch.device, argv: list[str]) -
 # The full-architecture check on CPU: one real guided step at a reduced size, FLOPs at 512 px on meta.
 
 
-def decomposed_flops(components: Any, teacher: torch.nn.Module, mode: str, batch: int, latent: int) -> dict:
+def decomposed_flops(
+    components: Any,
+    teacher: torch.nn.Module,
+    mode: str,
+    batch: int,
+    latent: int,
+    guidance_vae: torch.nn.Module | None = None,
+) -> dict:
     """FLOPs of one guided step (``mode``), one unguided step and the final decode, counted by calling
     the sampler's own pieces (``cfg_eps``, ``predict_x0``, ``decode_latents``, the guide's losses) in the
-    order ``sample`` calls them, on shapes only (works on the meta device: no ``.item()``)."""
+    order ``sample`` calls them, on shapes only (works on the meta device: no ``.item()``).
+    ``guidance_vae``: the decoder of the guidance gradient (TAESD), else the VAE's."""
     from diffdfkd.diffusion.components import decode_latents
     from diffdfkd.diffusion.denoiser import cfg_eps, predict_x0
     from diffdfkd.guidance.teacher_loss import BNStatistics, Units, cross_entropy
@@ -630,7 +675,7 @@ def decomposed_flops(components: Any, teacher: torch.nn.Module, mode: str, batch
         z = torch.zeros(batch, components.latent_channels, latent, latent, device=device, requires_grad=True)
         with torch.set_grad_enabled(mode != "detach_unet"):
             eps = eps_at(z)
-        images = decode_latents(components, predict_x0(z, eps, abar))
+        images = decode_latents(components, predict_x0(z, eps, abar), vae=guidance_vae)
         with BNStatistics(teacher.model, Units("sample")) as bn:
             logits = teacher(images).float()
             loss = cross_entropy(logits, targets, Units("sample")) + 0.1 * bn.loss()
@@ -649,7 +694,7 @@ def decomposed_flops(components: Any, teacher: torch.nn.Module, mode: str, batch
 def full_arch_check(args: argparse.Namespace, argv: list[str]) -> dict:
     """Validate the full SD 1.5 build with one real guided step on the CPU at ``--check-resolution``,
     and count every row's FLOPs at 512 px on the meta device, cross-checked at the reduced size."""
-    from sd15 import sd15_components
+    from sd15 import sd15_components, taesd
 
     device = torch.device("cpu")
     check_res = args.check_resolution
@@ -672,6 +717,7 @@ def full_arch_check(args: argparse.Namespace, argv: list[str]) -> dict:
 
     meta = dataclasses.replace(sd15_components(False, "meta", "fp32"), device=device)  # autocast needs cpu
     teacher_meta = cifar_teacher("cpu").to("meta")
+    taesd_meta = taesd("cpu").to("meta")
     factor = meta.vae_scale_factor
     meta_check = decomposed_flops(meta, teacher_meta, "full", 1, check_res // factor)
     agrees = all(meta_check[k] == real[k] for k in meta_check)
@@ -679,7 +725,9 @@ def full_arch_check(args: argparse.Namespace, argv: list[str]) -> dict:
     for name in DEFAULT_MODES:
         row = ROWS[name]
         latent = meta.native_resolution // row.resolution_divisor // factor
-        counted = decomposed_flops(meta, teacher_meta, row.mode, 1, latent)
+        counted = decomposed_flops(
+            meta, teacher_meta, row.mode, 1, latent, taesd_meta if row.tiny_decoder else None
+        )
         rows.append(
             {
                 "mode": name,

@@ -97,3 +97,18 @@ def test_throughput_smoke(tmp_path: Path):
     for name in ("one_pass", "detach_unet", "every2", "window", "half_res"):
         assert rows[name]["flops"]["per_image"] < rows["ours"]["flops"]["per_image"]
     assert rows["every2"]["guided_steps_of_50"] == 25 and rows["window"]["guided_steps_of_50"] == 25
+
+
+def test_taesd_guidance_counts_fewer_flops_at_sd15_scale():
+    """At 512 px the guidance gradient through TAESD costs less than through the VAE decoder, and the
+    unguided steps and the saved image's decode are unchanged."""
+    import dataclasses
+
+    taesd = importlib.import_module("sd15").taesd
+    bench = load_bench()
+    meta = dataclasses.replace(sd15_components(tiny=False, device="meta"), device=torch.device("cpu"))
+    teacher = bench.cifar_teacher("cpu").to("meta")
+    full = bench.decomposed_flops(meta, teacher, "full", 1, 64)
+    tiny = bench.decomposed_flops(meta, teacher, "full", 1, 64, taesd("cpu").to("meta"))
+    assert tiny["guided_step"] < full["guided_step"]
+    assert tiny["unguided_step"] == full["unguided_step"] and tiny["final_decode"] == full["final_decode"]
