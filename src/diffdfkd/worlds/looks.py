@@ -10,8 +10,9 @@ gets, drawn with a seeded generator, and the augmentation applied before the loo
   at 0.5, the "on" pixels counted in 4x4 blocks (an 8x8 image with 17 levels, 0..16), then rendered
   by the world's own :func:`diffdfkd.worlds.digits.render_8x8` (bilinear to 20 px, centred).
 - ``thick``: grey dilation, a 3x3 max filter.
-- ``thin``: grey erosion, a 2x2 min filter (it removes about one pixel of stroke width).
-- ``slanted``: deskewed by the image's second moments, then sheared to a slant of ``SLANT`` (x per y).
+- ``thin``: grey erosion, a plus-shaped 3x3 min filter (strokes lose about a pixel on each side).
+- ``slanted``: deskewed by the image's second moments, then sheared to a backward slant of ``SLANT``
+  (x per y), beyond almost every MNIST writer's own slant (99 % of them lie in [-0.78, 0.55]).
 - ``faint``: the plain strokes at ``FAINT`` of their contrast.
 
 Captions always name the digit: "a handwritten digit seven" (look-free) or, naming the look too,
@@ -40,7 +41,7 @@ LOOK_FREE_PROMPT = "a handwritten digit {name}"
 SCAN_BOX = 32  # the UCI recipe's normalised bitmap: 32x32, counted in 4x4 blocks -> 8x8
 SCAN_BLOCK = 4
 INK = 0.1  # a pixel above this is part of the digit's bounding box
-SLANT = -0.5  # target skew dx/dy (image y points down, so negative leans the top to the right)
+SLANT = 0.75  # target skew dx/dy (image y points down, so positive leans the top to the left)
 FAINT = 0.4
 
 
@@ -145,7 +146,9 @@ def render_look(images: torch.Tensor, look: str) -> torch.Tensor:
     elif name == "thick":
         out = F.max_pool2d(grey, 3, stride=1, padding=1)
     elif name == "thin":
-        out = -F.max_pool2d(F.pad(-grey, (0, 1, 0, 1), value=-1.0), 2, stride=1)
+        rows = -F.max_pool2d(-grey, (1, 3), stride=1, padding=(0, 1))
+        cols = -F.max_pool2d(-grey, (3, 1), stride=1, padding=(1, 0))
+        out = torch.minimum(rows, cols)
     elif name == "slanted":
         out = _slant(grey)
     else:  # faint
