@@ -239,15 +239,33 @@ def goals(results: dict) -> list[tuple[str, str, bool]]:
     if looks:
         worst = min(looks, key=lambda s: sets[s]["class_adherence"])
         value = sets[worst]["class_adherence"]
-        out.append(("class adherence >= 0.90 for every look (look-naming prompts)", f"min {value:.3f} ({worst})", value >= 0.9))
+        out.append(
+            (
+                "class adherence >= 0.90 for every look (look-naming prompts)",
+                f"min {value:.3f} ({worst})",
+                value >= 0.9,
+            )
+        )
     lc = results["look_classifier_public_test_accuracy"]
     mean_lc = sum(lc.values()) / len(lc)
-    out.append(("look classifier >= 0.95 on held-out PUBLIC renderings", f"{mean_lc:.3f} (min {min(lc.values()):.3f})", mean_lc >= 0.95))
+    out.append(
+        (
+            "look classifier >= 0.95 on held-out PUBLIC renderings",
+            f"{mean_lc:.3f} (min {min(lc.values()):.3f})",
+            mean_lc >= 0.95,
+        )
+    )
     if KD_LOOK in sets:
         share = sets[LOOK_FREE]["look_mix"][KD_LOOK]
         out.append(("look-free prompt: 10-40 % low-resolution look", f"{share:.3f}", 0.1 <= share <= 0.4))
         gap = sets[KD_LOOK]["teacher_accuracy"] - sets[LOOK_FREE]["teacher_accuracy"]
-        out.append(("teacher >= 10 points more accurate on unguided low-res samples than on the look-free mix", f"{100 * gap:+.1f} points", gap >= 0.1))
+        out.append(
+            (
+                "teacher >= 10 points more accurate on unguided low-res samples than on the look-free mix",
+                f"{100 * gap:+.1f} points",
+                gap >= 0.1,
+            )
+        )
     return out  # fmt: skip
 
 
@@ -316,14 +334,24 @@ def _markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Benchmark a digits world's generator.")
     parser.add_argument("--world", default="digits", help="digits or digits-mnist (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default: results/world-<world>)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="sampling steps (default: %(default)s)")
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale (default: %(default)s)")
-    parser.add_argument("--n-per-class", type=int, default=30, help="samples per class and set (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: results/world-<world>)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help="sampling steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--n-per-class", type=int, default=30, help="samples per class and set (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="first sample seed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--kd", action="store_true", help="also the two KD rows (reads PRIVATE test twice)")
-    parser.add_argument("--kd-runs", type=Path, default=Path("runs/world_bench"), help="KD run folders (default: %(default)s)")
+    parser.add_argument(
+        "--kd-runs", type=Path, default=Path("runs/world_bench"), help="KD run folders (default: %(default)s)"
+    )
     args = parser.parse_args(argv)  # fmt: skip
     torch.set_num_threads(args.threads)
     world = get_world(args.world)
@@ -339,7 +367,9 @@ def main(argv: list[str] | None = None) -> dict:
     for k, name in enumerate(prompt_sets(world.looks)):
         look = None if name == LOOK_FREE else name
         seeds = [args.seed + 10**5 * k + i for i in range(n)]
-        images = sample_many(pipe, [look_prompt(int(c), look) for c in labels], seeds, args.steps, args.guidance)
+        images = sample_many(
+            pipe, [look_prompt(int(c), look) for c in labels], seeds, args.steps, args.guidance
+        )
         sets[name] = measure_set(
             name, images, labels, judge=judge, looks_model=looks_model, teacher=teacher,
             world_looks=world.looks, seed=args.seed,

@@ -107,10 +107,10 @@ def test_broad_captions_always_name_the_digit_and_half_the_look():
     ids = G.caption_ids(labels, looks, G.BROAD, table, torch.Generator().manual_seed(0))
     texts = tok.batch_decode(ids, skip_special_tokens=True)
     empty = sum(t == "" for t in texts) / n
-    named = [L.look_prompt(int(c), G.BROAD.looks[int(k)]) for c, k in zip(labels, looks)]
+    named = [L.look_prompt(int(c), G.BROAD.looks[int(k)]) for c, k in zip(labels, looks, strict=True)]
     plain = [L.look_prompt(int(c)) for c in labels]
-    with_look = sum(t == m for t, m in zip(texts, named)) / n
-    look_free = sum(t == p for t, p in zip(texts, plain)) / n
+    with_look = sum(t == m for t, m in zip(texts, named, strict=True)) / n
+    look_free = sum(t == p for t, p in zip(texts, plain, strict=True)) / n
     assert abs(empty - 0.1) < 0.02 and abs(with_look - 0.45) < 0.03 and abs(look_free - 0.45) < 0.03
     assert empty + with_look + look_free == pytest.approx(1.0)
 
@@ -123,3 +123,17 @@ def test_draw_looks_is_seeded_and_single_look_draws_nothing(digits):
     state = gen.get_state()
     same, looks = G.draw_looks(digits, G.FULL, gen)
     assert torch.equal(same, digits) and (looks == 0).all() and torch.equal(gen.get_state(), state)
+
+
+@pytest.mark.skipif(
+    not G.SHIPPED_GENERATOR.parent.joinpath("digits_looks.safetensors").is_file(), reason="no look classifier"
+)
+def test_shipped_look_classifier_tells_the_looks_apart_on_held_out_public_images():
+    from diffdfkd.worlds.judge import load_look_classifier, look_fractions
+
+    classifier = load_look_classifier()
+    images = load_public("test")[0][:100]
+    for index, look in enumerate(L.LOOKS):
+        mix = look_fractions(classifier, L.render_looks(images, torch.full((100,), index)))
+        assert set(mix) == set(L.LOOKS) and sum(mix.values()) == pytest.approx(1.0)
+        assert mix[look] >= 0.9, (look, mix)

@@ -208,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_world_list)
     p = _add(world_sub, "build-generator", "train a digits world's text-to-image generator on PUBLIC MNIST")
     p.add_argument("--world", default="digits", help="whose generator: digits (six looks) or digits-mnist")
-    p.add_argument("--out", default="", help="folder for the diffusers pipeline; empty: runs/<world>_generator")
+    p.add_argument(
+        "--out", default="", help="folder for the diffusers pipeline; empty: runs/<world>_generator"
+    )
     p.add_argument("--work-dir", default=None, help="folder for checkpoints (default: <out>.work)")
     p.add_argument("--quick", action="store_true", help="a tiny generator in under a minute (for tests)")
     p.add_argument("--seed", type=int, default=0, help="training seed")

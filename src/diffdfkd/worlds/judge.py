@@ -138,7 +138,10 @@ def look_fractions(classifier: Teacher, images: torch.Tensor, batch_size: int = 
     """The fraction of ``images [N, 3, 32, 32]`` (in [0, 1]) the look classifier puts in each look."""
     logits = torch.cat([classifier(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     counts = torch.bincount(logits.argmax(1), minlength=len(classifier.class_names))
-    return {look: float(c) / max(1, len(images)) for look, c in zip(classifier.class_names, counts.tolist())}
+    return {
+        look: float(c) / max(1, len(images))
+        for look, c in zip(classifier.class_names, counts.tolist(), strict=True)
+    }
 
 
 @torch.no_grad()

@@ -166,4 +166,3 @@ def render_looks(images: torch.Tensor, looks: torch.Tensor) -> torch.Tensor:
         if chosen.any():
             out[chosen] = render_look(images[chosen], look)
     return out
-
