@@ -190,11 +190,12 @@ def look_classifier_accuracy(looks_model) -> dict[str, float]:
     return out
 
 
-def kd_rows(world: str, out_root: Path) -> dict[str, dict]:
+def kd_rows(world: str, out_root: Path, extra: list[str] | None = None) -> dict[str, dict]:
     """KD on 1,000 unguided samples of the look-naming ``KD_LOOK`` prompt and of the look-free prompt.
 
     The method's own pipeline with the world's shipped config, guidance and CutMix off: each run reads
-    the PRIVATE test split once (student and teacher top-1). Run folders go under ``out_root``.
+    the PRIVATE test split once (student and teacher top-1). Run folders go under ``out_root``; ``extra``
+    config overrides come last (smoke runs: smaller budgets).
     """
     from diffdfkd.bench import WORLD_CONFIGS
     from diffdfkd.config import load_config
@@ -213,6 +214,7 @@ def kd_rows(world: str, out_root: Path) -> dict[str, dict]:
             f"generator.prompt_template={template}",
             f"synth.images_per_class={KD_IMAGES_PER_CLASS}",
             f"out_dir={out_root / name}",
+            *(extra or []),
         ]
         config = load_config(WORLD_CONFIGS[world], overrides)
         summary = run_experiment(config, progress=False)
@@ -334,6 +336,8 @@ def _markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Benchmark a digits world's generator.")
     parser.add_argument("--world", default="digits", help="digits or digits-mnist (default: %(default)s)")
+    parser.add_argument("--generator", type=Path, default=None, help="pipeline folder (default: the world's)")
+    parser.add_argument("--judge", type=Path, default=None, help="digit judge weights (default: the world's)")
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default: results/world-<world>)"
     )
@@ -352,13 +356,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--kd-runs", type=Path, default=Path("runs/world_bench"), help="KD run folders (default: %(default)s)"
     )
+    parser.add_argument("--kd-overrides", nargs="*", default=[], help="extra config overrides of the KD runs")
     args = parser.parse_args(argv)  # fmt: skip
     torch.set_num_threads(args.threads)
     world = get_world(args.world)
     out = args.out or RESULTS_ROOT / f"world-{world.name}"
 
-    pipe = load_generator(world.generator)
-    judge = load_judge(world.name)
+    generator = args.generator or world.generator
+    pipe = load_generator(generator)
+    judge = load_judge(world.name, args.judge)
     looks_model = load_look_classifier()
     teacher = load_world_teacher(world.name)
     n = args.n_per_class * len(CLASS_NAMES)
@@ -379,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
     speed = sampling_speed(pipe, args.steps, args.guidance)
     load_average = os.getloadavg()[0]
 
-    info_path = world.generator / BUILD_INFO
+    info_path = generator / BUILD_INFO
     training, threads = None, None
     if info_path.exists():
         info = json.loads(info_path.read_text())
@@ -389,8 +395,8 @@ def main(argv: list[str] | None = None) -> dict:
     test_images, test_labels = load_public("test")
     results = {
         "world": world.name,
-        "generator": str(world.generator.relative_to(world.generator.parents[2])),
-        "judge": world.name,
+        "generator": str(generator.relative_to(Path.cwd()) if generator.is_relative_to(Path.cwd()) else generator),
+        "judge": str(args.judge or world.name),
         "command": "python benchmarks/world_bench.py" + ("" if argv is None else " " + " ".join(argv)),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs)",
         "torch_threads": torch.get_num_threads(),
@@ -403,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_1min": round(load_average, 2),
         "training_seconds": training,
         "training_threads": threads,
-        "kd": kd_rows(world.name, args.kd_runs / world.name) if args.kd else None,
+        "kd": kd_rows(world.name, args.kd_runs / world.name, args.kd_overrides) if args.kd else None,
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
