@@ -50,3 +50,10 @@ def test_both_digits_worlds_share_data_and_teacher_but_not_the_prior():
     assert broad.teacher_weights == mnist.teacher_weights and broad.generator != mnist.generator
     assert broad.private_splits == mnist.private_splits and broad.load_private is mnist.load_private
     assert broad.description != mnist.description
+
+
+def test_all_shipped_weights_stay_under_40_mb():
+    from diffdfkd.worlds import WEIGHTS_DIR
+
+    size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
+    assert size < 40e6, f"shipped weights are {size / 1e6:.1f} MB"
