@@ -137,3 +137,28 @@ def test_shipped_look_classifier_tells_the_looks_apart_on_held_out_public_images
         mix = look_fractions(classifier, L.render_looks(images, torch.full((100,), index)))
         assert set(mix) == set(L.LOOKS) and sum(mix.values()) == pytest.approx(1.0)
         assert mix[look] >= 0.9, (look, mix)
+
+
+BROAD_GENERATOR = G.SHIPPED_GENERATOR.parent / "digits_broad_generator"
+
+
+@pytest.mark.skipif(not (BROAD_GENERATOR / "model_index.json").is_file(), reason="no broad generator")
+def test_shipped_broad_generator_takes_look_prompts():
+    pipe = G.load_generator(BROAD_GENERATOR)
+    tok = pipe.tokenizer
+    assert tok.model_max_length == G.BROAD.max_length
+    assert tok.unk_token_id not in tok(L.look_prompt(7, "scan")).input_ids  # its own vocabulary
+    images = G.sample_digits(pipe, [L.look_prompt(7, "scan"), L.look_prompt(2)], [0, 1], steps=3)
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+
+
+def test_judges_reject_unknown_names_and_targets():
+    from diffdfkd.errors import UserError
+    from diffdfkd.pipeline import world_look_mix
+    from diffdfkd.worlds.judge import load_judge, train_judge
+
+    with pytest.raises(UserError, match="looks"):
+        load_judge("cifar")
+    with pytest.raises(ValueError, match="target"):
+        train_judge(target="colour")
+    assert world_look_mix("not-a-world", torch.zeros(2, 3, 32, 32)) is None
