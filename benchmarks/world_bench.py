@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
         "world": world.name,
         "generator": str(generator.relative_to(Path.cwd()) if generator.is_relative_to(Path.cwd()) else generator),
         "judge": str(args.judge or world.name),
-        "command": "python benchmarks/world_bench.py" + ("" if argv is None else " " + " ".join(argv)),
+        "command": " ".join(["python benchmarks/world_bench.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs)",
         "torch_threads": torch.get_num_threads(),
         "sampler": {"scheduler": "DDPM", "steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed},
