@@ -50,7 +50,7 @@ def test_train_teacher_then_evaluate(tmp_path, capsys):
         (["train-teacher", "--split", "private:validation"], "unknown split"),
         (["train-teacher", "--arch", "lenet5", "epoch=3"], "unknown config key epoch"),
         (["evaluate", "--weights", "/nonexistent.safetensors"], "does not exist"),
-        (["evaluate", "--world", "cifar"], "unknown world 'cifar'"),
+        (["evaluate", "world=cifar"], "unknown world 'cifar'"),
     ],
 )
 def test_bad_input_gives_a_clear_error_not_a_traceback(argv, message, capsys, tmp_path):
@@ -68,7 +68,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "student top-1 on the private test split" in printed
+    assert "student top-1 on digits private:test" in printed
     for name in ("report.html", "report.md", "results.json", "synthetic_grid.png", "training_curves.png"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())

@@ -111,8 +111,10 @@ def test_shards_write_the_same_bytes(make_config, tmp_path, reference) -> None:
     config = make_config(tmp_path / "sharded", **REFERENCE)
     synthesize(config, shard=0, num_shards=2, progress=False)
     assert not (tmp_path / "sharded" / "manifest.jsonl").exists(), "merged only once every batch is done"
-    with pytest.warns(UserWarning, match="no manifest.jsonl"):
-        partial = load_synthetic(tmp_path / "sharded")
+    with pytest.raises(IncompleteDatasetError, match="2 of 3 batches are missing.*--allow-partial"):
+        load_synthetic(tmp_path / "sharded")
+    with pytest.warns(UserWarning, match="using the 12 images made so far"):
+        partial = load_synthetic(tmp_path / "sharded", allow_partial=True)
     assert len(partial) == 4 * 3  # batch 0: 4 finals + 8 intermediates
     with pytest.raises(IncompleteDatasetError, match="2 of 3 batches"):
         merge_manifest(tmp_path / "sharded")
@@ -261,7 +263,7 @@ def test_write_error_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
     assert not writer.is_done(0)
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix not in (".json", ".yaml")]
     assert [p.name for p in leftovers] == ["0000000.png"], "only whole files from before the error"
-    with pytest.raises(FileNotFoundError, match="not a synthetic dataset"):
+    with pytest.raises(IncompleteDatasetError, match="1 of 1 batches are missing"):
         load_synthetic(tmp_path)
 
 
@@ -273,9 +275,9 @@ def test_image_folder_reader_takes_the_dataset_or_its_images(reference) -> None:
     from diffdfkd.synth.dataset import load_image_folder
 
     _, root = reference
-    images, labels, names = load_image_folder(root)
-    assert names == ("zero", "one", "two") and images.shape == (36, 3, 32, 32)
-    again, labels_again, _ = load_image_folder(root / "images")
+    images, labels = load_image_folder(root, ("zero", "one", "two"))
+    assert images.shape == (36, 3, 32, 32)
+    again, labels_again = load_image_folder(root / "images", ("zero", "one", "two"))
     assert torch.equal(images, again) and torch.equal(labels, labels_again)
     data = load_synthetic(root)
     assert sorted(labels.tolist()) == sorted(data.labels.tolist())

@@ -135,6 +135,28 @@ def _part_class(index: dict[str, Any], part: str, path: Path) -> type:
         ) from None
 
 
+def read_pipeline_index(path: str | Path) -> dict[str, Any]:
+    """The ``model_index.json`` of a pipeline folder that has every part (``PARTS``), else a
+    ``ComponentsError`` naming what is missing."""
+    path = Path(path)
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ComponentsError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json); give generator.path a "
+            f"local folder saved with StableDiffusionPipeline.save_pretrained"
+        )
+    missing = [part for part in PARTS if not (path / part).is_dir()]
+    if missing:
+        raise ComponentsError(f"pipeline folder {path} lacks the part(s) {', '.join(missing)}")
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ComponentsError(f"{index_file} is not valid JSON: {error}") from None
+    for part in PARTS[:-1]:  # the scheduler is built by name (generator.scheduler)
+        _part_class(index, part, path)
+    return index
+
+
 def load_components(
     path: str | Path,
     *,
@@ -161,16 +183,7 @@ def load_components(
     elif dtype not in TORCH_DTYPES.values():
         raise ComponentsError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
     device = resolve_device(device)
-    index_file = path / "model_index.json"
-    if not index_file.is_file():
-        raise ComponentsError(
-            f"{path} is not a diffusers pipeline folder (no model_index.json); give generator.path a "
-            f"local folder saved with StableDiffusionPipeline.save_pretrained"
-        )
-    missing = [part for part in PARTS if not (path / part).is_dir()]
-    if missing:
-        raise ComponentsError(f"pipeline folder {path} lacks the part(s) {', '.join(missing)}")
-    index = json.loads(index_file.read_text())
+    index = read_pipeline_index(path)
     sched, prediction_type = build_scheduler(path, scheduler)
     param_dtype = dtype if device.type == "cuda" else torch.float32  # CPU: fp32 weights, autocast compute
     models = {}

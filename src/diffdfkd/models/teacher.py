@@ -104,6 +104,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
+            if "Unsupported global" not in str(error):  # not code: bytes that are no pickle at all
+                raise CheckpointError(
+                    f"{path} is not a torch checkpoint (damaged, or another format); give a safetensors "
+                    f"file, a torch.save'd state_dict or a TorchScript file"
+                ) from None
             raise CheckpointError(
                 f"{path} is not a weights-only checkpoint (it pickles code, which is never loaded "
                 f"for safety); re-save its state_dict with torch.save(model.state_dict(), ...). "
@@ -146,7 +151,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
+    """True for a TorchScript archive (``torch.jit.save``), which carries its own architecture."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
@@ -172,7 +178,7 @@ def load_teacher(
     if num_classes < 2:
         raise ValueError("a teacher needs at least two class names")
     weights = Path(weights)
-    if weights.is_file() and _is_torchscript(weights):
+    if weights.is_file() and is_torchscript(weights):
         model: nn.Module = torch.jit.load(str(weights), map_location="cpu")
     elif arch.startswith("timm:"):
         try:
@@ -188,8 +194,14 @@ def load_teacher(
     teacher = Teacher(
         model, input_size=input_size, in_channels=in_channels, mean=mean, std=std, class_names=class_names
     )
-    with torch.no_grad():
-        out = teacher(torch.zeros(1, in_channels, input_size, input_size))
+    try:
+        with torch.no_grad():
+            out = teacher(torch.zeros(1, in_channels, input_size, input_size))
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"the teacher {weights} cannot take inputs of shape [1, {in_channels}, {input_size}, "
+            f"{input_size}] (teacher.in_channels, teacher.input_size): {str(error).splitlines()[0]}"
+        ) from None
     if out.shape != (1, num_classes):
         raise CheckpointError(f"{weights} gives {tuple(out.shape)} logits, expected {num_classes} classes")
     return teacher

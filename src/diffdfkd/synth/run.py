@@ -112,16 +112,29 @@ def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
 def build_teacher(config: ExperimentConfig) -> torch.nn.Module:
     """The configured teacher (the world's shipped one when ``teacher.weights`` is empty), checking
     that its class names are the configured ones."""
-    from diffdfkd.models.teacher import load_teacher, load_world_teacher
+    from diffdfkd.models.teacher import is_torchscript, load_teacher, load_world_teacher
 
     tc = config.teacher
     if not tc.weights:
         teacher = load_world_teacher(config.world)
     else:
         names, arch = tc.class_names, tc.arch
-        if not names or not arch:
-            from diffdfkd.worlds import get_world
+        if not Path(tc.weights).is_file():
+            raise ConfigError(f"teacher.weights: {tc.weights} does not exist")
+        # The world fills only what the teacher does not say itself (a TorchScript file has its arch).
+        if not names or not (arch or is_torchscript(Path(tc.weights))):
+            from diffdfkd.worlds import get_world, list_worlds
 
+            if config.world not in list_worlds():
+                missing = "teacher.class_names" if not names else "teacher.arch"
+                raise ConfigError(
+                    f"set {missing}: world {config.world!r} is not a shipped world that could fill it"
+                    + (
+                        f" ({tc.weights} is not a TorchScript file, which would carry its architecture)"
+                        if names
+                        else ""
+                    )
+                )
             world = get_world(config.world)
             names, arch = names or world.class_names, arch or world.teacher_arch
         teacher = load_teacher(
@@ -143,6 +156,15 @@ def build_teacher(config: ExperimentConfig) -> torch.nn.Module:
 def output_dir(config: ExperimentConfig) -> Path:
     """``synth.out_dir``, or ``<out_dir>/synth`` when it is empty."""
     return Path(config.synth.out_dir) if config.synth.out_dir else Path(config.out_dir) / "synth"
+
+
+def dataset_signature(
+    config: ExperimentConfig, plan: SynthPlan, class_names: tuple[str, ...], save_size: int
+) -> dict[str, Any]:
+    """What identifies the dataset of ``config`` in its folder (see ``DatasetWriter.state``)."""
+    return config_signature(
+        config, num_batches=plan.num_batches, class_names=list(class_names), save_size=save_size
+    )
 
 
 @torch.no_grad()
@@ -226,10 +248,10 @@ def synthesize(
     save_size = config.synth.save_size or teacher.input_size
     out = output_dir(config)
     writer = DatasetWriter(out, class_names)
-    signature = config_signature(
-        config, num_batches=plan.num_batches, class_names=list(class_names), save_size=save_size
-    )
+    signature = dataset_signature(config, plan, class_names, save_size)
     writer.prepare(config, signature, overwrite=overwrite)
+    for b, problems in writer.drop_damaged(plan.shard_batches(shard, num_shards)).items():
+        logger.warning("%s: batch %d is damaged (%s); making it again", out, b, "; ".join(problems[:3]))
     todo = [b for b in plan.shard_batches(shard, num_shards) if not writer.is_done(b)]
     mine = len(plan.shard_batches(shard, num_shards))
     if todo:
