@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from diffdfkd.worlds import World
+from diffdfkd.worlds.looks import render_look
+
 TINY_DECODER_DIR = "vae_tiny"
 
 
@@ -135,6 +138,13 @@ def train_tiny_decoder(
             sums["decoder"] += decoder_loss.item() / tail
             sums["encoder"] += encoder_loss.item() / tail
     return tiny.eval().requires_grad_(False), sums
+
+
+def public_renderings(world: World) -> torch.Tensor:
+    """The world's PUBLIC training images ``[N * looks, 3, H, W]`` in [0, 1], rendered in every look its
+    generator was trained on: the latents a guidance decoder must decode."""
+    images, _ = world.load("public:train")
+    return torch.cat([render_look(images, look) for look in world.looks])
 
 
 def build_tiny_decoder(
