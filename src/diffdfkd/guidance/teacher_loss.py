@@ -151,10 +151,17 @@ class BNStatistics:
     Forward hooks on every BatchNorm layer of ``model`` record the distance of each unit's statistics
     of the layer input ``x [B, C, ...]`` to the layer's running statistics. Use as a context manager
     (the hooks are removed on exit) around the teacher's forward pass; ``loss()`` reads that pass.
+
+    ``first_layer_weight`` multiplies the first BatchNorm layer's distance (in module order), the
+    ``first_bn_multiplier`` of DeepInversion's published code (10 there): the first layer sees pixel
+    statistics, which the later layers constrain only weakly. 1 (the default): every layer alike.
     """
 
-    def __init__(self, model: nn.Module, units: Units) -> None:
+    def __init__(self, model: nn.Module, units: Units, first_layer_weight: float = 1.0) -> None:
+        if first_layer_weight < 0:
+            raise ValueError(f"first_layer_weight={first_layer_weight} must be >= 0")
         self.units = units
+        self.first_layer_weight = first_layer_weight
         self._values: list[torch.Tensor] = []
         self._handles = [layer.register_forward_hook(self._hook) for layer in batchnorm_layers(model)]
 
@@ -168,7 +175,8 @@ class BNStatistics:
         var = pooled.var(dim=2, unbiased=False)
         mean_term = torch.linalg.vector_norm(mean - module.running_mean.float(), dim=1)
         var_term = torch.linalg.vector_norm(var - module.running_var.float(), dim=1)
-        self._values.append((mean_term + var_term).sum())
+        weight = self.first_layer_weight if not self._values else 1.0
+        self._values.append(weight * (mean_term + var_term).sum())
 
     def loss(self) -> torch.Tensor:
         """Sum over hooked layers and units of the last forward pass; a scalar."""
