@@ -1,6 +1,7 @@
 """Baselines of the comparison, as synthetic-data sources registered in ``SOURCES`` on import.
 
 - ``deepinversion``: pixels optimised from noise against the teacher (Yin et al. 2020).
+- ``fast``: a generator meta-learned across synthesis rounds (Fang et al. 2022), one round per batch.
 - ``real``: the world's real PRIVATE training images (upper bound, NOT data-free); with
   ``distill.kd=false``, the student trained with cross-entropy on them and no teacher.
 
@@ -8,8 +9,9 @@ Unguided diffusion (DM-KD style) needs no source of its own: it is the ``diffdfk
 ``guidance.mode=none`` (see ``diffdfkd.bench.ROWS``).
 """
 
-from diffdfkd.baselines import deepinversion, real  # noqa: F401  (imported to register the sources)
+from diffdfkd.baselines import deepinversion, fast, real  # noqa: F401  (imported to register the sources)
 from diffdfkd.baselines.deepinversion import DeepInversionSource
+from diffdfkd.baselines.fast import FastSource
 from diffdfkd.baselines.real import RealDataSource
 
-__all__ = ["DeepInversionSource", "RealDataSource"]
+__all__ = ["DeepInversionSource", "FastSource", "RealDataSource"]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from diffdfkd.config import ConfigError, ExperimentConfig, replace
 from diffdfkd.errors import UserError
 from diffdfkd.synth.dataset import read_rows
-from diffdfkd.synth.source import SOURCES, SynthBatch, sample_seed
+from diffdfkd.synth.source import SOURCES, SynthBatch, layout_targets, sample_seed
 from diffdfkd.synth.writer import (
     DatasetWriter,
     Record,
@@ -73,8 +73,8 @@ class SynthPlan:
         return torch.arange(batch * self.batch_size, (batch + 1) * self.batch_size)
 
     def targets(self, indices: torch.Tensor) -> torch.Tensor:
-        """One-hot targets ``[B, K]`` of class ``(i // m) % K``."""
-        return F.one_hot((indices // self.per_class) % self.num_classes, self.num_classes).float()
+        """One-hot targets ``[B, K]`` of class ``(i // m) % K`` (``layout_targets``)."""
+        return layout_targets(indices, self.per_class, self.num_classes)
 
     def shard_batches(self, shard: int, num_shards: int) -> range:
         """The contiguous range of batches of ``shard`` out of ``num_shards``."""

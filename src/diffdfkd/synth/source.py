@@ -47,6 +47,12 @@ def group_seed(seed: int, group: int) -> int:
     return derive_seed(seed, GROUP_STREAM, group)
 
 
+def layout_targets(indices: torch.Tensor, per_class: int, num_classes: int) -> torch.Tensor:
+    """The dataset layout's one-hot targets ``[B, K]`` of samples ``indices [B]``: sample ``i`` has class
+    ``(i // m) % K`` (``m = synth.samples_per_class_in_group``), so consecutive samples share a class."""
+    return torch.nn.functional.one_hot((indices // per_class) % num_classes, num_classes).float()
+
+
 def generators_for(seeds: list[int]) -> list[torch.Generator]:
     """One seeded CPU generator per seed (CPU, so the same seed gives the same noise on any device)."""
     return [torch.Generator("cpu").manual_seed(s) for s in seeds]

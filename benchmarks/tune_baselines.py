@@ -1,0 +1,101 @@
+"""How the baselines' settings were chosen: sweeps scored on SYNTHETIC-data signals only.
+
+Never reads the PRIVATE data. Each candidate synthesises a small balanced set in the digits world
+through the source interface (``tune_digits.score``) and is scored by the teacher's accuracy and
+target-class probability on it, the BatchNorm-statistics distance of the whole set to the teacher's
+running statistics, the PUBLIC-MNIST judge's accuracy and the synthesis speed (one torch thread).
+
+Usage: python benchmarks/tune_baselines.py {deepinversion,fast} [--per-class 4] [--out DIR]
+Writes ``<out>/<method>.json`` (rows appended as they finish; a rerun skips finished candidates) and
+``<out>/<method>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from tune_digits import score  # noqa: E402
+
+import diffdfkd.baselines  # noqa: E402, F401  (registers the baseline sources)
+from diffdfkd.worlds.judge import load_judge  # noqa: E402
+
+DI = "synth.source=deepinversion"
+FAST = "synth.source=fast"
+SWEEPS: dict[str, list[list[str]]] = {
+    "deepinversion": [
+        # the balance: BN per sample at three weights, against BN per mixing group of 20
+        [DI, "deepinversion.bn_weight=0.3"],
+        [DI, "deepinversion.bn_weight=1"],
+        [DI, "deepinversion.bn_weight=3"],
+        [DI, "deepinversion.bn_per=group", "deepinversion.bn_weight=20"],
+        [DI, "deepinversion.bn_per=group", "deepinversion.bn_weight=20", "deepinversion.first_bn_weight=1"],
+        [DI, "deepinversion.bn_weight=1", "deepinversion.first_bn_weight=1"],
+        # the iteration curve at the default balance
+        [DI, "deepinversion.iterations=50"],
+        [DI, "deepinversion.iterations=100"],
+        [DI, "deepinversion.iterations=400"],
+        [DI, "deepinversion.iterations=800"],
+    ],
+    "fast": [
+        [FAST],
+        [FAST, "fast.steps=5"],
+        [FAST, "fast.warmup_rounds=20"],
+        [FAST, "fast.bn_weight=1"],
+    ],
+}
+
+
+def markdown(method: str, rows: list[dict], per_class: int) -> str:
+    lines = [
+        f"# Tuning the {method} baseline on synthetic-data signals (digits world)",
+        "",
+        f"`python benchmarks/tune_baselines.py {method} --per-class {per_class}`: {per_class * 10} images per "
+        "candidate, one torch thread, on the project's shared 2-core CPU (speeds are upper bounds on cost). "
+        "No PRIVATE image is read. `bn_distance`: BN-statistics distance of the whole set to the teacher's "
+        "running statistics (real PRIVATE train images: 2.36, see METHOD.md); `judge`: PUBLIC-MNIST judge "
+        "accuracy.",
+        "",
+        "| overrides | teacher acc | p(target) | bn_distance | judge | s/image |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        overrides = " ".join(o for o in r["overrides"] if not o.startswith("synth.source")) or "(defaults)"
+        lines.append(
+            f"| `{overrides}` | {r['teacher_acc']:.3f} | {r['p_target']:.3f} | {r['bn_distance']:.2f} "
+            f"| {r.get('judge_acc', float('nan')):.3f} | {1 / r['images_per_s']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("method", choices=sorted(SWEEPS), help="which baseline's sweep to run")
+    parser.add_argument("--per-class", type=int, default=4, help="images per class per candidate")
+    parser.add_argument("--out", default="benchmarks/results/tuning", help="where the record goes")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = out / f"{args.method}.json"
+    rows = json.loads(record.read_text()) if record.is_file() else []
+    done = [r["overrides"] for r in rows]
+    judge = load_judge()
+    for candidate in SWEEPS[args.method]:
+        if candidate in done:
+            continue
+        rows.append(score([], candidate, args.per_class, judge))
+        print(json.dumps(rows[-1]), flush=True)
+        record.write_text(json.dumps(rows, indent=1) + "\n")
+    (out / f"{args.method}.md").write_text(markdown(args.method, rows, args.per_class))
+
+
+if __name__ == "__main__":
+    main()
