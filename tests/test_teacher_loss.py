@@ -69,6 +69,18 @@ def test_first_layer_weight_multiplies_only_the_first_layers_distance() -> None:
     assert weighted == pytest.approx(plain + 9.0 * first, rel=1e-5)
 
 
+def test_per_sample_weight_charges_each_image_its_units_distance() -> None:
+    model = bn_model()
+    x = torch.randn(4, 3, 5, 5)
+    with BNStatistics(model, Units("group", 2), per_sample_weight=True) as bn:
+        model(x)
+        charged = bn.loss().item()
+    assert charged == pytest.approx(2 * bn_value(model, x, Units("group", 2)), rel=1e-5)
+    with BNStatistics(model, Units("sample"), per_sample_weight=True) as bn:
+        model(x)
+        assert bn.loss().item() == pytest.approx(bn_value(model, x, Units("sample")), rel=1e-5)
+
+
 def test_per_sample_statistics_are_each_images_own_and_differ_from_per_group() -> None:
     model = bn_model()
     x = torch.randn(4, 3, 5, 5)
