@@ -29,14 +29,14 @@ DI = "synth.source=deepinversion"
 FAST = "synth.source=fast"
 SWEEPS: dict[str, list[list[str]]] = {
     "deepinversion": [
-        # the balance: BN per sample at three weights, against BN per mixing group of 20
-        [DI, "deepinversion.bn_weight=0.3"],
-        [DI, "deepinversion.bn_weight=1"],
-        [DI, "deepinversion.bn_weight=3"],
-        [DI, "deepinversion.bn_per=group", "deepinversion.bn_weight=20"],
-        [DI, "deepinversion.bn_per=group", "deepinversion.bn_weight=20", "deepinversion.first_bn_weight=1"],
-        [DI, "deepinversion.bn_weight=1", "deepinversion.first_bn_weight=1"],
-        # the iteration curve at the default balance
+        # the balance: BN per sample (each image's own statistics) at three weights, against BN per
+        # mixing group of 20 (each image charged its group's distance), with and without the first-BN x10
+        [DI, "deepinversion.bn_per=sample", "deepinversion.bn_weight=0.3"],
+        [DI, "deepinversion.bn_per=sample", "deepinversion.bn_weight=1"],
+        [DI, "deepinversion.bn_per=sample", "deepinversion.bn_weight=3"],
+        [DI, "deepinversion.bn_per=group", "deepinversion.bn_weight=1"],
+        [DI, "deepinversion.bn_per=group", "deepinversion.bn_weight=1", "deepinversion.first_bn_weight=1"],
+        # the iteration curve at the chosen balance (bn_per=group, bn_weight=1: the defaults)
         [DI, "deepinversion.iterations=50"],
         [DI, "deepinversion.iterations=100"],
         [DI, "deepinversion.iterations=400"],

@@ -132,6 +132,12 @@ def test_a_samples_gradient_does_not_depend_on_its_group_or_batch_size(make_conf
     in_group = gradient(4, 4, "group")
     assert torch.allclose(gradient(8, 4, "group"), in_group, rtol=1e-4, atol=1e-7)
     assert not torch.allclose(gradient(8, 8, "group"), in_group, rtol=1e-4, atol=1e-7)
+    # ... but each image is charged its group's distance: the BN pull per image keeps its strength
+    # as the group grows (uncharged, it would fall as 1 / group size: 4x from 2 to 8).
+    weights.update({"deepinversion.ce_weight": 0.0, "deepinversion.tv_l1_weight": 0.0,
+                    "deepinversion.tv_l2_weight": 0.0, "deepinversion.l2_weight": 0.0})  # fmt: skip
+    norms = [float(gradient(8, g, "group").norm()) for g in (2, 4, 8)]
+    assert max(norms) < 2 * min(norms), norms
 
 
 def test_deepinversion_with_a_grayscale_teacher_makes_grey_images(make_config, make_teacher, tmp_path):

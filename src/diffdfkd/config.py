@@ -173,9 +173,10 @@ class DeepInversionConfig:
 
         L = ce * CE + bn * L_bn + tv_l1 * TV_1 + tv_l2 * TV_2 + l2 * L2
 
-    every term per sample and summed over the batch (``bn_per=sample``; ``group``: ``L_bn`` on each
-    mixing group's pooled statistics, one distance per group), the first BatchNorm layer's distance
-    multiplied by ``first_bn_weight``. See ``diffdfkd.baselines.deepinversion``. The original runs 2k
+    every term per sample and summed over the batch, each weight a pull per image (``bn_per=group``:
+    ``L_bn`` on each mixing group's pooled statistics, each image charged its group's distance;
+    ``sample``: each image's own statistics), the first BatchNorm layer's distance multiplied by
+    ``first_bn_weight``. See ``diffdfkd.baselines.deepinversion``. The original runs 2k
     iterations per batch; the default here was chosen on the BN-statistics distance and cost
     (``benchmarks/results/tuning/deepinversion.md``).
     """
@@ -184,7 +185,7 @@ class DeepInversionConfig:
     lr: float = 0.1  # Adam's initial learning rate, decayed to 0 by a cosine over the iterations
     ce_weight: float = 1.0
     bn_weight: float = 1.0
-    bn_per: str = "sample"
+    bn_per: str = "group"
     first_bn_weight: float = 10.0
     tv_l1_weight: float = 0.0
     tv_l2_weight: float = 1.0

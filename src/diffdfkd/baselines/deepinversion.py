@@ -13,12 +13,14 @@ every iteration::
   decayed from ``lr`` to 0 by a cosine; after each step ``v`` is clipped so that ``x`` stays in [0, 1].
 - ``L_bn``: DeepInversion's BN-statistics distance summed over the teacher's BatchNorm layers, the
   first layer's multiplied by ``first_bn_weight`` (10 in the published code).
-- Balance: every term comes from :mod:`diffdfkd.guidance.teacher_loss` and is taken PER SAMPLE and
-  summed over the batch (``bn_per=sample``: each image's own spatial statistics, the paper's batch
-  of one), so an image's gradient, and with Adam acting per pixel its whole trajectory, depends on
-  nothing but itself: not on its group, its batch or their sizes. ``bn_per=group`` takes ``L_bn`` on
-  each mixing group's pooled statistics instead (one distance per group of ``g``: per image about
-  ``1/g`` of the per-sample pull at the same weight).
+- Balance: every term comes from :mod:`diffdfkd.guidance.teacher_loss`, is taken per sample and summed
+  over the batch, and every weight means a pull PER IMAGE. CE, TV and L2 are per sample. ``L_bn``:
+  ``bn_per=group`` (the default, chosen on the BN-statistics distance) matches each mixing group's
+  pooled statistics and charges each image its group's distance (``per_sample_weight``), so the
+  BN pull per image does not shrink as ``1/g`` with the group size ``g`` and an image's gradient does
+  not depend on how many groups share its batch; ``bn_per=sample`` takes each image's own spatial
+  statistics (the paper's batch of one), and then an image's gradient, and with Adam acting per pixel
+  its whole trajectory, depends on nothing but itself: not on its group, its batch or their sizes.
 
 Sample ``i`` draws its start and its jitter from its own generator seeded by ``sample_seed(seed, i)``.
 """
@@ -113,7 +115,8 @@ class DeepInversionSource:
         ``targets [B, K]`` (module docstring), and its named parts."""
         o = self.options
         per_sample = Units("sample")
-        with BNStatistics(self.teacher.model, self.bn_units, o.first_bn_weight) as bn:
+        bn_stats = BNStatistics(self.teacher.model, self.bn_units, o.first_bn_weight, per_sample_weight=True)
+        with bn_stats as bn:
             logits = self.teacher(view).float()
             bn_loss = bn.loss()
         images = self.pixels(normalised)
