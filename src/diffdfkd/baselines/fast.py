@@ -163,8 +163,8 @@ class FastSource:
                 bn_loss = bn.loss()
             ce = cross_entropy(logits, targets_dev, per_batch)
             total = o.ce_weight * ce + o.bn_weight * bn_loss
-            if float(total) < best_loss:
-                best, best_loss = images.detach(), float(total)
+            if total.item() < best_loss:
+                best, best_loss = images.detach(), total.item()
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             for grad, p in zip(meta_grads, fast.parameters(), strict=True):
