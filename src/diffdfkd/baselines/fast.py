@@ -171,8 +171,8 @@ class FastSource:
                 grad.add_(p.grad)
             optimizer.step()
             p_target = (logits.detach().softmax(dim=1) * targets_dev).sum(dim=1).mean()
-            logs.append({"round": float(self.rounds), "step": float(step), "ce": float(ce),
-                         "bn": float(bn_loss), "total": float(total), "p_target": float(p_target)})  # fmt: skip
+            logs.append({"round": float(self.rounds), "step": float(step), "ce": ce.item(),
+                         "bn": bn_loss.item(), "total": total.item(), "p_target": p_target.item()})  # fmt: skip
         self.meta_optimizer.zero_grad(set_to_none=True)
         for grad, p in zip(meta_grads, self.generator.parameters(), strict=True):
             p.grad = grad
