@@ -39,12 +39,14 @@ MODES = ("none", "full", "detach_unet", "one_pass")
 def measure(config_path: str, mode: str, overrides: list[str]) -> dict:
     """Synthesize the configured number of images with guidance ``mode`` in this process; measure it."""
     from diffdfkd.config import load_config
-    from diffdfkd.synth.run import SynthPlan, build_teacher, resolve_config
-    from diffdfkd.synth.source import SOURCES
+    from diffdfkd.models.teacher import build_teacher
+    from diffdfkd.synth.run import SynthPlan, resolve_config
+    from diffdfkd.synth.sources import SOURCES
+    from diffdfkd.worlds import teacher_spec
 
     start = time.perf_counter()
     config = load_config(config_path, [*overrides, f"guidance.mode={mode}"])
-    teacher = build_teacher(config)
+    teacher = build_teacher(teacher_spec(config))
     config = resolve_config(config)
     source = SOURCES.create(config.synth.source, config=config, teacher=teacher)
     plan = SynthPlan.from_config(config, len(teacher.class_names))
@@ -148,10 +150,14 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from diffdfkd.config import load_config
-    from diffdfkd.synth.run import build_teacher, resolve_config
+    from diffdfkd.models.teacher import build_teacher
+    from diffdfkd.synth.run import resolve_config
+    from diffdfkd.worlds import teacher_spec
 
     config = load_config(args.config, overrides)
-    build_teacher(config)  # fail early, with the loader's message, if the teacher is not shipped yet
+    build_teacher(
+        teacher_spec(config)
+    )  # fail early, with the loader's message, if the teacher is not shipped yet
     resolve_config(config)  # likewise for the generator
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

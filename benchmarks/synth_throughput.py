@@ -16,7 +16,7 @@ Rows (``--modes``), each timed through the library's real path, ``DiffusionSourc
 Timing: a warm-up run (compilation included), then a timed run of ``--steps`` steps of a short
 schedule; each step is timed at its ``scheduler.step`` (device synchronised) and the times are
 extrapolated to the 50-step schedule: ``s/image = (n_g t_g + n_u t_u + t_decode) / B`` with ``n_g``
-the guided steps of the 50 (the library's own ``guidance_active``). FLOPs: counted with
+the guided steps of the 50 (the library's own ``guided_steps``). FLOPs: counted with
 ``torch.utils.flop_counter.FlopCounterMode`` on one guided and one unguided step of the same path
 (eager, no checkpointing) and scaled the same way. MFU: achieved FLOP/s over a MEASURED matmul peak
 (bf16 on CUDA, fp32 on CPU). Weights are random: speed does not depend on them.
@@ -137,10 +137,10 @@ def guidance_for(row: Row, *, every: int | None = None, window_end: float | None
 
 
 def guided_steps(guidance: Any, num_steps: int = SCHEDULE_STEPS) -> int:
-    """How many of ``num_steps`` steps the sampler guides (its own ``guidance_active``)."""
-    from diffdfkd.diffusion.sampler import guidance_active
+    """How many of ``num_steps`` steps the sampler guides (the library's own ``guided_steps``)."""
+    from diffdfkd.guidance.modes import guided_steps as library_guided_steps
 
-    return sum(guidance_active(guidance, i, num_steps) for i in range(num_steps))
+    return library_guided_steps(guidance, num_steps)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,8 +163,10 @@ def cifar_teacher(device: torch.device | str = "cpu") -> torch.nn.Module:
 def build_components(tiny: bool, pipeline: str, device: torch.device, settings: Settings) -> Any:
     """SD 1.5 parts (random weights, or ``pipeline``'s) with ``settings`` applied, except compile and
     checkpointing (``finish_settings``: FLOPs are counted before, on the eager models)."""
+    from sd15 import sd15_components
+
     from diffdfkd.diffusion.components import load_components
-    from diffdfkd.diffusion.speed import apply_speed_settings, sd15_components
+    from diffdfkd.diffusion.speed import apply_speed_settings
 
     if pipeline:
         components = load_components(pipeline, device=device, dtype=settings.dtype, scheduler="ddpm")
@@ -200,7 +202,7 @@ def make_source(
     """A ``DiffusionSource`` for ``batch`` samples, ``num_steps`` DDPM steps, CFG 3, class-free prompt,
     BN statistics per sample and no Latent CutMix (the reference's batch of one: same mathematics)."""
     from diffdfkd.config import ExperimentConfig, replace
-    from diffdfkd.synth.source import DiffusionSource
+    from diffdfkd.synth.diffusion_source import DiffusionSource
 
     config = replace(
         ExperimentConfig(),
@@ -603,7 +605,7 @@ def decomposed_flops(components: Any, teacher: torch.nn.Module, mode: str, batch
     the sampler's own pieces (``cfg_eps``, ``predict_x0``, ``decode_latents``, the guide's losses) in the
     order ``sample`` calls them, on shapes only (works on the meta device: no ``.item()``)."""
     from diffdfkd.diffusion.components import decode_latents
-    from diffdfkd.diffusion.sampler import cfg_eps, predict_x0
+    from diffdfkd.diffusion.denoiser import cfg_eps, predict_x0
     from diffdfkd.guidance.teacher_loss import BNStatistics, Units, cross_entropy
 
     device = next(components.unet.parameters()).device
@@ -647,7 +649,7 @@ def decomposed_flops(components: Any, teacher: torch.nn.Module, mode: str, batch
 def full_arch_check(args: argparse.Namespace, argv: list[str]) -> dict:
     """Validate the full SD 1.5 build with one real guided step on the CPU at ``--check-resolution``,
     and count every row's FLOPs at 512 px on the meta device, cross-checked at the reduced size."""
-    from diffdfkd.diffusion.speed import sd15_components
+    from sd15 import sd15_components
 
     device = torch.device("cpu")
     check_res = args.check_resolution
@@ -798,7 +800,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark (or the full-architecture check), write JSON + Markdown, return the result."""
-    from diffdfkd.diffusion.components import resolve_device
+    from diffdfkd.runtime import resolve_device
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)

@@ -25,9 +25,11 @@ import torch  # noqa: E402
 
 from diffdfkd.config import load_config  # noqa: E402
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units  # noqa: E402
+from diffdfkd.models.teacher import build_teacher  # noqa: E402
 from diffdfkd.pipeline import DEMO_CONFIG  # noqa: E402
-from diffdfkd.synth.run import SynthPlan, build_teacher, resolve_config  # noqa: E402
-from diffdfkd.synth.source import SOURCES  # noqa: E402
+from diffdfkd.synth.run import SynthPlan, resolve_config  # noqa: E402
+from diffdfkd.synth.sources import SOURCES  # noqa: E402
+from diffdfkd.worlds import teacher_spec  # noqa: E402
 
 TEMPLATE = "generator.prompt_template=a handwritten digit {label}"
 SWEEP: list[list[str]] = [
@@ -57,7 +59,7 @@ def bn_distance(teacher: torch.nn.Module, images: torch.Tensor) -> float:
 
 def score(base: list[str], overrides: list[str], per_class: int, judge) -> dict:
     config = load_config(DEMO_CONFIG, [*base, *overrides, f"synth.images_per_class={per_class}"])
-    teacher = build_teacher(config)
+    teacher = build_teacher(teacher_spec(config))
     source = SOURCES.create(config.synth.source, config=resolve_config(config), teacher=teacher)
     plan = SynthPlan.from_config(config, teacher.num_classes)
     images, labels = [], []

@@ -105,14 +105,17 @@ def sampling_speed(pipe, steps: int, guidance: float, repeats: int = 5) -> float
 def teacher_accuracy(images: torch.Tensor, labels: torch.Tensor) -> tuple[float | None, str]:
     """The digits teacher's accuracy on ``images``, or (None, why it was skipped)."""
     try:
-        from diffdfkd.models.teacher import load_world_teacher
+        from diffdfkd.models.teacher import build_teacher
+        from diffdfkd.worlds import get_world
 
-        teacher = load_world_teacher("digits")
+        teacher = build_teacher(get_world("digits").teacher_spec())
     except Exception as error:  # any failure to load means "not available yet": report it, don't crash
         return None, f"digits teacher not available ({type(error).__name__}: {error})"
     with torch.no_grad():
         logits = torch.cat([teacher(images[i : i + 500]) for i in range(0, len(images), 500)])
-    return float((logits.argmax(1) == labels).float().mean()), "load_world_teacher('digits')"
+    return float(
+        (logits.argmax(1) == labels).float().mean()
+    ), "build_teacher(get_world('digits').teacher_spec())"
 
 
 def save_grid(images: torch.Tensor, rows: int, path: Path, scale: int = 2) -> None:

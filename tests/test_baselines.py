@@ -10,7 +10,7 @@ from diffdfkd.config import DeepInversionConfig, load_config, replace
 from diffdfkd.pipeline import DEMO_CONFIG, distill
 from diffdfkd.synth.dataset import load_synthetic
 from diffdfkd.synth.run import SynthPlan, synthesize
-from diffdfkd.synth.source import SOURCES
+from diffdfkd.synth.sources import SOURCES
 from diffdfkd.worlds import get_world
 
 
@@ -26,8 +26,6 @@ def _target_prob(teacher, images, targets):
 
 
 def test_sources_are_registered():
-    import diffdfkd.baselines  # noqa: F401
-
     assert {"diffdfkd", "deepinversion", "fast", "real"} <= set(SOURCES.names())
 
 

@@ -12,8 +12,8 @@ from diffdfkd.config import (
     parse_overrides,
     replace,
     to_dict,
-    write_run_info,
 )
+from diffdfkd.runinfo import write_run_info
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):
@@ -50,7 +50,7 @@ def test_overrides_apply_on_top_of_the_file_with_types(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("synth.batch_size=abc", "must be int"),
+        ("synth.batch_size=abc", "must be an integer"),
         ("guidance.mode=magic", "choose from"),
         ("cutmix.enabled=3", "true or false"),
         ("nodots", "key.sub=value"),
@@ -60,6 +60,36 @@ def test_overrides_apply_on_top_of_the_file_with_types(tmp_path):
 def test_bad_values_fail_clearly(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "text, value", [("1e-3", 0.001), ("5e-4", 0.0005), (".5", 0.5), ("2", 2.0), ("1.5E+2", 150.0)]
+)
+def test_floats_are_read_as_yaml_1_2_reads_them(tmp_path, text, value):
+    assert load_config(None, [f"distill.lr={text}"]).distill.lr == value
+    path = tmp_path / "c.yaml"
+    path.write_text(f"distill:\n  weight_decay: {text}\n")
+    loaded = load_config(path).distill.weight_decay
+    assert loaded == value and isinstance(loaded, float)
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf", ".NaN"])
+def test_non_finite_numbers_are_refused_everywhere(text):
+    for key in ("distill.lr", "distill.momentum", "guidance.step_size", "cutmix.at", "teacher.std"):
+        value = f"[{text}, 1.0, 1.0]" if key in ("cutmix.at", "teacher.std") else text
+        with pytest.raises(ConfigError, match="finite"):
+            load_config(None, [f"{key}={value}"])
+
+
+def test_strings_that_look_like_numbers_stay_strings_in_string_fields():
+    assert load_config(None, ["generator.prompt='1e-3'"]).generator.prompt == "1e-3"
+
+
+def test_yaml_tags_that_build_objects_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: !!python/object/apply:os.getpid []\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
 
 
 def test_parse_overrides_nests():

@@ -237,6 +237,35 @@ def test_fit_with_a_teacher_distils(tmp_path):
     assert result.holdout_agreement == 1.0
 
 
+def test_the_kd_teacher_sees_the_students_augmented_view_at_every_step(tmp_path):
+    """Fails if the teacher's logits were cached per image, or computed on the un-augmented images."""
+    data = colour_data(n=16)
+    student, teacher = tiny(1), tiny(0).eval()
+    seen: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+    for name, module in (("student", student), ("teacher", teacher)):
+        module.register_forward_pre_hook(
+            lambda m, args, name=name: seen[name].append(args[0].detach().clone())
+        )
+    fit(
+        student,
+        data,
+        teacher=teacher,
+        recipe=recipe(epochs=2, batch_size=8, crop_padding=2, hflip=True),
+        out_dir=tmp_path,
+        progress=False,
+    )
+    steps = [x for x in seen["student"] if len(x) == 8]  # the training steps (not the input checks)
+    teacher_steps = [x for x in seen["teacher"] if len(x) == 8]
+    assert len(steps) == 4 and len(teacher_steps) == 4, "the teacher runs at every step"
+    assert all(torch.equal(t, s) for t, s in zip(teacher_steps, steps, strict=True)), "on the same view"
+    raw = {tuple(img.flatten().tolist()) for img in data.images}
+    assert not all(tuple(img.flatten().tolist()) in raw for x in steps for img in x), "views are augmented"
+    first_epoch = {tuple(img.flatten().tolist()) for x in steps[:2] for img in x}
+    assert any(tuple(img.flatten().tolist()) not in first_epoch for x in steps[2:] for img in x), (
+        "each epoch draws new views"
+    )
+
+
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, ema_decay):
     data = colour_data()

@@ -10,11 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffdfkd.config import GuidanceConfig
-from diffdfkd.diffusion import sampler as sampler_module
-from diffdfkd.diffusion.components import decode_latents
+from diffdfkd.diffusion import denoiser as denoiser_module
+from diffdfkd.diffusion.components import decode_latents, encode_prompts
+from diffdfkd.diffusion.denoiser import CFGDenoiser
 from diffdfkd.diffusion.sampler import sample
 from diffdfkd.guidance.guide import GuidanceError, GuideOutput, TeacherGuide
-from diffdfkd.synth.source import generators_for
+from diffdfkd.guidance.modes import build_mode
+from diffdfkd.guidance.teacher_loss import BNStatistics, Units
+from diffdfkd.runtime import generators_for
 
 BATCH = 6  # three classes, two samples each: [0, 0, 1, 1, 2, 2]
 TARGETS = F.one_hot(torch.arange(BATCH) // 2 % 3, 3).float()
@@ -81,21 +84,15 @@ def run(
     guidance = GuidanceConfig(mode=mode, step_size=step_size)
     if guide is None and mode != "none":
         guide = TeacherGuide(teacher, lambda x0: decode_latents(components, x0), group_size=BATCH)
-    from diffdfkd.diffusion.components import encode_prompts
-
     cond = encode_prompts(components, ["a handwritten digit"]).expand(BATCH, -1, -1)
-    uncond = encode_prompts(components, [""])
+    denoiser = CFGDenoiser(components, cond, encode_prompts(components, [""]), cfg_scale=2.0)
     out = sample(
         components,
-        cond=cond,
-        uncond=uncond,
+        build_mode(guidance, denoiser, guide),
         targets=TARGETS,
         generators=generators_for([seed * 1000 + i for i in range(BATCH)]),
         latent_size=8,
         num_steps=steps,
-        cfg_scale=2.0,
-        guidance=guidance,
-        guide=guide,
     )
     with torch.no_grad():
         p_target = (teacher(out.images).softmax(dim=1) * TARGETS).sum(dim=1).mean().item()
@@ -131,7 +128,7 @@ def test_a_zero_gradient_gives_exactly_the_unguided_images(tiny_components, shar
 @pytest.mark.parametrize("cut", ["no_grad", "detach"])
 def test_cutting_the_gradient_path_is_an_error(tiny_components, sharp_teacher, monkeypatch, cut) -> None:
     """The reference computed x0_hat under no_grad, so its guidance did nothing: we refuse to run so."""
-    real = sampler_module.predict_x0
+    real = denoiser_module.predict_x0
 
     def cut_x0(z_in, eps, abar):
         if cut == "no_grad":
@@ -139,7 +136,7 @@ def test_cutting_the_gradient_path_is_an_error(tiny_components, sharp_teacher, m
                 return real(z_in, eps, abar)
         return real(z_in, eps, abar).detach().requires_grad_(True)
 
-    monkeypatch.setattr(sampler_module, "predict_x0", cut_x0)
+    monkeypatch.setattr(denoiser_module, "predict_x0", cut_x0)
     with pytest.raises(GuidanceError, match="z_t"):
         run(tiny_components, sharp_teacher, "full")
 
@@ -180,3 +177,17 @@ def test_non_finite_gradient_names_the_step(tiny_components, sharp_teacher) -> N
 
     with pytest.raises(GuidanceError, match="step 1 of 3"):
         run(tiny_components, sharp_teacher, "full", guide=breaks_at_second_step)
+
+
+def test_the_guide_takes_bn_statistics_per_group_or_per_sample(tiny_teacher) -> None:
+    """``bn_per``: one distance per mixing group (default) or per image (the paper's batch of one)."""
+    decode = lambda x0: torch.sigmoid(x0[:, :3].repeat_interleave(4, 2).repeat_interleave(4, 3))  # noqa: E731
+    z = torch.randn(BATCH, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    values = {}
+    for per in ("group", "sample"):
+        guide = TeacherGuide(tiny_teacher, decode, group_size=2, bn_per=per)
+        values[per] = guide.loss(z, TARGETS)[1]["bn"]
+        with BNStatistics(tiny_teacher.model, Units(per, 2 if per == "group" else 1)) as bn:
+            tiny_teacher(decode(z))
+            assert values[per] == pytest.approx(bn.loss().item(), rel=1e-6)
+    assert values["sample"] != pytest.approx(values["group"], rel=1e-3)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from diffdfkd.augment.cutmix import LatentCutMix
 from diffdfkd.config import GuidanceConfig
-from diffdfkd.diffusion import sampler as sampler_module
+from diffdfkd.diffusion import denoiser as denoiser_module
 from diffdfkd.diffusion.components import (
     SCHEDULER_CLASSES,
     ComponentsError,
@@ -23,11 +23,14 @@ from diffdfkd.diffusion.components import (
     encode_prompts,
     load_components,
 )
-from diffdfkd.diffusion.sampler import alpha_bar, cfg_eps, predict_x0, sample
+from diffdfkd.diffusion.denoiser import CFGDenoiser, alpha_bar, cfg_eps, predict_x0
+from diffdfkd.diffusion.sampler import sample
 from diffdfkd.guidance.guide import TeacherGuide
-from diffdfkd.synth.source import generators_for
+from diffdfkd.guidance.modes import build_mode
+from diffdfkd.runtime import SettingError, generators_for
 
 BATCH = 4
+BF16_TOLERANCE = 0.05  # max pixel difference (in [0, 1]) of 2 guided bf16 steps from fp32
 TARGETS = F.one_hot(torch.tensor([0, 0, 1, 1]), 3).float()
 
 
@@ -36,18 +39,15 @@ def run(components, teacher=None, *, mode="none", steps=3, augmentations=(), kee
     if mode != "none":
         guide = TeacherGuide(teacher, lambda x0: decode_latents(components, x0), group_size=BATCH)
     cond = encode_prompts(components, ["a handwritten digit"]).expand(BATCH, -1, -1)
+    denoiser = CFGDenoiser(components, cond, encode_prompts(components, [""]), cfg_scale=2.0)
     return sample(
         components,
-        cond=cond,
-        uncond=encode_prompts(components, [""]),
+        build_mode(GuidanceConfig(mode=mode, step_size=5.0, **guidance), denoiser, guide),
         targets=TARGETS,
         generators=generators_for(list(range(BATCH))),
         group_generators=generators_for([99]),
         latent_size=8,
         num_steps=steps,
-        cfg_scale=2.0,
-        guidance=GuidanceConfig(mode=mode, step_size=5.0, **guidance),
-        guide=guide,
         augmentations=augmentations,
         keep_intermediates=keep,
     )
@@ -63,7 +63,7 @@ def test_load_components_errors_name_the_problem(tiny_pipeline_dir, tmp_path) ->
         load_components(broken)
     with pytest.raises(ComponentsError, match="supported: ddpm"):
         load_components(tiny_pipeline_dir, scheduler="pndm")
-    with pytest.raises(ComponentsError, match="choose from fp32"):
+    with pytest.raises(SettingError, match="choose from fp32"):
         load_components(tiny_pipeline_dir, dtype="fp8")
 
 
@@ -71,9 +71,21 @@ def test_components_shapes(tiny_components) -> None:
     assert tiny_components.native_resolution == 32 and tiny_components.vae_scale_factor == 4
     embeds = encode_prompts(tiny_components, ["a handwritten digit", ""])
     assert embeds.shape == (2, 8, 32)
-    with torch.no_grad():
-        images = decode_latents(tiny_components, torch.randn(2, 4, 8, 8))
-    assert images.shape == (2, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+
+
+def test_decode_maps_the_vae_to_unit_range_with_a_straight_through_clamp(tiny_components) -> None:
+    """``clamp(D(x0 / s) / 2 + 1/2, 0, 1)``, whose gradient passes the clamp (saturated pixels still learn)."""
+    vae = tiny_components.vae
+    latents = (4 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))).requires_grad_(True)
+    images = decode_latents(tiny_components, latents)
+    raw = vae.decode(latents / vae.config.scaling_factor).sample.float() / 2 + 0.5
+    assert images.shape == (2, 3, 32, 32)
+    assert torch.allclose(images, raw.clamp(0, 1), atol=1e-6)
+    weights = torch.randn(raw.shape, generator=torch.Generator().manual_seed(1))
+    (through_clamp,) = torch.autograd.grad((images * weights).sum(), latents)
+    (unclamped,) = torch.autograd.grad((raw * weights).sum(), latents)
+    assert ((raw < 0) | (raw > 1)).any(), "some pixels saturate, so the check below means something"
+    assert torch.allclose(through_clamp, unclamped, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", list(SCHEDULER_CLASSES))
@@ -84,7 +96,10 @@ def test_every_scheduler_samples_with_guidance_and_cutmix(
     components = dataclasses.replace(tiny_components, scheduler=scheduler)
     out = run(components, tiny_teacher, mode="full", augmentations=[LatentCutMix()])
     assert out.images.shape == (BATCH, 3, 32, 32) and torch.isfinite(out.images).all()
-    assert out.images.min() >= 0 and out.images.max() <= 1
+    assert len(out.logs) == 3 and all(math.isfinite(log["total"]) for log in out.logs)
+    again = run(components, tiny_teacher, mode="full", augmentations=[LatentCutMix()])
+    assert torch.equal(out.images, again.images), "the same generators give the same images"
+    assert not torch.equal(out.images[0], out.images[1]), "each sample has its own noise"
 
 
 @pytest.mark.parametrize("name", ["ddpm", "euler_ancestral", "dpmpp_2m"])
@@ -134,13 +149,13 @@ def test_unet_passes_per_step(
     tiny_components, tiny_teacher, monkeypatch, mode, extra, grad_calls, plain_calls
 ):
     calls = []
-    real = sampler_module.cfg_eps
+    real = denoiser_module.cfg_eps
 
     def counting(*args, **kwargs):
         calls.append(torch.is_grad_enabled())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sampler_module, "cfg_eps", counting)
+    monkeypatch.setattr(denoiser_module, "cfg_eps", counting)
     run(tiny_components, tiny_teacher, mode=mode, steps=4, **extra)
     assert (sum(calls), len(calls) - sum(calls)) == (grad_calls, plain_calls)
 
@@ -153,11 +168,16 @@ def test_intermediates_are_kept_at_cutmix_steps(tiny_components, tiny_teacher) -
     assert len(out.logs) == 5
 
 
-def test_bf16_autocast_on_cpu_keeps_fp32_weights(tiny_pipeline_dir, tiny_teacher) -> None:
+def test_bf16_autocast_on_cpu_keeps_fp32_weights_and_the_fp32_images(
+    tiny_pipeline_dir, tiny_components, tiny_teacher
+) -> None:
     components = load_components(tiny_pipeline_dir, dtype="bf16")
     assert next(components.unet.parameters()).dtype == torch.float32
     out = run(components, tiny_teacher, mode="full", steps=2)
-    assert out.images.dtype == torch.float32 and torch.isfinite(out.images).all()
+    reference = run(tiny_components, tiny_teacher, mode="full", steps=2)
+    assert out.images.dtype == torch.float32
+    assert not torch.equal(out.images, reference.images), "bf16 compute really ran"
+    assert (out.images - reference.images).abs().max() < BF16_TOLERANCE
 
 
 def test_v_prediction_folder_is_read(tiny_pipeline_dir, tmp_path) -> None:

@@ -13,11 +13,13 @@ import pytest
 import torch
 
 from diffdfkd.diffusion.components import decode_latents
-from diffdfkd.diffusion.sampler import cfg_eps, predict_x0
-from diffdfkd.diffusion.speed import apply_speed_settings, sd15_components
+from diffdfkd.diffusion.denoiser import cfg_eps, predict_x0
+from diffdfkd.diffusion.speed import apply_speed_settings
 from diffdfkd.guidance.guide import TeacherGuide
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks import their sibling sd15.py as scripts do
+sd15_components = importlib.import_module("sd15").sd15_components
 
 
 def load_bench():

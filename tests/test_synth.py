@@ -18,10 +18,13 @@ from PIL import Image
 
 from diffdfkd.config import ConfigError, ExperimentConfig, SynthConfig, replace, to_dict
 from diffdfkd.guidance.guide import GuidanceError, TeacherGuide
+from diffdfkd.models.teacher import build_teacher
+from diffdfkd.runtime import sample_seed
 from diffdfkd.synth import writer as writer_module
 from diffdfkd.synth.dataset import load_synthetic
-from diffdfkd.synth.run import SynthPlan, build_teacher, resolve_shard, synthesize
-from diffdfkd.synth.source import SOURCES, DiffusionSource, sample_seed
+from diffdfkd.synth.diffusion_source import DiffusionSource
+from diffdfkd.synth.run import SynthPlan, resolve_shard, synthesize
+from diffdfkd.synth.sources import SOURCES
 from diffdfkd.synth.writer import (
     DatasetWriter,
     IncompleteDatasetError,
@@ -30,6 +33,7 @@ from diffdfkd.synth.writer import (
     merge_manifest,
     sanitise_class_name,
 )
+from diffdfkd.worlds import teacher_spec
 
 # 3 classes x 4 images = 12 = 3 batches of 4; CutMix at steps 1, 2 of 3, intermediates kept.
 REFERENCE = {"synth.images_per_class": 4, "cutmix.keep_intermediates": True}
@@ -94,7 +98,7 @@ def test_shard_from_torchrun_environment(monkeypatch) -> None:
 
 def test_images_do_not_depend_on_the_batch_size(make_config, tmp_path, tiny_components) -> None:
     config = make_config(tmp_path, **{"cutmix.keep_intermediates": True, "guidance.step_size": 5.0})
-    source = DiffusionSource(config, build_teacher(config), components=tiny_components)
+    source = DiffusionSource(config, build_teacher(teacher_spec(config)), components=tiny_components)
     plan = SynthPlan.from_config(config, 3)
     indices = torch.arange(8)
     whole = source.generate(indices, plan.targets(indices))
@@ -111,8 +115,10 @@ def test_shards_write_the_same_bytes(make_config, tmp_path, reference) -> None:
     config = make_config(tmp_path / "sharded", **REFERENCE)
     synthesize(config, shard=0, num_shards=2, progress=False)
     assert not (tmp_path / "sharded" / "manifest.jsonl").exists(), "merged only once every batch is done"
-    with pytest.warns(UserWarning, match="no manifest.jsonl"):
-        partial = load_synthetic(tmp_path / "sharded")
+    with pytest.raises(IncompleteDatasetError, match="2 of 3 batches are missing.*--allow-partial"):
+        load_synthetic(tmp_path / "sharded")
+    with pytest.warns(UserWarning, match="using the 12 images made so far"):
+        partial = load_synthetic(tmp_path / "sharded", allow_partial=True)
     assert len(partial) == 4 * 3  # batch 0: 4 finals + 8 intermediates
     with pytest.raises(IncompleteDatasetError, match="2 of 3 batches"):
         merge_manifest(tmp_path / "sharded")
@@ -178,7 +184,7 @@ def test_dataset_reads_back_with_manifest_and_teacher_logits_on_saved_images(ref
     assert row["file"] == "images/000_zero/0000000.png" and row["kind"] == "final"
     assert row["seed"] == sample_seed(config.seed, 0) and "target" not in row
     assert {r["kind"] for r in rows} == {"final", "intermediate"}
-    teacher = build_teacher(config)
+    teacher = build_teacher(teacher_spec(config))
     with torch.no_grad():
         logits = teacher(finals.images)
     assert torch.allclose(logits, finals.teacher_logits, atol=1e-4), "logits of the image as saved"
@@ -261,7 +267,7 @@ def test_write_error_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
     assert not writer.is_done(0)
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix not in (".json", ".yaml")]
     assert [p.name for p in leftovers] == ["0000000.png"], "only whole files from before the error"
-    with pytest.raises(FileNotFoundError, match="not a synthetic dataset"):
+    with pytest.raises(IncompleteDatasetError, match="1 of 1 batches are missing"):
         load_synthetic(tmp_path)
 
 
@@ -273,9 +279,9 @@ def test_image_folder_reader_takes_the_dataset_or_its_images(reference) -> None:
     from diffdfkd.synth.dataset import load_image_folder
 
     _, root = reference
-    images, labels, names = load_image_folder(root)
-    assert names == ("zero", "one", "two") and images.shape == (36, 3, 32, 32)
-    again, labels_again, _ = load_image_folder(root / "images")
+    images, labels = load_image_folder(root, ("zero", "one", "two"))
+    assert images.shape == (36, 3, 32, 32)
+    again, labels_again = load_image_folder(root / "images", ("zero", "one", "two"))
     assert torch.equal(images, again) and torch.equal(labels, labels_again)
     data = load_synthetic(root)
     assert sorted(labels.tolist()) == sorted(data.labels.tolist())

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffdfkd.baselines.deepinversion import DeepInversionSource
 from diffdfkd.guidance.teacher_loss import (
     BNStatistics,
     NoBatchNormError,
@@ -17,6 +18,7 @@ from diffdfkd.guidance.teacher_loss import (
     tv_l1,
     tv_l2,
 )
+from diffdfkd.models.teacher import load_teacher
 
 
 def bn_model() -> nn.Module:
@@ -159,3 +161,45 @@ def test_a_scripted_model_handed_in_directly_is_refused_naming_its_layers() -> N
     scripted = torch.jit.script(bn_model())
     with pytest.raises(NoBatchNormError, match=r"2 BatchNorm layers \(0, 2\).*TorchScript.*load_teacher"):
         BNStatistics(scripted, Units("sample"))
+
+
+@pytest.fixture(scope="module")
+def scripted_teacher_file(make_teacher, tmp_path_factory):
+    """The tiny random teacher's network (BatchNorm layers with non-trivial statistics) as TorchScript."""
+    teacher = make_teacher()
+    with torch.no_grad():
+        for layer in teacher.model.modules():
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.running_mean.uniform_(-0.5, 0.5)
+                layer.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("scripted") / "teacher.pt"
+    torch.jit.save(torch.jit.script(teacher.model), str(path))
+    return teacher, path
+
+
+def test_a_torchscript_teacher_with_batchnorm_gets_the_same_bn_loss_and_logits(scripted_teacher_file) -> None:
+    eager, path = scripted_teacher_file
+    scripted = load_teacher("", path, class_names=eager.class_names, input_size=eager.input_size)
+    hooked = [m for m in scripted.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(hooked) == sum(isinstance(m, nn.BatchNorm2d) for m in eager.model.modules()) > 0
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    losses, grads = [], []
+    for teacher in (eager, scripted):
+        with BNStatistics(teacher.model, Units("group", 2)) as bn:
+            logits = teacher(images)
+            loss = bn.loss()
+        losses.append(loss.item())
+        grads.append(torch.autograd.grad(loss + logits.sum(), images)[0])
+        assert torch.equal(logits, eager(images))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6) and losses[0] > 0
+    assert torch.allclose(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+def test_deepinversion_runs_on_a_torchscript_teacher(scripted_teacher_file, make_config, tmp_path) -> None:
+    eager, path = scripted_teacher_file
+    scripted = load_teacher("", path, class_names=eager.class_names, input_size=eager.input_size)
+    config = make_config(tmp_path, **{"synth.source": "deepinversion", "deepinversion.iterations": 2})
+    source = DeepInversionSource(config, scripted)
+    targets = F.one_hot(torch.arange(config.synth.group_size) % 3, 3).float()
+    batch = source.generate(torch.arange(config.synth.group_size), targets)
+    assert batch.logs[0]["bn"] > 0 and torch.isfinite(batch.images).all()

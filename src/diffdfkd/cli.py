@@ -1,8 +1,13 @@
-"""The ``diffdfkd`` command line: parses arguments, builds configs and calls the library."""
+"""The ``diffdfkd`` command line: parses arguments, builds configs and calls the library.
+
+Each command imports the library parts it needs when it runs (the top layer, so no cycle is dodged):
+``diffdfkd --help`` and ``diffdfkd world list`` start without loading torch, diffusers and the models.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -50,7 +55,8 @@ def cmd_world_build_generator(args: argparse.Namespace) -> None:
 
 def cmd_train_teacher(args: argparse.Namespace) -> None:
     from diffdfkd.config import DistillConfig, from_dict, parse_overrides, to_dict
-    from diffdfkd.train import TEACHER_RECIPE, export_weights, train_classifier
+    from diffdfkd.models import export_weights
+    from diffdfkd.train import TEACHER_RECIPE, train_classifier
     from diffdfkd.worlds import get_world
 
     world = get_world(args.world)
@@ -76,37 +82,36 @@ def _print_report(report: dict, class_names: tuple[str, ...]) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from diffdfkd.check import check_test_data
+    from diffdfkd.config import replace
     from diffdfkd.evaluate import evaluate
-    from diffdfkd.models.teacher import load_teacher, load_world_teacher
-    from diffdfkd.worlds import get_world
+    from diffdfkd.models.teacher import build_teacher, load_teacher
+    from diffdfkd.pipeline import load_test_data
+    from diffdfkd.worlds import get_world, teacher_spec
 
-    world = get_world(args.world)
-    if args.weights:
-        model = load_teacher(
-            args.arch or world.teacher_arch,
-            args.weights,
-            class_names=world.class_names,
-            input_size=world.image_size,
-        )
-    else:
-        model = load_world_teacher(args.world)
+    config = _config(args)
     if args.folder:
-        from diffdfkd.synth.dataset import load_image_folder
-
-        images, labels, names = load_image_folder(args.folder)
-        if len(names) != len(world.class_names):
-            raise UserError(
-                f"{args.folder} has {len(names)} class folders, the model has {len(world.class_names)}"
-            )
-        source = str(args.folder)
-    else:
-        images, labels = world.load(args.split)
-        source = f"{args.world} {args.split}"
+        config = replace(config, eval_folder=args.folder)
+    teacher = build_teacher(
+        teacher_spec(config)
+    )  # the configured teacher: its classes, input size, normalisation
+    model, name = (
+        teacher,
+        f"teacher {config.teacher.weights or 'shipped with the ' + config.world + ' world'}",
+    )
+    if args.weights:
+        arch = args.arch or config.teacher.arch or get_world(config.world).teacher_arch
+        model = load_teacher(
+            arch, args.weights, class_names=teacher.class_names, input_size=teacher.input_size
+        )
+        name = f"{arch} {args.weights}"
+    check_test_data(config, teacher, split=args.split)
+    images, labels, source = load_test_data(config, teacher.class_names, split=args.split)
     report = evaluate(model, images, labels)
-    print(f"model: {args.weights or 'shipped ' + args.world + ' teacher'}; data: {source}")
-    _print_report(report, world.class_names)
+    print(f"model: {name}; data: {source}")
+    _print_report(report, teacher.class_names)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(report | {"data": source}, indent=2) + "\n")
 
 
 # --- synthesis, distillation, the whole job ------------------------------------------------------------
@@ -118,23 +123,40 @@ def _config(args: argparse.Namespace):
     return load_config(args.config, args.overrides)
 
 
+def cmd_check(args: argparse.Namespace) -> None:
+    from diffdfkd.check import check
+
+    report = check(
+        _config(args), args.stage, overwrite=args.overwrite, data=args.data, allow_partial=args.allow_partial
+    )
+    print("\n".join(report.lines))
+    print(f"check passed: `diffdfkd {args.stage}` with this config can start")
+
+
 def cmd_synthesize(args: argparse.Namespace) -> None:
+    from diffdfkd.check import check
     from diffdfkd.synth.run import synthesize
 
-    out = synthesize(_config(args), shard=args.shard, num_shards=args.num_shards, overwrite=args.overwrite)
+    config = _config(args)
+    check(config, "synthesize", overwrite=args.overwrite)
+    out = synthesize(config, shard=args.shard, num_shards=args.num_shards, overwrite=args.overwrite)
     summary = out / "summary.json"
     print(summary.read_text() if summary.is_file() else f"shard written to {out}; other shards still missing")
     print(f"dataset: {out}")
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
+    from diffdfkd.check import check
     from diffdfkd.pipeline import claim_output, distill
     from diffdfkd.synth.dataset import load_synthetic
     from diffdfkd.synth.run import output_dir
 
     config = _config(args)
-    data = load_synthetic(args.data or output_dir(config))
-    claim_output(config, overwrite=args.overwrite)
+    check(config, "distill", overwrite=args.overwrite, data=args.data, allow_partial=args.allow_partial)
+    data = load_synthetic(args.data or output_dir(config), allow_partial=args.allow_partial)
+    if args.allow_partial:
+        print(f"distilling on the {len(data)} images made so far (--allow-partial)")
+    claim_output(config, overwrite=args.overwrite, data_id=data.identity)
     result = distill(config, data)
     print(f"student weights: {result.weights}")
     print(
@@ -143,8 +165,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def _print_run(summary: dict, out: str) -> None:
-    print(f"teacher top-1 on the private test split: {summary['teacher_top1']:.4f}")
-    print(f"student top-1 on the private test split: {summary['student_top1']:.4f} (final epoch)")
+    print(f"teacher top-1 on {summary['test_data']}: {summary['teacher_top1']:.4f}")
+    print(f"student top-1 on {summary['test_data']}: {summary['student_top1']:.4f} (final epoch)")
     print(f"seconds: {summary['seconds']}")
     print(f"report: {Path(out) / 'report.html'} (and report.md)")
 
@@ -175,10 +197,22 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
     p.add_argument("--config", default=None, help="YAML experiment config (e.g. configs/digits.yaml)")
-    p.add_argument("--overwrite", action="store_true", help="replace outputs made with another config")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace outputs made with another config")
+    p.add_argument(
+        "overrides", nargs="*", help=OVERRIDES_HELP + "; flags may come before, among or after them"
+    )
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="", help="synthetic dataset folder; empty: the config's synth output")
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="distil on an unfinished dataset's images made so far (it says how many)",
+    )
 
 
 # --- parser ------------------------------------------------------------------------------------------
@@ -217,16 +251,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="training-recipe overrides such as epochs=5 lr=0.1")
     p.set_defaults(func=cmd_train_teacher)
 
-    p = _add(sub, "evaluate", "top-1, per-class accuracy and confusion matrix of a model")
-    p.add_argument("--world", default="digits", help="world whose classes (and data) to use")
-    p.add_argument("--split", default="private:test", help="world split to evaluate on")
-    p.add_argument("--folder", default="", help="evaluate on an ImageFolder-style folder instead of a split")
-    p.add_argument(
-        "--arch", default="", help="zoo model name of --weights; empty: the world's teacher architecture"
+    p = _add(
+        sub,
+        "evaluate",
+        "top-1, per-class accuracy and confusion matrix of the configured teacher (or of --weights, "
+        "with the teacher's class names and input size)",
     )
-    p.add_argument("--weights", default="", help="weights file; empty: the world's shipped teacher")
+    _add_config_args(p, overwrite=False)
+    p.add_argument(
+        "--split",
+        default="private:test",
+        help="split of the config's world to evaluate on (when neither --folder nor eval_folder is set)",
+    )
+    p.add_argument(
+        "--folder",
+        default="",
+        help="evaluate on this ImageFolder-style folder (sub-folders named after the classes); "
+        "empty: the config's eval_folder, else the world's split",
+    )
+    p.add_argument(
+        "--arch",
+        default="",
+        help="zoo model name of --weights; empty: teacher.arch, else the world's teacher's",
+    )
+    p.add_argument("--weights", default="", help="a model to evaluate instead of the configured teacher")
     p.add_argument("--json", default="", help="also write the report as JSON here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = _add(
+        sub,
+        "check",
+        "check a config before running it, in seconds: values, teacher, student, generator folder, "
+        "prompts, eval folder, output folders; prints the plan; exit code 0 or 2",
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--stage", default="run", choices=["run", "synthesize", "distill"], help="the command to check for"
+    )
+    _add_data_args(p)
+    p.set_defaults(func=cmd_check)
 
     p = _add(sub, "synthesize", "teacher-guided synthesis of a dataset (resumable; rerun to continue)")
     _add_config_args(p)
@@ -238,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "distill", "distil a student from the teacher on a synthetic dataset")
     _add_config_args(p)
-    p.add_argument("--data", default="", help="synthetic dataset folder; empty: the config's synth output")
+    _add_data_args(p)
     p.set_defaults(func=cmd_distill)
 
     p = _add(sub, "run", "synthesize -> distill -> evaluate -> report, in one resumable command")
@@ -262,12 +325,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides may stand anywhere among the flags."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse hands the overrides after the first flag back as unknown: they belong to the others.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         args.func(args)
     except (UserError, FileNotFoundError) as error:
         print(f"diffdfkd: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk anywhere (the stages' own writers say where)
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(
+            f"diffdfkd: error: {error} (disk full); free space and rerun the same command: it resumes "
+            f"where it stopped",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("diffdfkd: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)

@@ -1,15 +1,20 @@
 """Experiment configuration: frozen dataclasses per component, nested in one ``ExperimentConfig``.
 
-YAML is loaded strictly (an unknown key is an error naming it and the valid keys) and ``a.b=value``
-overrides are applied on top. ``write_run_info`` records the resolved config, seed, package version and
-git SHA in an output folder.
+YAML is loaded strictly (an unknown key is an error naming it and the valid keys; a duplicate key or a
+syntax error is an error naming its line; only plain data, never tags that build objects) and
+``a.b=value`` overrides are applied on top. Numbers are read as YAML 1.2 reads them (``1e-3``, ``5e-4``
+and ``.5`` are floats, where YAML 1.1 reads the first two as strings), and every float field must be
+finite: NaN and infinity are refused. ``diffdfkd.runinfo`` records the resolved config, seed, package
+versions and git SHA in an output folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
+import math
+import re
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,8 +43,26 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        finite = "a finite number " if isinstance(value, float) else ""
+        raise ConfigError(f"{name}={value!r} must be {finite}{'>= 0' if allow_zero else '> 0'}")
+
+
+def _check_prompt_template(template: str) -> None:
+    """A class template names ``{label}`` and no other placeholder (``{{``/``}}`` are literal braces)."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as error:
+        raise ConfigError(
+            f"generator.prompt_template={template!r} is not a valid template: {error}"
+        ) from None
+    if fields != {"label"}:
+        unknown = sorted(fields - {"label"})
+        raise ConfigError(
+            f"generator.prompt_template={template!r} "
+            + (f"has unknown placeholders {unknown}" if unknown else "must contain '{label}'")
+            + "; the only placeholder is {label} (the class name), e.g. 'a photo of a {label}'"
+        )
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,28 @@ class TeacherConfig:
     # The teacher was trained on grey images replicated to RGB: image-space methods (DeepInversion,
     # Fast) then optimise ONE channel and save it replicated, instead of colour the teacher never saw.
     grayscale: bool = False
+
+    def __post_init__(self) -> None:
+        _check_positive("teacher.input_size", self.input_size)
+        _check_positive("teacher.in_channels", self.in_channels)
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ConfigError(
+                f"teacher.mean and teacher.std need one value per input channel (teacher.in_channels="
+                f"{self.in_channels}), got {len(self.mean)} and {len(self.std)} values; e.g. "
+                f"teacher.mean=[{', '.join(['0.5'] * self.in_channels)}] teacher.std=[{', '.join(['0.5'] * self.in_channels)}]"
+            )
+        for i, value in enumerate(self.std):
+            _check_positive(f"teacher.std[{i}]", value)
+        if self.class_names:
+            if len(self.class_names) < 2:
+                raise ConfigError(
+                    f"teacher.class_names={list(self.class_names)}: a classifier needs at least two classes"
+                )
+            repeated = sorted({n for n in self.class_names if self.class_names.count(n) > 1})
+            if repeated or not all(n.strip() for n in self.class_names):
+                raise ConfigError(
+                    f"teacher.class_names must be distinct, non-empty names; repeated: {repeated}"
+                )
 
 
 @dataclass(frozen=True)
@@ -89,8 +134,9 @@ class GeneratorConfig:
         _check_choice("generator.dtype", self.dtype, DTYPES)
         _check_positive("generator.num_steps", self.num_steps)
         _check_positive("generator.cfg_scale", self.cfg_scale, allow_zero=True)
-        if self.prompt_template and "{label}" not in self.prompt_template:
-            raise ConfigError("generator.prompt_template must contain '{label}'")
+        _check_positive("generator.resolution", self.resolution, allow_zero=True)
+        if self.prompt_template:
+            _check_prompt_template(self.prompt_template)
 
 
 @dataclass(frozen=True)
@@ -316,6 +362,59 @@ class ExperimentConfig:
     fast: FastConfig = field(default_factory=FastConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed={self.seed} must lie in [0, 2**63)")
+        if not self.out_dir:
+            raise ConfigError("out_dir must name a folder")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Strict YAML: safe (plain data only), YAML 1.2 floats, duplicate keys refused.
+
+# YAML 1.2 core-schema floats: 1e-3, 5e-4, .5, 1., +.5, .inf, .nan (YAML 1.1 needs "1.0e-3").
+_FLOAT = re.compile(
+    r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.VERBOSE,
+)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that build objects) with YAML 1.2 floats; a repeated key is an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML ``text`` strictly (see ``_StrictLoader``); errors name ``where`` and the line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where} is not valid YAML: {error}") from None
+
 
 # ---------------------------------------------------------------------------------------------------
 # Strict conversion between dicts and dataclasses.
@@ -344,7 +443,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is bool and not isinstance(value, bool):
         raise ConfigError(f"{where} must be true or false, got {value!r}")
     if annotation in (int, float) and (isinstance(value, bool) or not isinstance(value, annotation)):
-        raise ConfigError(f"{where} must be {annotation.__name__}, got {value!r}")
+        kind = "an integer" if annotation is int else "a number"
+        raise ConfigError(f"{where} must be {kind}, got {value!r}")
+    if annotation is float and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     if annotation is str and not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, got {value!r}")
     return value
@@ -388,7 +490,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw, f"the value of override {item!r}") if raw.strip() else ""
         node = tree
         *parents, leaf = key.strip().split(".")
         for part in parents:
@@ -418,7 +520,7 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        loaded = load_yaml(path.read_text(), f"config file {path}")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded or {}
@@ -430,45 +532,3 @@ def replace(config: C, **changes: Any) -> C:
     """``dataclasses.replace`` with nested ``"a.b"`` keys: ``replace(cfg, **{"synth.batch_size": 8})``."""
     tree = parse_overrides([f"{k}={json.dumps(v)}" for k, v in changes.items()])
     return from_dict(type(config), _merge(to_dict(config), tree))
-
-
-def git_sha() -> str:
-    """The git SHA of the source tree this package runs from, or 'unknown' outside a checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def run_info(config: Any) -> dict[str, Any]:
-    """Versions, git SHA and seed, for reproducibility."""
-    import diffusers
-    import torch
-    import transformers
-
-    from diffdfkd import __version__
-
-    return {
-        "diffdfkd": __version__,
-        "git_sha": git_sha(),
-        "seed": getattr(config, "seed", None),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-    }
-
-
-def write_run_info(out_dir: str | Path, config: Any) -> None:
-    """Write ``config.yaml`` (the resolved config) and ``run_info.json`` into ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    (out_dir / "run_info.json").write_text(json.dumps(run_info(config), indent=2) + "\n")

@@ -8,18 +8,19 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 
-from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, to_dict, write_run_info
-from diffdfkd.distill.trainer import FitResult, TensorData, fit, split_holdout
+from diffdfkd.check import check, output_state
+from diffdfkd.config import ConfigError, ExperimentConfig, load_config
+from diffdfkd.distill.trainer import FitResult, TensorData, checkpoint_run, fit, split_holdout
 from diffdfkd.evaluate import evaluate
-from diffdfkd.models import create_model
-from diffdfkd.synth.dataset import SyntheticData, load_synthetic
-from diffdfkd.synth.run import build_teacher, synthesize
-from diffdfkd.train import export_weights
+from diffdfkd.models import build_teacher, create_model, export_weights
+from diffdfkd.report import image_grid, write_report
+from diffdfkd.runinfo import write_run_info
+from diffdfkd.synth.dataset import SyntheticData, load_image_folder, load_synthetic
+from diffdfkd.synth.run import synthesize
+from diffdfkd.worlds import get_world, teacher_spec
 
 
 def is_main_process() -> bool:
@@ -34,31 +35,26 @@ class DistillOutput:
     weights: Path
 
 
-def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [k for key in keys for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [prefix.rstrip(".")]
-
-
-def claim_output(config: ExperimentConfig, overwrite: bool) -> Path:
+def claim_output(config: ExperimentConfig, overwrite: bool, data_id: str | None = None) -> Path:
     """Create ``config.out_dir`` or check it was made with the same config (so it can be resumed).
 
-    A folder made with another config is refused, naming the changed keys, unless ``overwrite``.
+    A folder made with another config is refused, naming the changed keys, unless ``overwrite``
+    (see ``check.output_state``); so is, when ``data_id`` is given, a student trained on another
+    dataset. Overwriting deletes the stale student.
     """
     out = Path(config.out_dir)
-    saved = out / "config.yaml"
-    if saved.is_file():
-        old = to_dict(from_dict(ExperimentConfig, yaml.safe_load(saved.read_text()) or {}))
-        changed = changed_keys(old, to_dict(config))
-        if changed and not overwrite:
-            raise ConfigError(
-                f"{out} holds a run made with another config (changed: {', '.join(changed)}); "
-                f"rerun with the same config to resume, choose another out_dir, or pass --overwrite"
-            )
-        if changed and is_main_process():  # overwrite: the old student is stale
-            shutil.rmtree(out / "student", ignore_errors=True)
+    stale = output_state(config, overwrite) == "replaced"
+    if data_id is not None:
+        run = checkpoint_run(out / "student")
+        if run is not None and run.get("data") != data_id:
+            if not overwrite:
+                raise ConfigError(
+                    f"{out}/student holds a student trained on another dataset; choose another out_dir, "
+                    f"or pass --overwrite to train a new one"
+                )
+            stale = True
+    if stale and is_main_process():
+        shutil.rmtree(out / "student", ignore_errors=True)
     if is_main_process():
         write_run_info(out, config)
     return out
@@ -71,7 +67,7 @@ def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = T
     with the teacher); the student returned is the last epoch's. Resumes from ``<out_dir>/student``.
     ``distill.kd=false`` trains with cross-entropy on the dataset's labels instead, without the teacher.
     """
-    teacher = build_teacher(config)
+    teacher = build_teacher(teacher_spec(config))
     if len(data.class_names) != teacher.num_classes:
         raise ConfigError(
             f"the synthetic set has {len(data.class_names)} classes, the teacher {teacher.num_classes}"
@@ -93,6 +89,7 @@ def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = T
         seed=config.seed,
         resume=(out / "state.pt").is_file(),
         progress=progress,
+        data_id=data.identity,
     )
     weights = out / "student.safetensors"
     if is_main_process():  # under torchrun every rank ends with the same weights; one writes them
@@ -100,31 +97,27 @@ def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = T
     return DistillOutput(student, result, weights)
 
 
-def load_test_data(config: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The labelled test images of the final report: ``eval_folder``, else the world's PRIVATE test split."""
-    from diffdfkd.synth.dataset import load_image_folder
-    from diffdfkd.worlds import get_world, list_worlds
-
+def load_test_data(
+    config: ExperimentConfig, class_names: tuple[str, ...], split: str = "private:test"
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The labelled test images ``[N, 3, H, W]``, labels ``[N]`` and the data's name: ``eval_folder``
+    (class folders matched to ``class_names`` by name), else the world's ``split``, by default its
+    PRIVATE test split (``check.check_test_data`` checks which applies first)."""
     if config.eval_folder:
-        images, labels, _ = load_image_folder(config.eval_folder)
+        images, labels = load_image_folder(config.eval_folder, class_names)
         return images, labels, config.eval_folder
-    if config.world in list_worlds():
-        images, labels = get_world(config.world).load("private:test")
-        return images, labels, f"{config.world} private:test"
-    raise ConfigError(
-        f"world {config.world!r} is not a shipped world ({', '.join(list_worlds())}): set eval_folder to a "
-        f"folder of labelled test images (one sub-folder per class) for the final evaluation"
-    )
+    images, labels = get_world(config.world).load(split)
+    return images, labels, f"{config.world} {split}"
 
 
 def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Synthesize, distil, evaluate teacher and student on the world's PRIVATE test split, report.
 
     Every stage resumes: rerunning the same command after an interruption continues where it stopped.
+    Everything cheap to check is checked first (``diffdfkd.check``), before any folder is claimed.
     Returns the summary also written to ``<out_dir>/results.json``.
     """
-    from diffdfkd.report import image_grid, write_report
-
+    check(config, "run", overwrite=overwrite)
     out = claim_output(config, overwrite)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -138,8 +131,9 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
 
     # The PRIVATE test split is read once, here, for the final report.
     start = time.perf_counter()
-    test_images, test_labels, test_source = load_test_data(config)
-    teacher_eval = evaluate(build_teacher(config), test_images, test_labels)
+    teacher = build_teacher(teacher_spec(config))
+    test_images, test_labels, test_source = load_test_data(config, teacher.class_names)
+    teacher_eval = evaluate(teacher, test_images, test_labels)
     student_eval = evaluate(distilled.student, test_images, test_labels)
     timings["evaluation"] = time.perf_counter() - start
 
@@ -164,6 +158,7 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
         class_names=data.class_names,
         teacher_eval=teacher_eval,
         student_eval=student_eval,
+        test_data=test_source,
         synth_summary={
             "images": len(data),
             "teacher accuracy on the synthetic images": f"{synth_summary.get('teacher_accuracy', float('nan')):.3f}",
@@ -192,6 +187,4 @@ QUICK_OVERRIDES = [
 
 def demo_config(out_dir: str = "runs/demo", quick: bool = False) -> ExperimentConfig:
     """The shipped digits config, writing to ``out_dir``; ``quick``: tiny budgets for a smoke run."""
-    from diffdfkd.config import load_config
-
     return load_config(DEMO_CONFIG, [f"out_dir={out_dir}", *(QUICK_OVERRIDES if quick else [])])

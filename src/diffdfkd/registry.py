@@ -18,28 +18,19 @@ class UnknownNameError(UserError, KeyError):
 
 
 class Registry(Generic[T]):
-    """Maps names to factories. ``register`` is a decorator; ``create(name, **kw)`` builds one.
+    """Maps names to factories, given as one explicit table; ``create(name, **kw)`` builds one.
 
     Example::
 
-        MODELS = Registry("model")
+        MODELS = Registry("model", {"resnet18": resnet18, "lenet5": lenet5})
+        MODELS.create("resnet18", num_classes=10)
 
-        @MODELS.register("resnet18")
-        def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module: ...
+    Nothing registers itself by being imported: the table names every entry.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, factories: dict[str, Callable[..., T]]) -> None:
         self.kind = kind
-        self._factories: dict[str, Callable[..., T]] = {}
-
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
-            if name in self._factories:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._factories[name] = factory
-            return factory
-
-        return decorator
+        self._factories: dict[str, Callable[..., T]] = dict(factories)
 
     def get(self, name: str) -> Callable[..., T]:
         if name not in self._factories:

@@ -86,20 +86,24 @@ def write_report(
     class_names: Sequence[str],
     teacher_eval: dict,
     student_eval: dict,
+    test_data: str,
     synth_summary: dict,
     timings: dict[str, float],
     grid: np.ndarray,
     metrics_csv: Path,
     notes: Sequence[str] = (),
 ) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` (images inline) into ``out_dir``; return both paths."""
+    """Write ``report.md`` and ``report.html`` (images inline) into ``out_dir``; return both paths.
+
+    ``test_data`` names the labelled data both evaluations used (a world's split or a folder's path).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     grid_png = out_dir / "synthetic_grid.png"
     grid_png.write_bytes(_png_bytes(grid))
     curves_png = plot_curves(metrics_csv, out_dir / "training_curves.png")
 
     accuracy = _table(
-        ["model", "top-1 on the private test split"],
+        ["model", f"top-1 on {test_data}"],
         [
             ["teacher", f"{teacher_eval['top1']:.4f}"],
             ["student (final epoch)", f"{student_eval['top1']:.4f}"],
@@ -125,8 +129,8 @@ def write_report(
     ]
     protocol = (
         "Honest protocol: synthesis and distillation never read the private data. Model selection may use "
-        "only a held-out slice of the synthetic set; the private test split is used once, here, and the "
-        "student reported is the final epoch's."
+        "only a held-out slice of the synthetic set; the test data ("
+        f"{test_data}) is used once, here, and the student reported is the final epoch's."
     )
 
     md = ["# diffdfkd run report", "", protocol, ""]

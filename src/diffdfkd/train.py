@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from diffdfkd.config import DistillConfig, write_run_info
+from diffdfkd.config import DistillConfig
 from diffdfkd.distill.trainer import FitResult, TensorData, fit, split_holdout
 from diffdfkd.models import create_model
+from diffdfkd.runinfo import write_run_info
 from diffdfkd.worlds import get_world
 
 TEACHER_RECIPE = DistillConfig(
@@ -57,15 +57,3 @@ def train_classifier(
         progress=progress,
     )
     return model, result
-
-
-def export_weights(model: torch.nn.Module, path: str | Path, half: bool = True) -> Path:
-    """Save ``model``'s state dict as safetensors (fp16 floats when ``half``, to keep shipped files small)."""
-    state = {
-        k: (v.half() if half and v.is_floating_point() else v).contiguous()
-        for k, v in model.state_dict().items()
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path))
-    return path

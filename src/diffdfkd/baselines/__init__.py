@@ -1,4 +1,4 @@
-"""Baselines of the comparison, as synthetic-data sources registered in ``SOURCES`` on import.
+"""Baselines of the comparison, as synthetic-data sources (named in ``diffdfkd.synth.sources.SOURCES``).
 
 - ``deepinversion``: pixels optimised from noise against the teacher (Yin et al. 2020).
 - ``fast``: a generator meta-learned across synthesis rounds (Fang et al. 2022), one round per batch.
@@ -9,7 +9,6 @@ Unguided diffusion (DM-KD style) needs no source of its own: it is the ``diffdfk
 ``guidance.mode=none`` (see ``diffdfkd.bench.ROWS``).
 """
 
-from diffdfkd.baselines import deepinversion, fast, real  # noqa: F401  (imported to register the sources)
 from diffdfkd.baselines.deepinversion import DeepInversionSource
 from diffdfkd.baselines.fast import FastSource
 from diffdfkd.baselines.real import RealDataSource

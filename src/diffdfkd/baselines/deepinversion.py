@@ -22,7 +22,7 @@ every iteration::
   statistics (the paper's batch of one), and then an image's gradient, and with Adam acting per pixel
   its whole trajectory, depends on nothing but itself: not on its group, its batch or their sizes.
 
-Sample ``i`` draws its start and its jitter from its own generator seeded by ``sample_seed(seed, i)``.
+Sample ``i`` draws its start and its jitter from its own generator seeded by ``runtime.sample_seed(seed, i)``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import torch
 
 from diffdfkd.config import DeepInversionConfig, ExperimentConfig
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units, cross_entropy, l2_prior, tv_l1, tv_l2
-from diffdfkd.synth.source import SOURCES, SynthBatch, check_groups, generators_for, sample_seed
+from diffdfkd.runtime import generators_for, sample_seed
+from diffdfkd.synthetic import SynthBatch, check_groups
 
 LOG_EVERY = 10
 ADAM_BETAS = (0.5, 0.9)
@@ -160,9 +161,3 @@ class DeepInversionSource:
                 logs.append({"step": float(step), **parts})
         images = to_rgb(self.pixels(normalised.detach()).clamp(0.0, 1.0))
         return SynthBatch(images=images.cpu(), targets=targets, logs=logs)
-
-
-@SOURCES.register("deepinversion")
-def deepinversion_source(config: ExperimentConfig, teacher: torch.nn.Module) -> DeepInversionSource:
-    """DeepInversion: images optimised from noise against the teacher (``config.deepinversion``)."""
-    return DeepInversionSource(config, teacher)

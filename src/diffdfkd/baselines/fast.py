@@ -42,14 +42,8 @@ from torch import nn
 from diffdfkd.baselines.deepinversion import image_channels, jitter_view, to_rgb
 from diffdfkd.config import ConfigError, ExperimentConfig, FastConfig
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units, cross_entropy
-from diffdfkd.synth.source import (
-    SOURCES,
-    SynthBatch,
-    derive_seed,
-    generators_for,
-    layout_targets,
-    sample_seed,
-)
+from diffdfkd.runtime import derive_seed, generators_for, sample_seed
+from diffdfkd.synthetic import SynthBatch, layout_targets
 
 # Random streams of the meta-generator's initial weights and of the warm-up rounds' samples
 # (0, 1, 2 are the samples', the groups' and the real source's order).
@@ -179,9 +173,3 @@ class FastSource:
         self.meta_optimizer.step()
         self.rounds += 1
         return SynthBatch(images=to_rgb(best).cpu(), targets=targets, logs=logs)
-
-
-@SOURCES.register("fast")
-def fast_source(config: ExperimentConfig, teacher: torch.nn.Module) -> FastSource:
-    """Fast: a generator meta-learned across rounds, one round per batch (``config.fast``)."""
-    return FastSource(config, teacher)

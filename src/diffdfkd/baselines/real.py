@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 
 from diffdfkd.config import ConfigError, ExperimentConfig
-from diffdfkd.synth.source import SOURCES, SynthBatch, derive_seed
+from diffdfkd.runtime import derive_seed
+from diffdfkd.synthetic import SynthBatch
+from diffdfkd.worlds import get_world, list_worlds
 
 # The random stream of the seeded order of each class's images (0 and 1 are the samples' and groups').
 ORDER_STREAM = 2
@@ -31,8 +33,6 @@ class RealDataSource:
     def __init__(
         self, config: ExperimentConfig, teacher: torch.nn.Module, split: str = "private:train"
     ) -> None:
-        from diffdfkd.worlds import get_world, list_worlds
-
         if config.world not in list_worlds():
             raise ConfigError(
                 f"synth.source=real needs a shipped world's private data; world {config.world!r} is not "
@@ -69,9 +69,3 @@ class RealDataSource:
             for i, k in zip(indices, classes, strict=True)
         ]
         return SynthBatch(images=torch.stack(images), targets=targets)
-
-
-@SOURCES.register("real")
-def real_source(config: ExperimentConfig, teacher: torch.nn.Module) -> RealDataSource:
-    """The world's real PRIVATE training images (upper bound; not data-free)."""
-    return RealDataSource(config, teacher)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from diffdfkd.errors import UserError
+from diffdfkd.runtime import resolve_device, resolve_dtype
 
 SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "ddpm": ("DDPMScheduler", {}),
@@ -32,7 +33,6 @@ SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
 }
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -77,25 +77,6 @@ class DiffusionComponents:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` (``cuda:$LOCAL_RANK`` under torchrun) when available, else ``cpu``."""
-    import os
-
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ComponentsError(
-            f"unknown device {device!r}; use auto, cpu, cuda or cuda:<n>: {error}"
-        ) from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ComponentsError(f"device {device!r} was asked for but CUDA is not available; use cpu or auto")
-    return resolved
-
-
 def build_scheduler(path: str | Path, name: str) -> tuple[Any, str]:
     """Scheduler ``name`` built from the pipeline's scheduler config -> ``(scheduler, prediction_type)``.
 
@@ -135,6 +116,28 @@ def _part_class(index: dict[str, Any], part: str, path: Path) -> type:
         ) from None
 
 
+def read_pipeline_index(path: str | Path) -> dict[str, Any]:
+    """The ``model_index.json`` of a pipeline folder that has every part (``PARTS``), else a
+    ``ComponentsError`` naming what is missing."""
+    path = Path(path)
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ComponentsError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json); give generator.path a "
+            f"local folder saved with StableDiffusionPipeline.save_pretrained"
+        )
+    missing = [part for part in PARTS if not (path / part).is_dir()]
+    if missing:
+        raise ComponentsError(f"pipeline folder {path} lacks the part(s) {', '.join(missing)}")
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ComponentsError(f"{index_file} is not valid JSON: {error}") from None
+    for part in PARTS[:-1]:  # the scheduler is built by name (generator.scheduler)
+        _part_class(index, part, path)
+    return index
+
+
 def load_components(
     path: str | Path,
     *,
@@ -147,30 +150,16 @@ def load_components(
 
     ``dtype``: "fp32" | "bf16" | "fp16" (or the torch dtype). ``scheduler``: a key of
     ``SCHEDULER_CLASSES``. ``gradient_checkpointing``: recompute UNet and VAE activations during the
-    guidance backward pass (same gradients, less memory). Raises ``ComponentsError`` naming a missing folder or part, an unknown
-    scheduler, device or dtype.
+    guidance backward pass (same gradients, less memory). Raises ``ComponentsError`` naming a missing folder or part or an unknown
+    scheduler, and ``runtime.SettingError`` for an unknown device or dtype.
     """
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = Path(path)
-    if isinstance(dtype, str):
-        if dtype not in TORCH_DTYPES:
-            raise ComponentsError(f"unknown dtype {dtype!r}; choose from {', '.join(TORCH_DTYPES)}")
-        dtype = TORCH_DTYPES[dtype]
-    elif dtype not in TORCH_DTYPES.values():
-        raise ComponentsError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+    dtype = resolve_dtype(dtype)
     device = resolve_device(device)
-    index_file = path / "model_index.json"
-    if not index_file.is_file():
-        raise ComponentsError(
-            f"{path} is not a diffusers pipeline folder (no model_index.json); give generator.path a "
-            f"local folder saved with StableDiffusionPipeline.save_pretrained"
-        )
-    missing = [part for part in PARTS if not (path / part).is_dir()]
-    if missing:
-        raise ComponentsError(f"pipeline folder {path} lacks the part(s) {', '.join(missing)}")
-    index = json.loads(index_file.read_text())
+    index = read_pipeline_index(path)
     sched, prediction_type = build_scheduler(path, scheduler)
     param_dtype = dtype if device.type == "cuda" else torch.float32  # CPU: fp32 weights, autocast compute
     models = {}

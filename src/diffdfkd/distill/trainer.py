@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -48,6 +47,7 @@ from diffdfkd.distill.losses import kd_loss
 from diffdfkd.errors import UserError
 from diffdfkd.evaluate import predict_logits
 from diffdfkd.files import replace_atomically
+from diffdfkd.runtime import changed_keys, derive_seed, describe_changes, resolve_device
 
 STATE_FORMAT = 1
 LAST, BEST, STATE, METRICS = "last.safetensors", "best_holdout.safetensors", "state.pt", "metrics.csv"
@@ -194,11 +194,6 @@ def _optimizer(model: nn.Module, recipe: DistillConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
-def _seed(seed: int, epoch: int, stream: int) -> int:
-    """A well-mixed 63-bit seed for one random stream of one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]) >> 1
-
-
 def _state_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
@@ -210,14 +205,6 @@ def _state_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
 class _Dist:
     rank: int = 0
     world: int = 1
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def _join_process_group(device: torch.device) -> _Dist:
@@ -288,6 +275,7 @@ def fit(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    data_id: str = "",
 ) -> FitResult:
     """Train ``model`` on ``train`` with ``recipe``; checkpoints and logs go to ``out_dir``.
 
@@ -302,20 +290,23 @@ def fit(
     - ``normalize=(mean, std)``: the model sees ``(images - mean) / std``; pass the teacher's values
       when training a teacher that ``Teacher`` will wrap. Students take [0, 1] images (None).
     - ``resume``: continue from ``out_dir/state.pt`` to exactly the weights of an uninterrupted run;
-      refused (naming the keys) if the recipe, seed, task, normalisation or train-set size differ.
+      refused (naming the keys) if the recipe, seed, task, normalisation, train-set size or
+      ``data_id`` (the dataset's identity, e.g. ``SyntheticData.identity``) differ.
       Without ``resume`` an ``out_dir`` that already holds a checkpoint is refused, not overwritten.
     - ``stop_after``: stop once this many epochs are done (a time slice; the schedule still spans
       ``recipe.epochs``; continue later with ``resume=True``).
 
     The last partial batch of every epoch is dropped. On return ``model`` holds the last epoch's
     weights (the EMA weights when ``recipe.ema_decay > 0``), the same as ``out_dir/last.safetensors``.
-    Raises ``FitError`` for data the model or teacher cannot take and for refused resumes.
+    Raises ``FitError`` for data the model or teacher cannot take, for refused resumes, for a
+    non-finite loss (training stops at that step; no weights with NaN or infinity are ever written)
+    and when a checkpoint cannot be written (disk full: free space and resume).
     """
-    device = _resolve_device(device)
+    device = resolve_device("auto" if device is None else device)
     group = _join_process_group(device)
     if holdout is not None and len(holdout) == 0:
         holdout = None
-    loop = _build_loop(model, train, recipe, teacher, normalize, seed, device, group)
+    loop = _build_loop(model, train, recipe, teacher, normalize, seed, device, group, data_id)
     _check_inputs(loop.net, teacher, train, holdout, "student" if teacher is not None else "model")
     return _run_epochs(loop, Path(out_dir), teacher, holdout, resume, stop_after, progress)
 
@@ -350,6 +341,7 @@ def _build_loop(
     seed: int,
     device: torch.device,
     group: _Dist,
+    data_id: str,
 ) -> _Loop:
     if seed < 0:
         raise FitError(f"seed must be >= 0, got {seed}")
@@ -380,6 +372,7 @@ def _build_loop(
         "task": "kd" if teacher is not None else "ce",
         "normalize": [list(map(float, v)) for v in normalize] if normalize else None,
         "train_size": len(train),
+        "data": data_id,
     }
     return _Loop(
         model=model,
@@ -536,10 +529,10 @@ def _train_epoch(loop: _Loop, epoch: int, bar: tqdm) -> dict[str, float]:
     # The data order is the same on every rank (each takes its slice of every global batch);
     # augmentation and dropout draw from per-rank streams. All derive from (seed, epoch).
     order = torch.randperm(
-        len(loop.train), generator=torch.Generator().manual_seed(_seed(loop.seed, epoch, 0))
+        len(loop.train), generator=torch.Generator().manual_seed(derive_seed(loop.seed, epoch, 0))
     )
     order = order.to(loop.train.images.device)
-    aug_generator = torch.Generator().manual_seed(_seed(loop.seed, epoch, 1 + group.rank))
+    aug_generator = torch.Generator().manual_seed(derive_seed(loop.seed, epoch, 1 + group.rank))
     local = recipe.batch_size // group.world
     autocast = recipe.amp and device.type == "cuda"
     sums: dict[str, torch.Tensor] = {}
@@ -547,7 +540,7 @@ def _train_epoch(loop: _Loop, epoch: int, bar: tqdm) -> dict[str, float]:
     loop.net.train()
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(_seed(loop.seed, epoch, 1_000_000 + group.rank))
+        torch.manual_seed(derive_seed(loop.seed, epoch, 1_000_000 + group.rank))
         for step in range(steps):
             start = step * recipe.batch_size + group.rank * local
             index = order[start : start + local]
@@ -557,6 +550,11 @@ def _train_epoch(loop: _Loop, epoch: int, bar: tqdm) -> dict[str, float]:
                 images = loop.augment(images, aug_generator)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 losses = loop.task(loop.net, images, labels)
+            if not torch.isfinite(losses["loss"]):
+                raise FitError(
+                    f"the loss is {losses['loss'].item()} at epoch {epoch + 1}, step {step + 1}: training "
+                    f"diverged (lower distill.lr, check the data); nothing of this epoch was saved"
+                )
             loop.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             lr = loop.optimizer.param_groups[0]["lr"]
@@ -587,7 +585,32 @@ def _save_epoch(loop: _Loop, out_dir: Path, epoch: int, result: FitResult, impro
 
     ``state.pt`` holds plain tensors, numbers, strings, lists and dicts only (it loads with
     ``weights_only=True``); it alone is read to resume. The safetensors files hold the weights
-    evaluated (EMA or raw), without any normalisation wrapper."""
+    evaluated (EMA or raw), without any normalisation wrapper. Weights with NaN or infinity are
+    refused, and a failed write (disk full) is a ``FitError`` saying that a rerun resumes."""
+    weights = _state_cpu(loop.ema.module if loop.ema is not None else loop.model)
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise FitError(
+            f"epoch {epoch}: the weights {broken[:4]} hold NaN or infinity (training diverged; lower "
+            f"distill.lr); they were not saved"
+        )
+    try:
+        _write_epoch(loop, out_dir, epoch, result, improved, weights)
+    except OSError as error:
+        raise FitError(
+            f"could not write the checkpoint of epoch {epoch} into {out_dir}: {error} (disk full or "
+            f"not writable?); free space and rerun the same command: it resumes from the last saved epoch"
+        ) from error
+
+
+def _write_epoch(
+    loop: _Loop,
+    out_dir: Path,
+    epoch: int,
+    result: FitResult,
+    improved: bool,
+    weights: dict[str, torch.Tensor],
+) -> None:
     state = {
         "format": STATE_FORMAT,
         "epoch": epoch,
@@ -600,7 +623,6 @@ def _save_epoch(loop: _Loop, out_dir: Path, epoch: int, result: FitResult, impro
         "best": {"epoch": result.best_epoch, "metric": result.best_holdout},
     }
     replace_atomically(out_dir / STATE, lambda tmp: torch.save(state, tmp))
-    weights = _state_cpu(loop.ema.module if loop.ema is not None else loop.model)
     replace_atomically(out_dir / LAST, lambda tmp: save_file(weights, tmp))
     if improved:
         replace_atomically(out_dir / BEST, lambda tmp: save_file(weights, tmp))
@@ -615,6 +637,23 @@ def _save_epoch(loop: _Loop, out_dir: Path, epoch: int, result: FitResult, impro
     replace_atomically(out_dir / METRICS, write_csv)
 
 
+def checkpoint_run(out_dir: str | Path) -> dict[str, Any] | None:
+    """The run signature (recipe, seed, task, ``data`` ...) of ``out_dir``'s checkpoint, or None
+    without one: what a resume must match."""
+    path = Path(out_dir) / STATE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types on a damaged file
+        raise FitError(
+            f"{path} cannot be read ({type(error).__name__}); delete it to start afresh"
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise FitError(f"{path} is not a diffdfkd training checkpoint (format {STATE_FORMAT})")
+    return state["run"]
+
+
 def _load_state(loop: _Loop, path: Path, result: FitResult) -> int:
     """Restore a checkpoint written by ``_save_epoch``; returns the number of epochs it completed."""
     if not path.is_file():
@@ -623,9 +662,8 @@ def _load_state(loop: _Loop, path: Path, result: FitResult) -> int:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise FitError(f"{path} is not a diffdfkd training checkpoint (format {STATE_FORMAT})")
     saved, current = state["run"], loop.signature
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    if changed:
-        details = ", ".join(f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in changed)
+    if changed_keys(saved, current):
+        details = describe_changes(saved, current)
         raise FitError(
             f"cannot resume {path.parent}: the run differs from the checkpoint's in {details}; "
             f"use the checkpoint's settings or start a new out_dir"

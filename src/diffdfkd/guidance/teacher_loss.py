@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffdfkd.errors import UserError
+from diffdfkd.models.torchscript import scripted_batchnorm_names
 
 UNIT_KINDS = ("sample", "group", "batch")
 
@@ -118,16 +119,13 @@ def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
 
     Raises ``NoBatchNormError`` when there are none, naming what was found and the ways out. A
     TorchScript model's layers run inside compiled code that calls no hooks: ``load_teacher`` converts
-    such a teacher to an eager graph first, so only a TorchScript model handed in directly ends here.
+    such a teacher to an eager graph first, so only a TorchScript model handed in directly, or one the
+    conversion failed on (``load_teacher`` logs why), ends here.
     """
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if layers:
         return layers
-    scripted = [
-        name
-        for name, m in model.named_modules()
-        if isinstance(m, torch.jit.ScriptModule) and "BatchNorm" in getattr(m, "original_name", "")
-    ]
+    scripted = scripted_batchnorm_names(model)
     ways_out = (
         "set guidance.bn_weight=0 (or deepinversion.bn_weight=0) to drop the BN-statistics term, or give "
         "a teacher with BatchNorm layers (a zoo arch or timm:<name> with a state dict)"
@@ -136,8 +134,8 @@ def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
         raise NoBatchNormError(
             f"the teacher's {len(scripted)} BatchNorm layers ({', '.join(scripted[:4])}"
             f"{' ...' if len(scripted) > 4 else ''}) are compiled TorchScript, which forward hooks do not "
-            f"see: load it with diffdfkd.models.load_teacher (which converts it to an eager graph), or "
-            f"{ways_out}"
+            f"see: load it with diffdfkd.models.load_teacher, which converts it to an eager graph (when that "
+            f"conversion fails it logs why), or {ways_out}"
         )
     raise NoBatchNormError(
         f"the teacher ({type(model).__name__}, {sum(1 for _ in model.modules())} modules) has no BatchNorm "

@@ -8,8 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffdfkd.models._registry import MODELS
-
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, padding: int) -> list[nn.Module]:
     return [
@@ -69,13 +67,11 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@MODELS.register("lenet5")
 def lenet5(num_classes: int = 10, in_channels: int = 3) -> LeNet5:
     """LeNet-5 with BatchNorm after each conv."""
     return LeNet5(num_classes=num_classes, in_channels=in_channels)
 
 
-@MODELS.register("cnn_small")
 def cnn_small(num_classes: int = 10, in_channels: int = 3) -> SmallCNN:
     """Four-layer conv+BN CNN (~100k parameters)."""
     return SmallCNN(num_classes=num_classes, in_channels=in_channels)

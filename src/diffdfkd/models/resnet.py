@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffdfkd.models._registry import MODELS
-
 
 class BasicBlock(nn.Module):
     """Post-activation residual block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
@@ -66,13 +64,11 @@ class ResNet(nn.Module):
         return self.linear(self.features(x))
 
 
-@MODELS.register("resnet18")
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     """CIFAR ResNet-18 (2-2-2-2 basic blocks)."""
     return ResNet([2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels)
 
 
-@MODELS.register("resnet34")
 def resnet34(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     """CIFAR ResNet-34 (3-4-6-3 basic blocks)."""
     return ResNet([3, 4, 6, 3], num_classes=num_classes, in_channels=in_channels)

@@ -10,13 +10,18 @@ from __future__ import annotations
 import pickle
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from diffdfkd.errors import UserError
+from diffdfkd.models.torchscript import with_visible_batchnorm
+from diffdfkd.models.zoo import create_model
 
 
 class CheckpointError(UserError, ValueError):
@@ -93,9 +98,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
@@ -104,6 +106,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
+            if "Unsupported global" not in str(error):  # not code: bytes that are no pickle at all
+                raise CheckpointError(
+                    f"{path} is not a torch checkpoint (damaged, or another format); give a safetensors "
+                    f"file, a torch.save'd state_dict or a TorchScript file"
+                ) from None
             raise CheckpointError(
                 f"{path} is not a weights-only checkpoint (it pickles code, which is never loaded "
                 f"for safety); re-save its state_dict with torch.save(model.state_dict(), ...). "
@@ -146,7 +153,20 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def _is_torchscript(path: Path) -> bool:
+def export_weights(model: torch.nn.Module, path: str | Path, half: bool = True) -> Path:
+    """Save ``model``'s state dict as safetensors (fp16 floats when ``half``, to keep shipped files small)."""
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def is_torchscript(path: Path) -> bool:
+    """True for a TorchScript archive (``torch.jit.save``), which carries its own architecture."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
@@ -165,15 +185,18 @@ def load_teacher(
 ) -> Teacher:
     """Build a ``Teacher`` from a zoo name plus a weights file, a TorchScript file, or ``timm:<name>``.
 
-    ``arch`` may be empty when ``weights`` is a TorchScript file. Raises ``CheckpointError`` when the
-    file does not fit, naming the wrong keys or shapes.
+    ``arch`` may be empty when ``weights`` is a TorchScript file; one with BatchNorm layers is converted
+    to an eager graph whose BatchNorm layers the BN-statistics loss sees (``models.torchscript``).
+    Raises ``CheckpointError`` when the file does not fit, naming the wrong keys or shapes.
     """
     num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError("a teacher needs at least two class names")
     weights = Path(weights)
-    if weights.is_file() and _is_torchscript(weights):
+    if weights.is_file() and is_torchscript(weights):
         model: nn.Module = torch.jit.load(str(weights), map_location="cpu")
+        probe = torch.rand(2, in_channels, input_size, input_size, generator=torch.Generator().manual_seed(0))
+        model = with_visible_batchnorm(model, probe)
     elif arch.startswith("timm:"):
         try:
             import timm
@@ -182,34 +205,48 @@ def load_teacher(
         model = timm.create_model(arch.removeprefix("timm:"), num_classes=num_classes, in_chans=in_channels)
         load_weights(model, weights)
     else:
-        from diffdfkd.models import create_model
-
         model = load_weights(create_model(arch, num_classes=num_classes, in_channels=in_channels), weights)
     teacher = Teacher(
         model, input_size=input_size, in_channels=in_channels, mean=mean, std=std, class_names=class_names
     )
-    with torch.no_grad():
-        out = teacher(torch.zeros(1, in_channels, input_size, input_size))
+    try:
+        with torch.no_grad():
+            out = teacher(torch.zeros(1, in_channels, input_size, input_size))
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"the teacher {weights} cannot take inputs of shape [1, {in_channels}, {input_size}, "
+            f"{input_size}] (teacher.in_channels, teacher.input_size): {str(error).splitlines()[0]}"
+        ) from None
     if out.shape != (1, num_classes):
         raise CheckpointError(f"{weights} gives {tuple(out.shape)} logits, expected {num_classes} classes")
     return teacher
 
 
-def load_world_teacher(world_name: str) -> Teacher:
-    """The teacher shipped with a world, e.g. ``load_world_teacher("digits")``."""
-    from diffdfkd.worlds import get_world
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Where a teacher comes from and how to feed it: the arguments of ``load_teacher``.
 
-    world = get_world(world_name)
-    if not world.teacher_weights.is_file():
-        raise FileNotFoundError(
-            f"world {world_name!r} has no shipped teacher at {world.teacher_weights}; "
-            f"train one with `diffdfkd train-teacher --world {world_name}`"
-        )
+    Worlds hand their shipped teacher as one (``World.teacher_spec()``); a config's ``teacher`` block
+    fills one in (``diffdfkd.worlds.teacher_spec``).
+    """
+
+    arch: str
+    weights: Path
+    class_names: tuple[str, ...]
+    input_size: int = 32
+    in_channels: int = 3
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+
+def build_teacher(spec: TeacherSpec) -> Teacher:
+    """``load_teacher`` with the fields of ``spec``."""
     return load_teacher(
-        world.teacher_arch,
-        world.teacher_weights,
-        class_names=world.class_names,
-        input_size=world.image_size,
-        mean=world.teacher_mean,
-        std=world.teacher_std,
+        spec.arch,
+        spec.weights,
+        class_names=spec.class_names,
+        input_size=spec.input_size,
+        in_channels=spec.in_channels,
+        mean=spec.mean,
+        std=spec.std,
     )

@@ -10,8 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffdfkd.models._registry import MODELS
-
 # Configuration "A" (VGG-11), split into the five blocks.
 VGG11_CFG: list[list[int]] = [[64], [128], [256, 256], [512, 512], [512, 512]]
 
@@ -63,7 +61,6 @@ class VGG(nn.Module):
         return self.classifier(self.features(x))
 
 
-@MODELS.register("vgg11_bn")
 def vgg11_bn(num_classes: int = 10, in_channels: int = 3) -> VGG:
     """VGG-11 with BatchNorm (configuration "A")."""
     return VGG(VGG11_CFG, num_classes=num_classes, in_channels=in_channels)

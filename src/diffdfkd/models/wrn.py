@@ -5,11 +5,11 @@ Keys: ``conv1``, ``block{1..3}.layer.{i}.{bn1,conv1,bn2,conv2[,convShortcut]}``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from diffdfkd.models._registry import MODELS
 
 
 class BasicBlock(nn.Module):
@@ -96,16 +96,12 @@ class WideResNet(nn.Module):
         return self.fc(self.features(x))
 
 
-def _register(depth: int, widen_factor: int) -> None:
-    name = f"wrn_{depth}_{widen_factor}"
+def wrn_factory(depth: int, widen_factor: int) -> Callable[..., WideResNet]:
+    """The zoo factory ``(num_classes, in_channels) -> WideResNet`` of WRN-``depth``-``widen_factor``."""
 
     def factory(num_classes: int = 10, in_channels: int = 3) -> WideResNet:
         return WideResNet(depth, widen_factor, num_classes=num_classes, in_channels=in_channels)
 
-    factory.__name__ = name
+    factory.__name__ = f"wrn_{depth}_{widen_factor}"
     factory.__doc__ = f"WideResNet-{depth}-{widen_factor} for 32x32 inputs."
-    MODELS.register(name)(factory)
-
-
-for _depth, _widen in ((16, 1), (16, 2), (40, 1), (40, 2)):
-    _register(_depth, _widen)
+    return factory

@@ -26,8 +26,10 @@ import torch.nn.functional as F
 
 from diffdfkd.config import ConfigError, ExperimentConfig, replace
 from diffdfkd.errors import UserError
+from diffdfkd.models.teacher import build_teacher
+from diffdfkd.runtime import sample_seed
 from diffdfkd.synth.dataset import read_rows
-from diffdfkd.synth.source import SOURCES, SynthBatch, layout_targets, sample_seed
+from diffdfkd.synth.sources import SOURCES
 from diffdfkd.synth.writer import (
     DatasetWriter,
     Record,
@@ -36,6 +38,8 @@ from diffdfkd.synth.writer import (
     merge_manifest,
     missing_batches,
 )
+from diffdfkd.synthetic import SynthBatch, layout_targets
+from diffdfkd.worlds import get_world, teacher_spec
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +103,6 @@ def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
     """Fill an empty ``generator.path`` with the world's shipped generator."""
     if config.generator.path:
         return config
-    from diffdfkd.worlds import get_world
-
     path = get_world(config.world).generator
     if not (path / "model_index.json").is_file():
         raise UserError(
@@ -109,40 +111,18 @@ def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
     return replace(config, **{"generator.path": str(path)})
 
 
-def build_teacher(config: ExperimentConfig) -> torch.nn.Module:
-    """The configured teacher (the world's shipped one when ``teacher.weights`` is empty), checking
-    that its class names are the configured ones."""
-    from diffdfkd.models.teacher import load_teacher, load_world_teacher
-
-    tc = config.teacher
-    if not tc.weights:
-        teacher = load_world_teacher(config.world)
-    else:
-        names, arch = tc.class_names, tc.arch
-        if not names or not arch:
-            from diffdfkd.worlds import get_world
-
-            world = get_world(config.world)
-            names, arch = names or world.class_names, arch or world.teacher_arch
-        teacher = load_teacher(
-            arch,
-            tc.weights,
-            class_names=names,
-            input_size=tc.input_size,
-            in_channels=tc.in_channels,
-            mean=tc.mean,
-            std=tc.std,
-        )
-    if tc.class_names and tuple(tc.class_names) != tuple(teacher.class_names):
-        raise ConfigError(
-            f"teacher.class_names {list(tc.class_names)} differ from the teacher's classes {list(teacher.class_names)}"
-        )
-    return teacher
-
-
 def output_dir(config: ExperimentConfig) -> Path:
     """``synth.out_dir``, or ``<out_dir>/synth`` when it is empty."""
     return Path(config.synth.out_dir) if config.synth.out_dir else Path(config.out_dir) / "synth"
+
+
+def dataset_signature(
+    config: ExperimentConfig, plan: SynthPlan, class_names: tuple[str, ...], save_size: int
+) -> dict[str, Any]:
+    """What identifies the dataset of ``config`` in its folder (see ``DatasetWriter.state``)."""
+    return config_signature(
+        config, num_batches=plan.num_batches, class_names=list(class_names), save_size=save_size
+    )
 
 
 @torch.no_grad()
@@ -220,21 +200,19 @@ def synthesize(
 
     start = time.perf_counter()
     shard, num_shards = resolve_shard(shard, num_shards)
-    teacher = build_teacher(config)
+    teacher = build_teacher(teacher_spec(config))
     class_names = tuple(teacher.class_names)
     plan = SynthPlan.from_config(config, len(class_names))
     save_size = config.synth.save_size or teacher.input_size
     out = output_dir(config)
     writer = DatasetWriter(out, class_names)
-    signature = config_signature(
-        config, num_batches=plan.num_batches, class_names=list(class_names), save_size=save_size
-    )
+    signature = dataset_signature(config, plan, class_names, save_size)
     writer.prepare(config, signature, overwrite=overwrite)
+    for b, problems in writer.drop_damaged(plan.shard_batches(shard, num_shards)).items():
+        logger.warning("%s: batch %d is damaged (%s); making it again", out, b, "; ".join(problems[:3]))
     todo = [b for b in plan.shard_batches(shard, num_shards) if not writer.is_done(b)]
     mine = len(plan.shard_batches(shard, num_shards))
     if todo:
-        import diffdfkd.baselines  # noqa: F401  (registers the baseline sources in SOURCES)
-
         source = SOURCES.create(config.synth.source, config=resolve_config(config), teacher=teacher)
         bar = tqdm(
             total=mine * plan.batch_size,

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from diffdfkd.config import ConfigError, to_dict, write_run_info
+from diffdfkd.config import ConfigError, to_dict
 from diffdfkd.errors import UserError
 from diffdfkd.files import replace_atomically
+from diffdfkd.runinfo import write_run_info
+from diffdfkd.runtime import describe_changes, flatten
 
 SIGNATURE_FILE = "signature.json"
 # Config keys that do not change the images (where and on which device they are made).
@@ -79,20 +81,10 @@ def class_dir(k: int, name: str) -> str:
     return f"{k:03d}_{sanitise_class_name(name)}"
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_signature(config: Any, **resolved: Any) -> dict[str, Any]:
     """The synthesis-relevant config as flat ``{"a.b": value}`` (plus ``resolved`` facts such as the
     number of batches); keys that do not change the images are left out."""
-    flat = _flatten(to_dict(config))
+    flat = flatten(to_dict(config))
     flat = {k: v for k, v in flat.items() if not any(k == u or k.startswith(u + ".") for u in UNSIGNED_KEYS)}
     return {**flat, **{f"resolved.{k}": v for k, v in resolved.items()}}
 
@@ -148,41 +140,67 @@ class DatasetWriter:
         name = f"{index:07d}.png" if step is None else f"{index:07d}_s{step:03d}.png"
         return f"images/{class_dir(k, self.class_names[k])}/{name}"
 
-    def prepare(self, config: Any, signature: dict[str, Any], *, overwrite: bool = False) -> None:
-        """Create the folder, or check that it was made with the same synthesis config.
+    def state(self, signature: dict[str, Any], *, overwrite: bool = False) -> str:
+        """What the folder holds, read only: ``"new"`` (absent or empty), ``"same"`` (a dataset of this
+        synthesis config: resumable) or ``"replace"`` (another config's dataset, with ``overwrite``).
 
-        A folder made with another config is refused with the differing keys, unless ``overwrite``,
-        which deletes its dataset files (only those this writer makes) and starts afresh.
+        Raises ``ConfigError`` for another config's dataset without ``overwrite`` (naming the differing
+        keys) and for a non-empty folder that is not a synthetic dataset.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
         sig_file = self.root / SIGNATURE_FILE
         if sig_file.is_file():
             old = json.loads(sig_file.read_text())
-            if old.get("digest") != _digest(signature):
-                if not overwrite:
-                    raise ConfigError(
-                        f"{self.root} holds a dataset made with another config; differing keys: "
-                        f"{_describe_diff(old.get('config', {}), signature)}. Use another output folder, "
-                        f"or overwrite=True (--overwrite) to delete it and start again"
-                    )
-                self._clear()
-        else:
-            foreign = sorted(
-                p.name for p in self.root.iterdir() if p.name not in OWN_NAMES and p.name[0] != "."
-            )
-            if foreign and not overwrite:
+            if old.get("digest") == _digest(signature):
+                return "same"
+            if not overwrite:
                 raise ConfigError(
-                    f"{self.root} is not empty ({', '.join(foreign[:3])}...) and is not a synthetic dataset "
-                    f"folder; choose a new or empty output folder"
+                    f"{self.root} holds a dataset made with another config; differing keys: "
+                    f"{describe_changes(old.get('config', {}), signature) or '(unknown)'}. Use another output folder, "
+                    f"or overwrite=True (--overwrite) to delete it and start again"
                 )
+            return "replace"
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"{self.root} is a file, not a folder; choose a new or empty output folder")
+        foreign = sorted(
+            p.name
+            for p in (self.root.iterdir() if self.root.is_dir() else ())
+            if p.name not in OWN_NAMES and p.name[0] != "."
+        )
+        if foreign and not overwrite:
+            raise ConfigError(
+                f"{self.root} is not empty ({', '.join(foreign[:3])}...) and is not a synthetic dataset "
+                f"folder; choose a new or empty output folder"
+            )
+        return "new"
+
+    def prepare(self, config: Any, signature: dict[str, Any], *, overwrite: bool = False) -> None:
+        """Create the folder, or check that it was made with the same synthesis config (see ``state``).
+
+        ``overwrite`` deletes another config's dataset files (only those this writer makes) and starts afresh.
+        """
+        state = self.state(signature, overwrite=overwrite)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if state == "replace":
+            self._clear()
         body = {"digest": _digest(signature), "config": signature}
-        atomic_write(sig_file, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(self.root / SIGNATURE_FILE, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
         atomic_write(
             self.root / "classes.json", (json.dumps(list(self.class_names), indent=1) + "\n").encode()
         )
         for sub in ("images", "parts"):
             (self.root / sub).mkdir(exist_ok=True)
         write_run_info(self.root, config)
+
+    def drop_damaged(self, batches: Iterable[int]) -> dict[int, list[str]]:
+        """Mark finished batches whose files are missing or damaged (size or sha256 differ from the
+        manifest) as not done, by removing their part, so that they are made again; returns the
+        problems per dropped batch."""
+        dropped = {}
+        for batch in batches:
+            if self.is_done(batch) and (problems := damaged_files(self.root, batch)):
+                self.part_path(batch).unlink()
+                dropped[batch] = problems
+        return dropped
 
     def _clear(self) -> None:
         for name in ("images", "parts", "tmp"):
@@ -200,7 +218,9 @@ class DatasetWriter:
                 target = self.root / record.file
                 target.parent.mkdir(parents=True, exist_ok=True)
                 staged = tmp_dir / target.name
-                staged.write_bytes(png_bytes(record.pixels))
+                data = png_bytes(record.pixels)
+                record.row |= {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                staged.write_bytes(data)
                 os.replace(staged, target)
             lines = "".join(json.dumps(r.row, separators=(",", ":")) + "\n" for r in records)
             staged = tmp_dir / "part.jsonl"
@@ -215,12 +235,24 @@ class DatasetWriter:
             shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
-    return (
-        ", ".join(f"{k} ({old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r})" for k in keys)
-        or "(unknown)"
-    )
+def file_problem(root: Path, row: dict[str, Any]) -> str | None:
+    """What is wrong with the file of manifest ``row`` (missing, or size / sha256 differ), else None."""
+    path = root / row["file"]
+    if not path.is_file():
+        return f"{row['file']} is missing"
+    if "bytes" in row and path.stat().st_size != row["bytes"]:
+        return f"{row['file']} has {path.stat().st_size} bytes, the manifest says {row['bytes']}"
+    if "sha256" in row and hashlib.sha256(path.read_bytes()).hexdigest() != row["sha256"]:
+        return f"{row['file']} differs from the manifest's sha256"
+    return None
+
+
+def damaged_files(root: str | Path, batch: int) -> list[str]:
+    """The problems of the files listed in a finished batch's manifest part (empty: all intact)."""
+    root = Path(root)
+    lines = (root / "parts" / f"{batch:06d}.jsonl").read_text().splitlines()
+    problems = (file_problem(root, json.loads(line)) for line in lines if line.strip())
+    return [p for p in problems if p is not None]
 
 
 def num_batches(root: str | Path) -> int:

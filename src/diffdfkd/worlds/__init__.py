@@ -8,7 +8,10 @@ from pathlib import Path
 
 import torch
 
+from diffdfkd.config import ConfigError, ExperimentConfig
+from diffdfkd.models.teacher import TeacherSpec, is_torchscript
 from diffdfkd.registry import Registry, UnknownNameError
+from diffdfkd.worlds import digits
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -51,14 +54,24 @@ class World:
     def splits(self) -> list[str]:
         return [f"public:{s}" for s in self.public_splits] + [f"private:{s}" for s in self.private_splits]
 
+    def teacher_spec(self) -> TeacherSpec:
+        """The shipped teacher, for ``models.build_teacher``; names the command that trains a missing one."""
+        if not self.teacher_weights.is_file():
+            raise FileNotFoundError(
+                f"world {self.name!r} has no shipped teacher at {self.teacher_weights}; "
+                f"train one with `diffdfkd train-teacher --world {self.name}`"
+            )
+        return TeacherSpec(
+            self.teacher_arch,
+            self.teacher_weights,
+            self.class_names,
+            input_size=self.image_size,
+            mean=self.teacher_mean,
+            std=self.teacher_std,
+        )
 
-WORLDS: Registry[World] = Registry("world")
 
-
-@WORLDS.register("digits")
 def digits_world() -> World:
-    from diffdfkd.worlds import digits
-
     return World(
         name="digits",
         class_names=digits.CLASS_NAMES,
@@ -77,9 +90,49 @@ def digits_world() -> World:
     )
 
 
+WORLDS: Registry[World] = Registry("world", {"digits": digits_world})
+"""The shipped worlds by name."""
+
+
 def get_world(name: str) -> World:
     return WORLDS.create(name)
 
 
 def list_worlds() -> list[str]:
     return WORLDS.names()
+
+
+def teacher_spec(config: ExperimentConfig) -> TeacherSpec:
+    """The configured teacher: the world's shipped one when ``teacher.weights`` is empty; else the
+    given file, with the world's class names and arch where the config leaves them empty (a
+    TorchScript file carries its own arch).
+
+    Raises ``ConfigError`` for a missing weights file, for class names that differ from the shipped
+    teacher's, and for empty fields that a world which is not shipped cannot fill.
+    """
+    tc = config.teacher
+    if not tc.weights:
+        spec = get_world(config.world).teacher_spec()
+        if tc.class_names and tuple(tc.class_names) != spec.class_names:
+            raise ConfigError(
+                f"teacher.class_names {list(tc.class_names)} differ from the teacher's classes {list(spec.class_names)}"
+            )
+        return spec
+    names, arch = tuple(tc.class_names), tc.arch
+    if not Path(tc.weights).is_file():
+        raise ConfigError(f"teacher.weights: {tc.weights} does not exist")
+    # The world fills only what the teacher does not say itself (a TorchScript file has its arch).
+    if not names or not (arch or is_torchscript(Path(tc.weights))):
+        if config.world not in list_worlds():
+            missing = "teacher.class_names" if not names else "teacher.arch"
+            raise ConfigError(
+                f"set {missing}: world {config.world!r} is not a shipped world that could fill it"
+                + (
+                    f" ({tc.weights} is not a TorchScript file, which would carry its architecture)"
+                    if names
+                    else ""
+                )
+            )
+        world = get_world(config.world)
+        names, arch = names or world.class_names, arch or world.teacher_arch
+    return TeacherSpec(arch, Path(tc.weights), names, tc.input_size, tc.in_channels, tc.mean, tc.std)

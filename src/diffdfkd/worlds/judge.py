@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from diffdfkd.distill.augment import RandomAffine
 from diffdfkd.evaluate import evaluate
-from diffdfkd.models.teacher import Teacher, load_teacher
-from diffdfkd.train import export_weights
+from diffdfkd.models.teacher import Teacher, export_weights, load_teacher
+from diffdfkd.models.zoo import create_model
 from diffdfkd.worlds.digits import CLASS_NAMES, load_public
 
 JUDGE_ARCH = "cnn_small"
@@ -31,8 +31,6 @@ MEAN, STD = 0.1, 0.3
 
 
 def _new_model() -> nn.Module:
-    from diffdfkd.models import create_model
-
     return create_model(JUDGE_ARCH, num_classes=len(CLASS_NAMES), in_channels=3)
 
 

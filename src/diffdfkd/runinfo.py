@@ -1,0 +1,52 @@
+"""What ran: the resolved config, package versions and git SHA, written into every output folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+import yaml
+
+from diffdfkd import __version__
+from diffdfkd.config import to_dict
+
+
+def git_sha() -> str:
+    """The git SHA of the source tree this package runs from, or 'unknown' outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_info(config: Any) -> dict[str, Any]:
+    """Versions, git SHA and seed, for reproducibility."""
+    return {
+        "diffdfkd": __version__,
+        "git_sha": git_sha(),
+        "seed": getattr(config, "seed", None),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def write_run_info(out_dir: str | Path, config: Any) -> None:
+    """Write ``config.yaml`` (the resolved config) and ``run_info.json`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    (out_dir / "run_info.json").write_text(json.dumps(run_info(config), indent=2) + "\n")

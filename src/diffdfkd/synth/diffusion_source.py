@@ -1,0 +1,122 @@
+"""DiffDFKD's synthetic-data source: teacher-guided latent diffusion with Latent CutMix.
+
+Implements the source interface of ``diffdfkd.synthetic``. Each sample's noise comes from its own
+generator seeded by ``runtime.sample_seed(seed, i)``, each mixing group's CutMix randomness from
+``runtime.group_seed(seed, g)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from diffdfkd.augment.cutmix import LatentCutMix
+from diffdfkd.config import ConfigError, ExperimentConfig
+from diffdfkd.diffusion.components import DiffusionComponents, decode_latents, encode_prompts, load_components
+from diffdfkd.diffusion.denoiser import CFGDenoiser
+from diffdfkd.diffusion.sampler import sample
+from diffdfkd.diffusion.speed import apply_speed_settings
+from diffdfkd.guidance.guide import TeacherGuide
+from diffdfkd.guidance.modes import build_mode
+from diffdfkd.runtime import generators_for, group_seed, sample_seed
+from diffdfkd.synthetic import SynthBatch, SynthExtra, check_groups
+
+
+class DiffusionSource:
+    """DiffDFKD: teacher-guided latent diffusion with Latent CutMix (or plain CFG with mode ``none``).
+
+    Seeds come from ``config.seed`` and the indices only. Prompts are encoded once per class, so a
+    sample's conditioning does not depend on its batch.
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        teacher: torch.nn.Module,
+        components: DiffusionComponents | None = None,
+        student: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """``teacher``: a ``Teacher`` (images in [0, 1] -> logits, ``class_names``); ``components``:
+        already loaded parts (else loaded from ``config.generator``); ``student``: for ``L_adv``."""
+        gen = config.generator
+        if components is None:
+            if not gen.path:
+                raise ConfigError(
+                    "generator.path is empty: resolve the world's generator before building the source"
+                )
+            components = load_components(
+                gen.path,
+                device=gen.device,
+                dtype=gen.dtype,
+                scheduler=gen.scheduler,
+                gradient_checkpointing=gen.gradient_checkpointing,
+            )
+        self.components = components
+        self.config = config
+        self.class_names = tuple(teacher.class_names)
+        self.teacher = teacher.to(components.device)
+        if gen.channels_last or gen.compile:
+            apply_speed_settings(
+                components, self.teacher, channels_last=gen.channels_last, compile=gen.compile
+            )
+        resolution = gen.resolution or components.native_resolution
+        if resolution % components.vae_scale_factor:
+            raise ConfigError(
+                f"generator.resolution={resolution} is not a multiple of the VAE factor {components.vae_scale_factor}"
+            )
+        self.latent_size = resolution // components.vae_scale_factor
+        prompts = [
+            gen.prompt_template.format(label=n.replace("_", " ")) if gen.prompt_template else gen.prompt
+            for n in self.class_names
+        ]
+        self.class_embeds = encode_prompts(components, prompts)  # [K, L, D]
+        self.negative_embeds = encode_prompts(components, [gen.negative_prompt])  # [1, L, D]
+        self.group_size = config.synth.group_size
+        self.guide = None
+        if config.guidance.mode != "none":
+            g = config.guidance
+            self.guide = TeacherGuide(
+                self.teacher,
+                partial(decode_latents, components),
+                group_size=self.group_size,
+                ce_weight=g.ce_weight,
+                bn_weight=g.bn_weight,
+                adv_weight=g.adv_weight,
+                student=student,
+            )
+        cutmix = config.cutmix
+        self.augmentations = (
+            [LatentCutMix(cutmix.at, cross_class=cutmix.cross_class)] if cutmix.enabled else []
+        )
+
+    def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch:
+        """Sample images for ``indices [B]`` (whole mixing groups) with ``targets [B, K]``."""
+        groups = check_groups(indices, self.group_size)
+        seed = self.config.seed
+        classes = targets.argmax(dim=1).to(self.class_embeds.device)
+        gen = self.config.generator
+        denoiser = CFGDenoiser(
+            self.components, self.class_embeds[classes], self.negative_embeds, gen.cfg_scale
+        )
+        out = sample(
+            self.components,
+            build_mode(self.config.guidance, denoiser, self.guide),
+            targets=targets,
+            generators=generators_for([sample_seed(seed, int(i)) for i in indices]),
+            group_generators=generators_for([group_seed(seed, int(g)) for g in groups]),
+            latent_size=self.latent_size,
+            num_steps=gen.num_steps,
+            augmentations=self.augmentations,
+            keep_intermediates=self.config.cutmix.keep_intermediates,
+        )
+        extra = None
+        if out.intermediates:
+            extra = SynthExtra(
+                images=torch.cat([m.images for m in out.intermediates]).cpu(),
+                targets=torch.cat([m.targets for m in out.intermediates]).cpu(),
+                indices=indices.repeat(len(out.intermediates)),
+                steps=torch.tensor([m.step for m in out.intermediates]).repeat_interleave(len(indices)),
+            )
+        return SynthBatch(images=out.images.cpu(), targets=out.targets.cpu(), extra=extra, logs=out.logs)

@@ -1,0 +1,65 @@
+"""The one interface of every synthetic-data source, ours and the baselines'.
+
+    source.generate(indices: LongTensor [B], targets: FloatTensor [B, K]) -> SynthBatch
+
+``indices`` are global sample indices (they fix every seed: ``runtime.sample_seed``) and ``targets``
+one-hot or soft class targets. The sources by name are the table ``diffdfkd.synth.sources.SOURCES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class SynthExtra:
+    """Extra samples of a batch (DiffDFKD's decoded ``x0_hat`` at the CutMix steps).
+
+    ``images [E, 3, H, W]`` in [0, 1]; ``targets [E, K]``; ``indices [E]`` the sample each came from;
+    ``steps [E]`` the sampling step it was taken at.
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    indices: torch.Tensor
+    steps: torch.Tensor
+
+
+@dataclass
+class SynthBatch:
+    """What a source returns: ``images [B, 3, H, W]`` in [0, 1] (CPU) and ``targets [B, K]`` (possibly
+    soft); optional ``extra`` samples; ``logs``: named values per step for logging."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    extra: SynthExtra | None = None
+    logs: list[dict[str, float]] = field(default_factory=list)
+
+
+class SyntheticSource(Protocol):
+    """The one interface of every synthetic-data source."""
+
+    def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch: ...
+
+
+def check_groups(indices: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The mixing-group numbers ``[G]`` of a batch made of whole groups of consecutive indices."""
+    batch = indices.numel()
+    if batch % group_size:
+        raise ValueError(f"a batch of {batch} samples is not a whole number of groups of {group_size}")
+    blocks = indices.view(-1, group_size)
+    expected = blocks[:, :1] + torch.arange(group_size)
+    if not torch.equal(blocks, expected) or bool((blocks[:, 0] % group_size).any()):
+        raise ValueError(
+            f"indices must form whole groups of {group_size} consecutive indices starting at multiples of it"
+        )
+    return blocks[:, 0] // group_size
+
+
+def layout_targets(indices: torch.Tensor, per_class: int, num_classes: int) -> torch.Tensor:
+    """The dataset layout's one-hot targets ``[B, K]`` of samples ``indices [B]``: sample ``i`` has class
+    ``(i // m) % K`` (``m = synth.samples_per_class_in_group``), so consecutive samples share a class."""
+    return torch.nn.functional.one_hot((indices // per_class) % num_classes, num_classes).float()

@@ -1,0 +1,420 @@
+"""Every user mistake of issue 10 ends in a clear error with exit code 2 (no traceback) before the work,
+and the silent wrong results it found give the right result or a refusal.
+
+The user is the careful new one of the issue: their own TorchScript teacher with BatchNorm layers
+(7 classes, 24 px input, class names whose alphabetical order is not class order), their own small
+diffusers folder with its own tokenizer (``tiny_pipeline_dir``), their own labelled test folder and a
+world name of their own. The table runs ``diffdfkd`` commands; most cases fail in the check, before
+any sampling or training.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from diffdfkd.cli import main
+from diffdfkd.config import load_config
+from diffdfkd.synth.run import synthesize
+
+CLASSES = ("owl", "cat", "emu", "ant", "yak", "fox", "bee")  # sorted: ant, bee, cat, emu, fox, owl, yak
+
+
+@dataclass(frozen=True)
+class User:
+    root: Path
+    config: Path  # the user's YAML config
+    eval_folder: Path
+    datasets: dict[str, Path]  # "a", "b": two finished datasets of different seeds; "partial"
+    trained: Path  # an out_dir whose student was distilled on dataset "a"
+
+
+def _teacher() -> torch.nn.Module:
+    """A small scripted classifier with BatchNorm whose predictions depend on the image's colour."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, len(CLASSES), 3, padding=1),
+        torch.nn.BatchNorm2d(len(CLASSES)),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    )
+    return torch.jit.script(model.eval())
+
+
+def _save_test_folder(folder: Path, teacher: torch.nn.Module, per_class: int = 2) -> None:
+    """Plain-coloured 24 px images, filed under the class the teacher predicts where it predicts it
+    (so that accuracy depends on matching folders to classes), else under any class."""
+    colours = np.random.default_rng(1).integers(0, 256, size=(200, 3), dtype=np.uint8)
+    pixels = np.broadcast_to(colours[:, None, None, :], (200, 24, 24, 3))
+    with torch.no_grad():
+        preds = teacher(torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2).float() / 255).argmax(1)
+    unused = list(range(200))
+    for k, name in enumerate(CLASSES):
+        chosen = [i for i in unused if preds[i] == k][:per_class]
+        chosen += [i for i in unused if i not in chosen][: per_class - len(chosen)]
+        (folder / name).mkdir(parents=True)
+        for i in chosen:
+            unused.remove(i)
+            Image.fromarray(np.ascontiguousarray(pixels[i])).save(folder / name / f"{i}.png")
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """``main(argv)`` -> (exit code, stdout, stderr); argparse's own errors exit through SystemExit."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline_dir: Path) -> User:
+    root = tmp_path_factory.mktemp("user")
+    teacher = _teacher()
+    teacher.save(str(root / "teacher.pt"))
+    (root / "random.pt").write_bytes(np.random.default_rng(0).bytes(3000))
+    no_bn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, len(CLASSES), 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    torch.jit.script(no_bn.eval()).save(str(root / "no_bn.pt"))
+    _save_test_folder(root / "test", teacher)
+    config = {
+        "world": "mine",
+        "eval_folder": str(root / "test"),
+        "teacher": {
+            "arch": "",
+            "weights": str(root / "teacher.pt"),
+            "class_names": list(CLASSES),
+            "input_size": 24,
+        },
+        "generator": {"path": str(tiny_pipeline_dir), "num_steps": 3, "prompt": "a photo", "device": "cpu"},
+        "synth": {"images_per_class": 2, "batch_size": 4, "group_size": 4, "samples_per_class_in_group": 2},
+        "distill": {"student": "cnn_small", "epochs": 1, "batch_size": 4},
+    }
+    (root / "user.yaml").write_text(yaml.safe_dump(config))
+    datasets = {}
+    # Unguided (mode none) keeps the fixtures fast; the datasets only need to differ.
+    for name, seed, shard in (("a", 0, None), ("b", 1, None), ("partial", 2, (0, 2))):
+        overrides = [f"seed={seed}", "guidance.mode=none", f"synth.out_dir={root / name}", f"out_dir={root}"]
+        shards = {"shard": shard[0], "num_shards": shard[1]} if shard else {}
+        datasets[name] = synthesize(load_config(root / "user.yaml", overrides), progress=False, **shards)
+    code = main(
+        [
+            "distill",
+            "--config",
+            str(root / "user.yaml"),
+            "--data",
+            str(datasets["a"]),
+            f"out_dir={root / 'trained'}",
+        ]
+    )
+    assert code == 0
+    return User(root, root / "user.yaml", root / "test", datasets, root / "trained")
+
+
+def _eval_copy(user: User, tmp: Path, change: Callable[[Path], None]) -> Path:
+    folder = tmp / "eval"
+    shutil.copytree(user.eval_folder, folder)
+    change(folder)
+    return folder
+
+
+def _damaged_copy(user: User, tmp: Path) -> Path:
+    folder = tmp / "damaged"
+    shutil.copytree(user.datasets["a"], folder)
+    png = next((folder / "images").rglob("*.png"))
+    png.write_bytes(png.read_bytes()[:40])  # a truncated PNG
+    return folder
+
+
+def _yaml(tmp: Path, text: str) -> Path:
+    (tmp / "bad.yaml").write_text(text)
+    return tmp / "bad.yaml"
+
+
+def _foreign_folder(tmp: Path) -> Path:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("my own files")
+    return tmp / "mine"
+
+
+def _check(*overrides: str) -> Callable[[User, Path], list]:
+    return lambda u, tmp: ["check", "--config", u.config, f"out_dir={tmp / 'out'}", *overrides]
+
+
+def _distill(data: Callable[[User, Path], Path], *args: str) -> Callable[[User, Path], list]:
+    return lambda u, tmp: [
+        "distill",
+        "--config",
+        u.config,
+        "--data",
+        data(u, tmp),
+        f"out_dir={tmp / 'out'}",
+        *args,
+    ]
+
+
+# (case, argv(user, tmp_path), words the message must hold)
+CASES = [
+    ("lr-nan", _check("distill.lr=.nan"), ["distill.lr", "finite"]),
+    ("temperature-nan", _check("distill.temperature=.nan"), ["distill.temperature", "finite"]),
+    ("step-size-nan", _check("guidance.step_size=.nan"), ["guidance.step_size", "finite"]),
+    ("weight-inf", _check("guidance.bn_weight=.inf"), ["guidance.bn_weight", "finite"]),
+    ("unknown-key", _check("distill.lrr=0.1"), ["distill.lrr", "valid keys", "lr"]),
+    (
+        "yaml-syntax-error",
+        lambda u, tmp: ["check", "--config", _yaml(tmp, "seed: [1\n")],
+        ["not valid YAML", "line"],
+    ),
+    (
+        "duplicate-top-level-key",
+        lambda u, tmp: [
+            "check",
+            "--config",
+            _yaml(tmp, "synth:\n  batch_size: 4\nsynth:\n  group_size: 4\n"),
+        ],
+        ["duplicate key 'synth'"],
+    ),
+    ("mean-std-length", _check("teacher.mean=[0.5, 0.5]"), ["teacher.mean", "one value per input channel"]),
+    ("input-size-0", _check("teacher.input_size=0"), ["teacher.input_size=0", "> 0"]),
+    (
+        "in-channels-1-with-rgb-stats",
+        _check("teacher.in_channels=1"),
+        ["in_channels=1", "teacher.mean=[0.5]"],
+    ),
+    (
+        "prompt-placeholder",
+        _check("generator.prompt_template=a photo of a {animal}"),
+        ["unknown placeholders", "animal"],
+    ),
+    (
+        "teacher-cannot-take-the-input",
+        _check("teacher.in_channels=1", "teacher.mean=[0.5]", "teacher.std=[0.5]"),
+        ["cannot take inputs of shape [1, 1, 24, 24]", "teacher.in_channels"],
+    ),
+    ("single-class", _check("teacher.class_names=[owl]"), ["at least two classes"]),
+    ("seed-negative", _check("seed=-1"), ["seed=-1"]),
+    (
+        "steps-beyond-scheduler",
+        _check("generator.num_steps=5000"),
+        ["generator.num_steps=5000", "1000 training steps"],
+    ),
+    (
+        "resolution-off-the-latent-grid",
+        _check("generator.resolution=30"),
+        ["generator.resolution=30", "VAE factor 4"],
+    ),
+    ("student-cannot-take-24px", _check("distill.student=lenet5"), ["distill.student=lenet5", "24 x 24"]),
+    ("unknown-student", _check("distill.student=resnet1000"), ["unknown model 'resnet1000'"]),
+    ("unknown-source", _check("synth.source=magic"), ["unknown synthetic-data source 'magic'"]),
+    (
+        "random-bytes-teacher",
+        lambda u, tmp: _check(f"teacher.weights={u.root / 'random.pt'}", "teacher.arch=cnn_small")(u, tmp),
+        ["random.pt is not a torch checkpoint"],
+    ),
+    (
+        "state-dict-without-arch",
+        lambda u, tmp: _check(f"teacher.weights={u.root / 'random.pt'}")(u, tmp),
+        ["set teacher.arch", "not a TorchScript file"],
+    ),
+    (
+        "teacher-without-batchnorm",
+        lambda u, tmp: _check(f"teacher.weights={u.root / 'no_bn.pt'}", "guidance.bn_weight=0.1")(u, tmp),
+        ["guidance.bn_weight=0.1", "no BatchNorm layer", "Ways out: guidance.bn_weight=0"],
+    ),
+    (
+        "deepinversion-teacher-without-batchnorm",
+        lambda u, tmp: _check(f"teacher.weights={u.root / 'no_bn.pt'}", "synth.source=deepinversion")(u, tmp),
+        ["deepinversion.bn_weight=1.0", "no BatchNorm layer"],
+    ),
+    (
+        "teacher-file-missing",
+        _check("teacher.weights=/nonexistent/t.pt"),
+        ["/nonexistent/t.pt does not exist"],
+    ),
+    ("no-generator-folder", lambda u, tmp: _check(f"generator.path={tmp}")(u, tmp), ["no model_index.json"]),
+    ("eval-folder-missing", _check("eval_folder=/nonexistent/test"), ["/nonexistent/test", "does not exist"]),
+    (
+        "eval-folder-unknown-class",
+        lambda u, tmp: _check(
+            f"eval_folder={_eval_copy(u, tmp, lambda f: (f / 'owl').rename(f / 'banana'))}"
+        )(u, tmp),
+        ["banana", "name no class", "owl"],
+    ),
+    (
+        "eval-folder-extra-folder",
+        lambda u, tmp: _check(f"eval_folder={_eval_copy(u, tmp, lambda f: (f / 'gnu').mkdir())}")(u, tmp),
+        ["gnu", "name no class"],
+    ),
+    (
+        "foreign-teacher-on-a-world-split",
+        _check("eval_folder=", "world=digits"),
+        ["not the digits world's", "set eval_folder"],
+    ),
+    (
+        "foreign-synth-folder",
+        lambda u, tmp: _check(f"synth.out_dir={_foreign_folder(tmp)}")(u, tmp),
+        ["not a synthetic dataset folder"],
+    ),
+    (
+        "foreign-output-folder",
+        lambda u, tmp: ["check", "--config", u.config, f"out_dir={_foreign_folder(tmp)}"],
+        ["not a diffdfkd run", "notes.txt"],
+    ),
+    (
+        "changed-synth-config",
+        lambda u, tmp: ["synthesize", "--config", u.config, f"synth.out_dir={u.datasets['a']}", "seed=5"],
+        ["another config", "seed (0 -> 5)"],
+    ),
+    (
+        "distill-partial-dataset",
+        _distill(lambda u, tmp: u.datasets["partial"]),
+        ["2 of 4 batches are missing", "--allow-partial"],
+    ),
+    ("distill-damaged-image", _distill(_damaged_copy), ["missing or damaged", "diffdfkd synthesize"]),
+    (
+        "distill-another-dataset",
+        lambda u, tmp: ["distill", "--config", u.config, "--data", u.datasets["b"], f"out_dir={u.trained}"],
+        ["trained on another dataset", "--overwrite"],
+    ),
+    ("unrecognized-flag", _check("--bogus"), ["unrecognized arguments: --bogus"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_user_error_exits_2_with_a_clear_message(user, tmp_path, capsys, argv, words):
+    code, _, err = _run(argv(user, tmp_path), capsys)
+    assert code == 2
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, (word, err)
+    assert not (tmp_path / "out").exists(), "a failed check claims no folder"
+
+
+def test_check_prints_the_plan_and_passes_with_flags_among_overrides(user, tmp_path, capsys):
+    code, out, err = _run(["check", "seed=1", "--config", user.config, f"out_dir={tmp_path / 'out'}"], capsys)
+    assert code == 0, err
+    assert "plan: 16 images in 4 batches of 4, 24 x 24 px" in out
+    assert "about 24 UNet calls and 12 UNet backward passes" in out  # 3 steps, all guided, mode full
+    assert "14 images, 7 class folders matched by name" in out and "check passed" in out
+    assert not (tmp_path / "out").exists(), "check writes nothing"
+
+
+def test_failed_check_leaves_the_output_folder_unclaimed(user, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = _run(["run", "--config", user.config, f"out_dir={out}", "distill.student=lenet5"], capsys)
+    assert code == 2 and "24 x 24" in err
+    assert not out.exists()
+    code, _, err = _run(["check", "--config", user.config, f"out_dir={out}"], capsys)
+    assert code == 0, err  # the corrected command is not refused
+
+
+def test_distilling_another_dataset_into_a_folder_is_refused(user, capsys):
+    weights = (user.trained / "student" / "last.safetensors").read_bytes()
+    argv = ["distill", "--config", user.config, "--data", user.datasets["b"], f"out_dir={user.trained}"]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "trained on another dataset" in err
+    assert (user.trained / "student" / "last.safetensors").read_bytes() == weights
+    argv[4] = user.datasets["a"]  # the dataset it was trained on: resumes (here: already done)
+    code, out, err = _run(argv, capsys)
+    assert code == 0 and "student weights" in out, err
+
+
+def test_partial_dataset_with_allow_partial_says_how_many_images(user, tmp_path, capsys):
+    argv = _distill(lambda u, tmp: u.datasets["partial"], "--allow-partial")(user, tmp_path)
+    with pytest.warns(UserWarning, match="using the 8 images made so far"):
+        code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert "distilling on the 8 images made so far" in out
+
+
+@pytest.mark.parametrize("failure", ["nan-loss", "disk-full"])
+def test_distillation_failures_write_no_bad_weights(user, tmp_path, capsys, monkeypatch, failure):
+    from diffdfkd.distill import trainer
+
+    if failure == "nan-loss":
+        monkeypatch.setattr(trainer, "kd_loss", lambda s, t, temperature: (s * float("nan")).sum())
+        words = ["loss is nan", "epoch 1, step 1", "diverged"]
+    else:
+
+        def disk_full(path, write):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(trainer, "replace_atomically", disk_full)
+        words = ["No space left", "disk full", "rerun the same command", "resumes"]
+    code, _, err = _run(_distill(lambda u, tmp: u.datasets["a"])(user, tmp_path), capsys)
+    assert code == 2 and "Traceback" not in err
+    for word in words:
+        assert word in err, (word, err)
+    student = tmp_path / "out" / "student"
+    assert not any(student.glob("*.safetensors")) and not (student / "state.pt").exists()
+
+
+def test_permuted_folder_names_give_the_same_evaluation(user, tmp_path, capsys):
+    """Folders are matched to the teacher's class names by name, never by alphabetical position."""
+    prefixed = tmp_path / "prefixed"  # 000_owl, 001_cat ...: sorted order is class order
+    for k, name in enumerate(CLASSES):
+        shutil.copytree(user.eval_folder / name, prefixed / f"{k:03d}_{name}")
+    reports = []
+    for folder in (prefixed, user.eval_folder):  # the user's folders sort as ant, bee, cat, ...
+        report = tmp_path / f"{folder.name}.json"
+        code, out, err = _run(
+            ["evaluate", "--config", user.config, "--folder", folder, "--json", report], capsys
+        )
+        assert code == 0, err
+        assert f"data: {folder}" in out and "owl" in out
+        reports.append(json.loads(report.read_text()))
+    assert reports[0]["confusion"] == reports[1]["confusion"]
+    assert reports[0]["top1"] == reports[1]["top1"]
+    # The folder holds images of four classes the teacher predicts: 8 of 14 right when matched by
+    # name; read in alphabetical order (ant, bee, cat ...) the labels would be permuted.
+    assert reports[1]["top1"] == pytest.approx(8 / 14)
+
+
+def test_synthesize_remakes_missing_and_damaged_files_byte_identical(user, tmp_path, capsys, caplog):
+    folder = tmp_path / "copy"
+    shutil.copytree(user.datasets["a"], folder)
+    originals = {p: p.read_bytes() for p in sorted((folder / "images").rglob("*.png"))}
+    deleted, damaged = list(originals)[:2]
+    deleted.unlink()
+    damaged.write_bytes(b"not a png")
+    argv = ["synthesize", "--config", user.config, "seed=0", "guidance.mode=none", f"synth.out_dir={folder}"]
+    code, _, err = _run([*argv, f"out_dir={tmp_path}"], capsys)
+    assert code == 0, err
+    assert "is damaged" in caplog.text and "making it again" in caplog.text
+    assert {p: p.read_bytes() for p in sorted((folder / "images").rglob("*.png"))} == originals
+
+
+def test_a_full_disk_anywhere_ends_with_a_clear_error(user, tmp_path, capsys, monkeypatch):
+    from diffdfkd import pipeline
+
+    def disk_full(model, path, half=True):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pipeline, "export_weights", disk_full)
+    code, _, err = _run(_distill(lambda u, tmp: u.datasets["a"])(user, tmp_path), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "No space left" in err and "disk full" in err and "rerun the same command" in err
+
+
+def test_check_for_distill_reads_the_dataset_and_the_student_checkpoint(user, capsys):
+    argv = ["check", "--stage", "distill", "--config", user.config, "--data", user.datasets["a"]]
+    code, out, err = _run([*argv, f"out_dir={user.trained}"], capsys)
+    assert code == 0, err
+    assert (
+        f"dataset: {user.datasets['a']}, 16 images" in out and "output folder" in out and "resumable" in out
+    )
+    code, out, err = _run([*argv, f"out_dir={user.trained}", "--overwrite"], capsys)
+    assert code == 0 and "replaced" not in out  # the same data and config: nothing to replace
