@@ -22,7 +22,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from tune_digits import score  # noqa: E402
 
-import diffdfkd.baselines  # noqa: E402, F401  (registers the baseline sources)
 from diffdfkd.worlds.judge import load_judge  # noqa: E402
 
 DI = "synth.source=deepinversion"
