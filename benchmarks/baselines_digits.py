@@ -41,6 +41,12 @@ from diffdfkd.bench import (  # noqa: E402
 from diffdfkd.config import load_config, to_dict  # noqa: E402
 
 BUDGET = {"synth.images_per_class": 100}
+BUDGET_NOTE = """\
+The demo's budget (`configs/digits.yaml`: 1,000 images, lenet5, 60 epochs of KD, batch 64, T 4), rows run
+by `benchmarks/baselines_digits.py` with one torch thread on the shared 2-core CPU (other helpers' jobs
+ran beside them, so the seconds are upper bounds and vary with the load). DeepInversion runs in batches
+of 100 (5 mixing groups of 20: its images do not depend on the batch), Fast in rounds of 20 (its batch
+is its round)."""
 ROW_BUDGETS = {"deepinversion": {**BUDGET, "synth.batch_size": 100}, "fast": BUDGET, "diffdfkd": BUDGET}
 
 
@@ -58,6 +64,7 @@ def saved_report(out: Path, names: list[str]) -> dict:
         "seeds": max((r["seeds"] for r in rows), default=0),
         "quick": False,
         "budget": {**BUDGET, "synth.batch_size (deepinversion only)": 100},
+        "budget_note": BUDGET_NOTE,
         "base_config": to_dict(load_config(WORLD_CONFIGS["digits"])),
         "machine": machine(1),
         "wall_seconds_this_call": 0.0,

@@ -432,7 +432,7 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"Shared by every row: {budget} (on the world's shipped config); seeds 0..{report['seeds'] - 1}.",
             "",
-            BUDGET_NOTE,
+            report.get("budget_note", BUDGET_NOTE),
             "",
             f"Compute of the runs reported (from their own records): {compute_seconds(report):.0f} s in all.",
             "",
