@@ -1,16 +1,25 @@
-"""Benchmark of the digits world's generator (``make bench-world``).
+"""Benchmark of a digits world's generator (``make bench-world`` runs it for both worlds).
 
-Measures, at the default sampler settings (DDPM, 25 steps, classifier-free guidance 3):
+At the default sampler settings (DDPM, 25 steps, classifier-free guidance 3), for each prompt set (the
+look-free class prompts "a handwritten digit <name>" and, in a world whose generator knows several
+looks, the class prompts naming each look):
 
-- class-prompt adherence: the judge's accuracy on images sampled with "a handwritten digit <name>";
-- fidelity/diversity: Frechet distance to real PUBLIC MNIST "test" in the judge's penultimate-feature
-  space (class-prompted and class-free samples), and per class the mean pairwise feature distance of
-  the samples relative to that of the real test images (1.0 = as diverse as the real data);
-- CPU sampling speed (images/s at batch 50) and the generator's training time (from its build_info);
-- the domain gap: the digits TEACHER's accuracy on class-prompted samples (skipped if not available).
+- class adherence: the world's digit judge's accuracy on the class-prompted samples;
+- fidelity/diversity: Frechet distance, in the judge's penultimate features, to real PUBLIC MNIST "test"
+  rendered in that look (the look-free set: in a seeded uniform mix of the world's looks), beside the
+  floor of real PUBLIC "train" against the same; per class the mean pairwise feature distance of the
+  samples relative to that of the real images (1.0 = as diverse as the real data);
+- the look classifier's mix of looks (for a look-naming set: the share in the named look);
+- the domain gap: the world's TEACHER's accuracy on the unguided samples, beside its accuracy on real
+  PUBLIC test images rendered in the same look.
 
-Writes ``results.json``, ``results.md`` and ``grid.png`` (rows: class prompts 0..9, then class-free;
-columns: seeds 0..9) to ``benchmarks/results/world/``.
+With ``--kd`` (the broad world), two reported rows of the method's pipeline: KD of the default student on
+1,000 unguided samples of the look-naming low-resolution prompt (the ceiling guidance should approach)
+and on 1,000 look-free unguided samples (its floor); each reads the PRIVATE test split once for the
+student's top-1 (and the teacher's, as every run does).
+
+Writes ``results.json``, ``results.md`` and ``grid.png`` (a row of classes 0..9 at two seeds per prompt
+set) to ``benchmarks/results/world-<world>/``.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -27,21 +37,31 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from diffdfkd.models.teacher import build_teacher  # noqa: E402
+from diffdfkd.worlds import get_world  # noqa: E402
 from diffdfkd.worlds.digits import CLASS_NAMES, load_public  # noqa: E402
 from diffdfkd.worlds.generator import (  # noqa: E402
     BUILD_INFO,
-    CLASS_FREE_PROMPT,
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
-    SHIPPED_GENERATOR,
-    class_prompt,
     load_generator,
     sample_digits,
 )
-from diffdfkd.worlds.judge import SHIPPED_JUDGE, judge_accuracy, judge_outputs, load_judge  # noqa: E402
+from diffdfkd.worlds.judge import (  # noqa: E402
+    judge_accuracy,
+    judge_outputs,
+    load_judge,
+    load_look_classifier,
+    look_fractions,
+    render_random_looks,
+)
+from diffdfkd.worlds.looks import LOOKS, look_prompt, render_looks  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results" / "world"
+RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 BATCH = 50
+LOOK_FREE = "look-free"
+KD_LOOK = "scan"
+KD_IMAGES_PER_CLASS = 100
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,9 +108,9 @@ def sample_many(pipe, prompts: list[str], seeds: list[int], steps: int, guidance
     return torch.cat(out)
 
 
-def sampling_speed(pipe, steps: int, guidance: float, repeats: int = 5) -> float:
+def sampling_speed(pipe, steps: int, guidance: float, repeats: int = 3) -> float:
     """Images per second at batch ``BATCH`` (after one warm-up batch), best of ``repeats``."""
-    prompts = [class_prompt(i % 10) for i in range(BATCH)]
+    prompts = [look_prompt(i % 10) for i in range(BATCH)]
     sample_digits(pipe, prompts[:4], list(range(4)), steps=2, guidance_scale=guidance)  # warm-up
     best = float("inf")
     for r in range(repeats):
@@ -102,20 +122,302 @@ def sampling_speed(pipe, steps: int, guidance: float, repeats: int = 5) -> float
     return BATCH / best
 
 
-def teacher_accuracy(images: torch.Tensor, labels: torch.Tensor) -> tuple[float | None, str]:
-    """The digits teacher's accuracy on ``images``, or (None, why it was skipped)."""
-    try:
-        from diffdfkd.models.teacher import build_teacher
-        from diffdfkd.worlds import get_world
+@torch.no_grad()
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 of a frozen ``Teacher``-like ``model`` on ``images [N, 3, 32, 32]`` in [0, 1]."""
+    logits = torch.cat([model(images[i : i + 500]) for i in range(0, len(images), 500)])
+    return float((logits.argmax(1) == labels).float().mean())
 
-        teacher = build_teacher(get_world("digits").teacher_spec())
-    except Exception as error:  # any failure to load means "not available yet": report it, don't crash
-        return None, f"digits teacher not available ({type(error).__name__}: {error})"
-    with torch.no_grad():
-        logits = torch.cat([teacher(images[i : i + 500]) for i in range(0, len(images), 500)])
-    return float(
-        (logits.argmax(1) == labels).float().mean()
-    ), "build_teacher(get_world('digits').teacher_spec())"
+
+def real_in_look(images: torch.Tensor, look: str, world_looks: tuple[str, ...], seed: int) -> torch.Tensor:
+    """Real images rendered in ``look``, or for the look-free set in a seeded mix of ``world_looks``."""
+    if look == LOOK_FREE:
+        return render_random_looks(images, world_looks, torch.Generator().manual_seed(seed))[0]
+    return render_looks(images, torch.full((len(images),), LOOKS.index(look)))
+
+
+def prompt_sets(world_looks: tuple[str, ...]) -> list[str]:
+    """The prompt sets of a world: look-free, then one per look when the generator knows several."""
+    return [LOOK_FREE] + (list(world_looks) if len(world_looks) > 1 else [])
+
+
+def measure_set(
+    name: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    judge,
+    looks_model,
+    teacher,
+    world_looks: tuple[str, ...],
+    seed: int,
+) -> dict:
+    """Every measure of one prompt set's samples ``images [N, 3, 32, 32]`` with classes ``labels [N]``."""
+    test, test_labels = load_public("test")
+    train, _ = load_public("train")
+    real_test = real_in_look(test, name, world_looks, seed)
+    real_train = real_in_look(train[: len(images)], name, world_looks, seed + 1)
+    _, real_feats = judge_outputs(judge, real_test)
+    _, train_feats = judge_outputs(judge, real_train)
+    logits, feats = judge_outputs(judge, images)
+    correct = logits.argmax(1) == labels
+    div_mean, div_per_class = diversity_ratio(feats, labels, real_feats, test_labels)
+    mix = look_fractions(looks_model, images)
+    return {
+        "prompt_example": look_prompt(7, None if name == LOOK_FREE else name),
+        "n": len(images),
+        "class_adherence": float(correct.float().mean()),
+        "adherence_per_class": {
+            CLASS_NAMES[c]: float(correct[labels == c].float().mean()) for c in range(10)
+        },
+        "frechet_vs_real_test": frechet_distance(feats, real_feats),
+        "frechet_real_train_vs_test": frechet_distance(train_feats, real_feats),
+        "diversity_ratio": div_mean,
+        "diversity_ratio_per_class": {CLASS_NAMES[c]: r for c, r in enumerate(div_per_class)},
+        "look_mix": mix,
+        "share_in_named_look": None if name == LOOK_FREE else mix[name],
+        "teacher_accuracy": accuracy(teacher, images, labels),
+        "teacher_accuracy_on_real_public_test_in_look": accuracy(teacher, real_test, test_labels),
+    }
+
+
+def look_classifier_accuracy(looks_model) -> dict[str, float]:
+    """The look classifier's accuracy on PUBLIC "test" (held out from its training) rendered in each look."""
+    test, _ = load_public("test")
+    out = {}
+    for index, look in enumerate(LOOKS):
+        rendered = render_looks(test, torch.full((len(test),), index))
+        out[look] = accuracy(looks_model, rendered, torch.full((len(test),), index))
+    return out
+
+
+def kd_rows(world: str, out_root: Path, extra: list[str] | None = None) -> dict[str, dict]:
+    """KD on 1,000 unguided samples of the look-naming ``KD_LOOK`` prompt and of the look-free prompt.
+
+    The method's own pipeline with the world's shipped config, guidance and CutMix off: each run reads
+    the PRIVATE test split once (student and teacher top-1). Run folders go under ``out_root``; ``extra``
+    config overrides come last (smoke runs: smaller budgets).
+    """
+    from diffdfkd.bench import WORLD_CONFIGS
+    from diffdfkd.config import load_config
+    from diffdfkd.pipeline import run_experiment
+    from diffdfkd.synth.dataset import load_synthetic
+
+    looks_model = load_look_classifier()
+    rows = {}
+    for name, template in (
+        (f"kd_unguided_{KD_LOOK}", look_prompt(0, KD_LOOK).replace(CLASS_NAMES[0], "{label}")),
+        ("kd_unguided_look_free", look_prompt(0).replace(CLASS_NAMES[0], "{label}")),
+    ):
+        overrides = [
+            "guidance.mode=none",
+            "cutmix.enabled=false",
+            f"generator.prompt_template={template}",
+            f"synth.images_per_class={KD_IMAGES_PER_CLASS}",
+            f"out_dir={out_root / name}",
+            *(extra or []),
+        ]
+        config = load_config(WORLD_CONFIGS[world], overrides)
+        summary = run_experiment(config, progress=False)
+        data = load_synthetic(Path(config.out_dir) / "synth")
+        rows[name] = {
+            "prompt_template": template,
+            "overrides": overrides,
+            "synthetic_images": summary["synthetic_images"],
+            "student": summary["student"],
+            "student_top1_private_test": summary["student_top1"],
+            "teacher_top1_private_test": summary["teacher_top1"],
+            "teacher_accuracy_on_synthetic": summary["teacher_accuracy_on_synthetic"],
+            "look_mix_of_synthetic": look_fractions(looks_model, data.images),
+            "seconds": summary["seconds"],
+        }
+    return rows
+
+
+def goals(results: dict) -> list[tuple[str, str, bool]]:
+    """The issue's "done when" checks that this bench measures: (goal, measured, met)."""
+    sets = results["sets"]
+    looks = [s for s in sets if s != LOOK_FREE]
+    out = []
+    if looks:
+        worst = min(looks, key=lambda s: sets[s]["class_adherence"])
+        value = sets[worst]["class_adherence"]
+        out.append(
+            (
+                "class adherence >= 0.90 for every look (look-naming prompts)",
+                f"min {value:.3f} ({worst})",
+                value >= 0.9,
+            )
+        )
+    lc = results["look_classifier_public_test_accuracy"]
+    mean_lc = sum(lc.values()) / len(lc)
+    out.append(
+        (
+            "look classifier >= 0.95 on held-out PUBLIC renderings",
+            f"{mean_lc:.3f} (min {min(lc.values()):.3f})",
+            mean_lc >= 0.95,
+        )
+    )
+    if KD_LOOK in sets:
+        share = sets[LOOK_FREE]["look_mix"][KD_LOOK]
+        out.append(("look-free prompt: 10-40 % low-resolution look", f"{share:.3f}", 0.1 <= share <= 0.4))
+        gap = sets[KD_LOOK]["teacher_accuracy"] - sets[LOOK_FREE]["teacher_accuracy"]
+        out.append(
+            (
+                "teacher >= 10 points more accurate on unguided low-res samples than on the look-free mix",
+                f"{100 * gap:+.1f} points",
+                gap >= 0.1,
+            )
+        )
+    return out  # fmt: skip
+
+
+def _markdown(results: dict) -> str:
+    s = results["sampler"]
+    lines = [
+        f"# World `{results['world']}`: generator benchmark",
+        "",
+        f"Generator: `{results['generator']}`; digit judge: `{results['judge']}`; look classifier: shipped. "
+        f"Sampler: {s['scheduler']}, {s['steps']} steps, classifier-free guidance {s['guidance_scale']}, "
+        f"{results['n_per_class']} samples per class and prompt set. Machine: {results['machine']}, "
+        f"torch threads {results['torch_threads']}.",
+        f"Command: `{results['command']}`",
+        "",
+        "| prompt set | example prompt | class adherence (judge) | Frechet vs real PUBLIC test in the look | floor: real train vs test | diversity ratio | share in the named look | teacher acc. on samples | teacher acc. on real PUBLIC test in the look |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, m in results["sets"].items():
+        share = "-" if m["share_in_named_look"] is None else f"{m['share_in_named_look']:.3f}"
+        lines.append(
+            f"| {name} | {m['prompt_example']} | {m['class_adherence']:.3f} | {m['frechet_vs_real_test']:.2f} "
+            f"| {m['frechet_real_train_vs_test']:.2f} | {m['diversity_ratio']:.2f} | {share} "
+            f"| {m['teacher_accuracy']:.3f} | {m['teacher_accuracy_on_real_public_test_in_look']:.3f} |"
+        )
+    mix = results["sets"][LOOK_FREE]["look_mix"]
+    lc = results["look_classifier_public_test_accuracy"]
+    lines += [
+        "",
+        "Look mix of the look-free class prompts (look classifier): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in mix.items()),
+        "",
+        "Look classifier on held-out PUBLIC test renderings: " + ", ".join(f"{k} {v:.3f}" for k, v in lc.items()),
+        "",
+        f"CPU sampling speed, batch {BATCH}, 1 thread (best of 3): {results['images_per_second']:.1f} images/s "
+        f"(1-min load average {results['load_average_1min']} on {os.cpu_count()} cores). "
+        + (
+            f"Generator training: {results['training_seconds']['total'] / 60:.1f} min on "
+            f"{results['training_threads']} torch thread(s)."
+            if results["training_seconds"]
+            else "Generator training time: unknown (no build_info.json)."
+        ),
+        "",
+        "| goal | measured | met |",
+        "|---|---|---|",
+    ]  # fmt: skip
+    lines += [f"| {g} | {v} | {'yes' if ok else 'NO'} |" for g, v, ok in goals(results)]
+    if results.get("kd"):
+        lines += [
+            "",
+            "KD rows (reported: each reads the PRIVATE test split once), the method's pipeline unguided, "
+            f"{KD_IMAGES_PER_CLASS * 10} images:",
+            "",
+            "| row | prompt | student top-1 (PRIVATE test) | teacher acc. on the synthetic set | its look mix |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in results["kd"].items():
+            mix = ", ".join(f"{k} {v:.2f}" for k, v in row["look_mix_of_synthetic"].items() if v >= 0.01)
+            lines.append(
+                f"| {name} | {row['prompt_template']} | {row['student_top1_private_test']:.4f} "
+                f"| {row['teacher_accuracy_on_synthetic']:.3f} | {mix} |"
+            )
+    lines += ["", "![samples](grid.png) one row per prompt set (in the table's order): classes zero..nine, seeds 0 and 1.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="Benchmark a digits world's generator.")
+    parser.add_argument("--world", default="digits", help="digits or digits-mnist (default: %(default)s)")
+    parser.add_argument("--generator", type=Path, default=None, help="pipeline folder (default: the world's)")
+    parser.add_argument("--judge", type=Path, default=None, help="digit judge weights (default: the world's)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: results/world-<world>)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help="sampling steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--n-per-class", type=int, default=30, help="samples per class and set (default: %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="first sample seed (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--kd", action="store_true", help="also the two KD rows (reads PRIVATE test twice)")
+    parser.add_argument(
+        "--kd-runs", type=Path, default=Path("runs/world_bench"), help="KD run folders (default: %(default)s)"
+    )
+    parser.add_argument("--kd-overrides", nargs="*", default=[], help="extra config overrides of the KD runs")
+    args = parser.parse_args(argv)  # fmt: skip
+    torch.set_num_threads(args.threads)
+    world = get_world(args.world)
+    out = args.out or RESULTS_ROOT / f"world-{world.name}"
+
+    generator = args.generator or world.generator
+    pipe = load_generator(generator)
+    judge = load_judge(world.name, args.judge)
+    looks_model = load_look_classifier()
+    teacher = build_teacher(world.teacher_spec())
+    n = args.n_per_class * len(CLASS_NAMES)
+    labels = torch.arange(n) % len(CLASS_NAMES)
+    sets, grid = {}, []
+    for k, name in enumerate(prompt_sets(world.looks)):
+        look = None if name == LOOK_FREE else name
+        seeds = [args.seed + 10**5 * k + i for i in range(n)]
+        images = sample_many(
+            pipe, [look_prompt(int(c), look) for c in labels], seeds, args.steps, args.guidance
+        )
+        sets[name] = measure_set(
+            name, images, labels, judge=judge, looks_model=looks_model, teacher=teacher,
+            world_looks=world.looks, seed=args.seed,
+        )  # fmt: skip
+        grid.append(images[:20])
+        print(name, json.dumps({k: v for k, v in sets[name].items() if not isinstance(v, dict)}), flush=True)
+    speed = sampling_speed(pipe, args.steps, args.guidance)
+    load_average = os.getloadavg()[0]
+
+    info_path = generator / BUILD_INFO
+    training, threads = None, None
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        training = dict(info["train_seconds"])
+        training["total"] = sum(v for v in training.values() if v is not None)
+        threads = info.get("torch_threads")
+    test_images, test_labels = load_public("test")
+    results = {
+        "world": world.name,
+        "generator": str(generator.relative_to(Path.cwd()) if generator.is_relative_to(Path.cwd()) else generator),
+        "judge": str(args.judge or world.name),
+        "command": " ".join(["python benchmarks/world_bench.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs)",
+        "torch_threads": torch.get_num_threads(),
+        "sampler": {"scheduler": "DDPM", "steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed},
+        "n_per_class": args.n_per_class,
+        "judge_public_test_accuracy_plain": judge_accuracy(judge, test_images, test_labels),
+        "look_classifier_public_test_accuracy": look_classifier_accuracy(looks_model),
+        "sets": sets,
+        "images_per_second": speed,
+        "load_average_1min": round(load_average, 2),
+        "training_seconds": training,
+        "training_threads": threads,
+        "kd": kd_rows(world.name, args.kd_runs / world.name, args.kd_overrides) if args.kd else None,
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(_markdown(results))
+    save_grid(torch.cat(grid), len(grid), out / "grid.png")
+    print(_markdown(results))
+    return results
 
 
 def save_grid(images: torch.Tensor, rows: int, path: Path, scale: int = 2) -> None:
@@ -131,199 +433,6 @@ def save_grid(images: torch.Tensor, rows: int, path: Path, scale: int = 2) -> No
     array = (canvas.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     picture = Image.fromarray(array)
     picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST).save(path)
-
-
-def evaluate(
-    pipe,
-    judge,
-    *,
-    n_per_class: int = 50,
-    n_class_free: int = 500,
-    steps: int = DEFAULT_STEPS,
-    guidance: float = DEFAULT_GUIDANCE,
-    seed: int = 0,
-) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Adherence, Frechet distances and diversity of ``pipe``'s samples; returns (metrics, images, labels).
-
-    Sample ``i`` of the class-prompted set has class ``i % 10`` and seed ``seed + i``; class-free
-    samples use seeds from ``seed + 10**6``.
-    """
-    real, real_labels = load_public("test")
-    _, real_feats = judge_outputs(judge, real)
-    n = n_per_class * len(CLASS_NAMES)
-    labels = torch.arange(n) % len(CLASS_NAMES)
-    seeds = [seed + i for i in range(n)]
-    start = time.perf_counter()
-    images = sample_many(pipe, [class_prompt(int(c)) for c in labels], seeds, steps, guidance)
-    free = sample_many(
-        pipe,
-        [CLASS_FREE_PROMPT] * n_class_free,
-        [seed + 10**6 + i for i in range(n_class_free)],
-        steps,
-        guidance,
-    )
-    sample_seconds = time.perf_counter() - start
-    logits, feats = judge_outputs(judge, images)
-    free_logits, free_feats = judge_outputs(judge, free)
-    correct = logits.argmax(1) == labels
-    div_mean, div_per_class = diversity_ratio(feats, labels, real_feats, real_labels)
-    train_images, _ = load_public("train")
-    _, train_feats = judge_outputs(judge, train_images[:n])
-    free_classes = torch.bincount(free_logits.argmax(1), minlength=len(CLASS_NAMES))
-    metrics = {
-        "class_prompt_adherence": float(correct.float().mean()),
-        "adherence_per_class": {
-            CLASS_NAMES[c]: float(correct[labels == c].float().mean()) for c in range(10)
-        },
-        "frechet_class_prompted_vs_test": frechet_distance(feats, real_feats),
-        "frechet_class_free_vs_test": frechet_distance(free_feats, real_feats),
-        "frechet_real_train_vs_test": frechet_distance(train_feats, real_feats),
-        "diversity_ratio": div_mean,
-        "diversity_ratio_per_class": {CLASS_NAMES[c]: r for c, r in enumerate(div_per_class)},
-        "class_free_judge_class_histogram": free_classes.tolist(),
-        "n_class_prompted": n,
-        "n_class_free": n_class_free,
-        "sampling_seconds_total": round(sample_seconds, 1),
-    }
-    return metrics, images, labels
-
-
-def _markdown(results: dict) -> str:
-    s = results["sampler"]
-    m = results["metrics"]
-    lines = [
-        "# Digits world: generator benchmark",
-        "",
-        f"Generator: `{results['generator']}`; judge: `{results['judge']}`. Sampler: {s['scheduler']}, "
-        f"{s['steps']} steps, classifier-free guidance {s['guidance_scale']}, seeds from {s['seed']}. "
-        f"Machine: {results['machine']}, torch threads {results['torch_threads']}.",
-        f"Command: `{results['command']}`",
-        "",
-        "| measure | value | goal |",
-        "|---|---|---|",
-        f"| judge accuracy on PUBLIC test (real MNIST) | {results['judge_public_test_accuracy']:.4f} | ~0.97+ |",
-        f"| class-prompt adherence (judge acc. on {m['n_class_prompted']} class-prompted samples) "
-        f"| {m['class_prompt_adherence']:.4f} | >= 0.90 |",
-        f"| Frechet distance (judge features), class-prompted vs PUBLIC test | {m['frechet_class_prompted_vs_test']:.3f} | low |",
-        f"| Frechet distance, class-free ({m['n_class_free']}) vs PUBLIC test | {m['frechet_class_free_vs_test']:.3f} | low |",
-        f"| Frechet distance, real PUBLIC train ({m['n_class_prompted']}) vs PUBLIC test (floor) | {m['frechet_real_train_vs_test']:.3f} | - |",
-        f"| diversity ratio (per-class mean pairwise feature distance, samples / real) | {m['diversity_ratio']:.3f} | >= 0.8 |",
-        f"| CPU sampling speed, batch {BATCH}, {s['steps']} steps with CFG (best of 5 batches) | "
-        + ", ".join(
-            f"{v:.1f} images/s at {k.replace('_', ' ')}" for k, v in results["images_per_second"].items()
-        )
-        + f" (1-min load average {results['load_average_1min_at_speed_test']} on {os.cpu_count()} cores) | - |",
-    ]
-    t = results.get("training_seconds")
-    lines.append(
-        f"| generator training time | {t['total'] / 60:.1f} min ("
-        + ", ".join(f"{k} {v / 60:.1f}" for k, v in t.items() if k != "total" and v is not None)
-        + ") | < 60 min |"
-        if t
-        else "| generator training time | unknown (no build_info.json) | < 60 min |"
-    )
-    ta = results["teacher_accuracy_on_class_prompted"]
-    lines.append(
-        f"| domain gap: digits teacher's accuracy on class-prompted samples | {ta:.4f} | - |"
-        if ta is not None
-        else f"| domain gap: digits teacher's accuracy on class-prompted samples | skipped: {results['teacher_note']} | - |"
-    )
-    lines += [
-        "",
-        "Per-class adherence: " + ", ".join(f"{k} {v:.2f}" for k, v in m["adherence_per_class"].items()),
-        "",
-        "Per-class diversity ratio: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in m["diversity_ratio_per_class"].items()),
-        "",
-        "Judge's classes of the class-free samples (0..9): "
-        + ", ".join(map(str, m["class_free_judge_class_histogram"])),
-        "",
-        "![samples](grid.png) rows: class prompts zero..nine, then the class-free prompt; columns: seeds 0..9.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Benchmark the digits world's generator.")
-    parser.add_argument(
-        "--generator", type=Path, default=SHIPPED_GENERATOR, help="pipeline folder (default: shipped)"
-    )
-    parser.add_argument("--judge", type=Path, default=SHIPPED_JUDGE, help="judge weights (default: shipped)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default: %(default)s)")
-    parser.add_argument(
-        "--steps", type=int, default=DEFAULT_STEPS, help="sampling steps (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--n-per-class", type=int, default=50, help="class-prompted samples per class (default: %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="first sample seed (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
-    pipe = load_generator(args.generator)
-    judge = load_judge(args.judge)
-    test_images, test_labels = load_public("test")
-    judge_acc = judge_accuracy(judge, test_images, test_labels)
-    metrics, images, labels = evaluate(
-        pipe,
-        judge,
-        n_per_class=args.n_per_class,
-        n_class_free=10 * args.n_per_class,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-    )
-    teacher_acc, teacher_note = teacher_accuracy(images, labels)
-    # this CPU is shared: speed is measured at 1 and 2 threads (best of 5 batches each) with the load
-    # average, because 2 threads on 2 busy cores can run several times slower than 1 thread
-    speed = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        speed[f"threads_{threads}"] = sampling_speed(pipe, args.steps, args.guidance)
-    torch.set_num_threads(args.threads)
-    load_average = os.getloadavg()[0]
-
-    grid_prompts = [class_prompt(r) for r in range(10) for _ in range(10)] + [CLASS_FREE_PROMPT] * 10
-    grid = sample_many(
-        pipe, grid_prompts, [args.seed + c for _ in range(11) for c in range(10)], args.steps, args.guidance
-    )
-
-    info_path = args.generator / BUILD_INFO
-    training = None
-    if info_path.exists():
-        training = dict(json.loads(info_path.read_text())["train_seconds"])
-        training["total"] = sum(v for v in training.values() if v is not None)
-    results = {
-        "generator": str(args.generator),
-        "judge": str(args.judge),
-        "command": "python benchmarks/world_bench.py" + ("" if argv is None else " " + " ".join(argv)),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
-        "torch_threads": torch.get_num_threads(),
-        "sampler": {
-            "scheduler": "DDPM",
-            "steps": args.steps,
-            "guidance_scale": args.guidance,
-            "seed": args.seed,
-        },
-        "judge_public_test_accuracy": judge_acc,
-        "metrics": metrics,
-        "images_per_second": speed,
-        "load_average_1min_at_speed_test": round(load_average, 2),
-        "training_seconds": training,
-        "teacher_accuracy_on_class_prompted": teacher_acc,
-        "teacher_note": teacher_note,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "results.md").write_text(_markdown(results))
-    save_grid(grid, 11, args.out / "grid.png")
-    print(_markdown(results))
-    return results
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def test_class_prompts_and_captions():
     tok = build_tokenizer(8)
     table = G.prompt_table(tok)
     labels = torch.arange(4000) % 10
-    ids = G.caption_ids(labels, G.FULL, table, torch.Generator().manual_seed(0))
+    looks = torch.zeros_like(labels)
+    ids = G.caption_ids(labels, looks, G.FULL, table, torch.Generator().manual_seed(0))
     empty = (ids == table[11]).all(1).float().mean()
     free = (ids == table[10]).all(1).float().mean()
     matches_class = (ids == table[labels]).all(1)
@@ -96,7 +97,9 @@ def test_quick_build_loads_offline_and_samples_deterministically(quick_generator
     pipe.set_progress_bar_config(disable=True)
     assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 8
     assert pipe.vae.config.scaling_factor != 1.0  # measured from the latents
-    assert pipe.tokenizer.model_max_length == G.QUICK.max_length
+    assert pipe.tokenizer.model_max_length == G.BROAD_QUICK.max_length
+    info = json.loads((quick_generator / G.BUILD_INFO).read_text())
+    assert info["world"] == "digits" and info["config"]["looks"] == list(G.BROAD.looks)
 
     def draw():
         return pipe(
@@ -131,6 +134,13 @@ def test_load_generator_missing_folder(tmp_path):
         G.load_generator(tmp_path)
 
 
+def test_build_rejects_unknown_world(tmp_path):
+    from diffdfkd.errors import UserError
+
+    with pytest.raises(UserError, match="digits-mnist"):
+        G.build_generator(tmp_path / "out", world="cifar", quick=True)
+
+
 def test_build_rejects_other_run_in_work_dir(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -158,7 +168,7 @@ def _kill_after_first_checkpoint(monkeypatch):
 
 def test_vae_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):
     images = torch.rand(64, 3, 32, 32)
-    cfg = replace(G.QUICK, vae_steps=6, checkpoint_every=3)
+    cfg = replace(G.BROAD_QUICK, vae_steps=6, checkpoint_every=3)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     straight, _ = G.train_vae(cfg, images, tmp_path / "a", 0, resume=True)
@@ -173,18 +183,19 @@ def test_vae_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):
 
 
 def test_unet_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):
-    cfg = replace(G.QUICK, unet_steps=4, checkpoint_every=2, unet_batch=4)
+    cfg = replace(G.BROAD_QUICK, unet_steps=4, checkpoint_every=2, unet_batch=4)
     gen = torch.Generator().manual_seed(0)
     latents = (torch.randn(20, 4, 8, 8, generator=gen), torch.rand(20, 4, 8, 8, generator=gen) * 0.1)
     labels = torch.arange(20) % 10
+    looks = torch.arange(20) % 3
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    unet_a, text_a, _, _ = G.train_unet(cfg, latents, labels, 1.0, tmp_path / "a", 0, resume=True)
+    unet_a, text_a, _, _ = G.train_unet(cfg, latents, labels, looks, 1.0, tmp_path / "a", 0, resume=True)
     with monkeypatch.context() as patch:
         _kill_after_first_checkpoint(patch)
         with pytest.raises(_Killed):
-            G.train_unet(cfg, latents, labels, 1.0, tmp_path / "b", 0, resume=True)
-    unet_b, text_b, _, _ = G.train_unet(cfg, latents, labels, 1.0, tmp_path / "b", 0, resume=True)
+            G.train_unet(cfg, latents, labels, looks, 1.0, tmp_path / "b", 0, resume=True)
+    unet_b, text_b, _, _ = G.train_unet(cfg, latents, labels, looks, 1.0, tmp_path / "b", 0, resume=True)
     for a, b in ((unet_a, unet_b), (text_a, text_b)):
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(x, y), name

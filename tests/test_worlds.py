@@ -40,3 +40,20 @@ def test_world_registry():
     assert len(world.class_names) == 10
     images, labels = world.load("public:test")
     assert images.shape[1:] == (3, 32, 32) and len(labels) == len(images)
+
+
+def test_both_digits_worlds_share_data_and_teacher_but_not_the_prior():
+    from diffdfkd.worlds.looks import LOOKS
+
+    broad, mnist = get_world("digits"), get_world("digits-mnist")
+    assert broad.looks == LOOKS and mnist.looks == ("plain",)
+    assert broad.teacher_weights == mnist.teacher_weights and broad.generator != mnist.generator
+    assert broad.private_splits == mnist.private_splits and broad.load_private is mnist.load_private
+    assert broad.description != mnist.description
+
+
+def test_all_shipped_weights_stay_under_40_mb():
+    from diffdfkd.worlds import WEIGHTS_DIR
+
+    size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
+    assert size < 40e6, f"shipped weights are {size / 1e6:.1f} MB"

@@ -120,7 +120,10 @@ ROWS: tuple[Row, ...] = (
     ),
 )
 
-WORLD_CONFIGS = {"digits": Path(__file__).resolve().parent / "configs" / "digits.yaml"}
+WORLD_CONFIGS = {
+    world: Path(__file__).resolve().parent / "configs" / f"{world}.yaml"
+    for world in ("digits", "digits-mnist")
+}
 
 # The shared budget of every row: images per class, sampler steps, DeepInversion iterations, KD recipe.
 # Chosen so that `make bench-digits` (every row x 3 seeds) fits in 60 minutes on a 2-core CPU; see

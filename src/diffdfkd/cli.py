@@ -46,8 +46,17 @@ def cmd_world_list(args: argparse.Namespace) -> None:
 def cmd_world_build_generator(args: argparse.Namespace) -> None:
     from diffdfkd.worlds.generator import build_generator
 
-    out = build_generator(args.out, quick=args.quick, seed=args.seed, work_dir=args.work_dir)
+    out = args.out or f"runs/{args.world}_generator"
+    out = build_generator(out, world=args.world, quick=args.quick, seed=args.seed, work_dir=args.work_dir)
     print(f"generator pipeline written to {out}")
+
+
+def cmd_world_build_judge(args: argparse.Namespace) -> None:
+    from diffdfkd.worlds.judge import build_judge
+
+    path, metrics = build_judge(args.name, args.out or None, seed=args.seed)
+    print(json.dumps(metrics, indent=2))
+    print(f"{args.name} classifier written to {path}")
 
 
 # --- teacher training and evaluation -----------------------------------------------------------------
@@ -231,12 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     world_sub = world.add_subparsers(dest="world_command", required=True, metavar="ACTION")
     p = _add(world_sub, "list", "list the shipped worlds and their parts")
     p.set_defaults(func=cmd_world_list)
-    p = _add(world_sub, "build-generator", "train the digits world's text-to-image generator on PUBLIC MNIST")
-    p.add_argument("--out", default="runs/digits_generator", help="folder for the diffusers pipeline")
+    p = _add(world_sub, "build-generator", "train a digits world's text-to-image generator on PUBLIC MNIST")
+    p.add_argument("--world", default="digits", help="whose generator: digits (six looks) or digits-mnist")
+    p.add_argument(
+        "--out", default="", help="folder for the diffusers pipeline; empty: runs/<world>_generator"
+    )
     p.add_argument("--work-dir", default=None, help="folder for checkpoints (default: <out>.work)")
     p.add_argument("--quick", action="store_true", help="a tiny generator in under a minute (for tests)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.set_defaults(func=cmd_world_build_generator)
+    p = _add(world_sub, "build-judge", "train a measuring classifier on PUBLIC MNIST renderings")
+    p.add_argument("--name", default="digits", help="digits or digits-mnist (digit judges), or looks")
+    p.add_argument("--out", default="", help="weights file; empty: overwrite the shipped one")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.set_defaults(func=cmd_world_build_judge)
 
     p = _add(sub, "train-teacher", "train a zoo model on a world split with cross-entropy")
     p.add_argument("--world", default="digits", help="world name (see `diffdfkd world list`)")

@@ -20,7 +20,8 @@ from diffdfkd.report import image_grid, write_report
 from diffdfkd.runinfo import write_run_info
 from diffdfkd.synth.dataset import SyntheticData, load_image_folder, load_synthetic
 from diffdfkd.synth.run import synthesize
-from diffdfkd.worlds import get_world, teacher_spec
+from diffdfkd.worlds import get_world, list_worlds, teacher_spec
+from diffdfkd.worlds.judge import load_look_classifier, look_fractions
 
 
 def is_main_process() -> bool:
@@ -110,6 +111,13 @@ def load_test_data(
     return images, labels, f"{config.world} {split}"
 
 
+def world_look_mix(world: str, images: torch.Tensor) -> dict[str, float] | None:
+    """The look classifier's mix of looks of ``images [N, 3, 32, 32]`` in a digits world, else None."""
+    if world not in list_worlds() or not get_world(world).looks:
+        return None
+    return look_fractions(load_look_classifier(), images)
+
+
 def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Synthesize, distil, evaluate teacher and student on the world's PRIVATE test split, report.
 
@@ -138,6 +146,7 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
     timings["evaluation"] = time.perf_counter() - start
 
     synth_summary = json.loads((synth_dir / "summary.json").read_text())
+    look_mix = world_look_mix(config.world, data.images)
     summary = {
         "test_data": test_source,
         "teacher_top1": teacher_eval["top1"],
@@ -145,6 +154,7 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
         "student": config.distill.student,
         "synthetic_images": len(data),
         "teacher_accuracy_on_synthetic": synth_summary.get("teacher_accuracy"),
+        "look_mix_of_synthetic": look_mix,
         "holdout_agreement_last_epoch": distilled.fit.holdout_agreement,
         "holdout_top1_last_epoch": distilled.fit.holdout_top1,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -163,6 +173,9 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
             "images": len(data),
             "teacher accuracy on the synthetic images": f"{synth_summary.get('teacher_accuracy', float('nan')):.3f}",
             "mean teacher probability of the target class": f"{synth_summary.get('mean_teacher_prob_target', float('nan')):.3f}",
+            "looks of the synthetic images (look classifier, PUBLIC-trained)": (
+                ", ".join(f"{k} {v:.2f}" for k, v in look_mix.items()) if look_mix else "n/a"
+            ),
             "student agreement with the teacher on held-out synthetic images (last epoch)": (
                 f"{distilled.fit.holdout_agreement:.3f}"
                 if distilled.fit.holdout_agreement is not None

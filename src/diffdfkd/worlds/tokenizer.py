@@ -15,7 +15,21 @@ from diffdfkd.worlds.digits import CLASS_NAMES
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
 BASE_WORDS = ("a", "an", "handwritten", "digit", "number", "of", "the", "realistic", "photo", "image")
-VOCAB_WORDS = BASE_WORDS + CLASS_NAMES
+# the words of the looks' prompts (diffdfkd.worlds.looks), after the others so older ids keep their meaning
+LOOK_WORDS = (
+    "in",
+    "plain",
+    "pen",
+    "strokes",
+    "blurry",
+    "low-resolution",
+    "scan",
+    "thick",
+    "thin",
+    "slanted",
+    "faint",
+)
+VOCAB_WORDS = BASE_WORDS + CLASS_NAMES + LOOK_WORDS
 DEFAULT_MAX_LENGTH = 8
 
 
