@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # CPU smoke run by default; on a GPU: make bench-speed SPEED_ARGS="--device cuda"
 SPEED_ARGS ?= --tiny --threads 1
 
-.PHONY: install demo test bench bench-world bench-synth bench-digits bench-speed lint format clean
+.PHONY: install demo test bench bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed lint format clean
 
 install: $(STAMP)
 
@@ -31,7 +31,7 @@ test: install
 	$(BIN)/python -m pytest
 
 # Benchmarks write under benchmarks/results/ and are summarised in BENCHMARKS.md.
-bench: bench-world bench-synth bench-digits bench-speed
+bench: bench-world bench-synth bench-digits bench-baselines bench-speed
 
 # Both digits worlds; the broad one with its two KD rows (each reads the PRIVATE test split once).
 bench-world: install
@@ -43,6 +43,15 @@ bench-synth: install
 
 bench-digits: install
 	$(BIN)/diffdfkd bench --world digits --seeds 3 --out benchmarks/results/digits
+
+# The data-free baselines at full strength at the demo's budget (3 seeds; about 2 h on a shared 2-core CPU).
+bench-baselines: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --seeds 3 --out benchmarks/results/baselines
+
+# How the baselines' settings were chosen (synthetic-data signals only).
+bench-tune-baselines: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/tune_baselines.py deepinversion --per-class 4
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/tune_baselines.py fast --per-class 20
 
 bench-speed: install
 	$(BIN)/python benchmarks/synth_throughput.py $(SPEED_ARGS)

@@ -16,6 +16,8 @@ TINY_BUDGET = {
     "synth.images_per_class": 2,
     "generator.num_steps": 3,
     "deepinversion.iterations": 3,
+    "fast.steps": 2,
+    "fast.width": 8,
     "distill.epochs": 1,
     "distill.batch_size": 4,
 }
@@ -69,7 +71,8 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder):
         assert (out / "grids" / f"{row['name']}.png").is_file()
         assert f"| {row['name']} |" in md
         for key in ("student_top1_mean", "student_top1_std", "teacher_top1", "teacher_accuracy",
-                    "teacher_prob_target", "teacher_confidence", "synthesis_s", "images_per_s", "kd_s"):  # fmt: skip
+                    "teacher_prob_target", "teacher_confidence", "synthesis_s", "images_per_s",
+                    "synthesis_s_per_image", "kd_s"):  # fmt: skip
             assert math.isfinite(row[key]), (row["name"], key)
         assert row["runs"][0]["images"] == 8
     # Each row's overrides change what it makes: rows whose synthesis settings differ make other

@@ -58,6 +58,31 @@ def test_bn_statistics_is_the_sum_over_units_and_layers_of_unsquared_norms(units
     assert not any(m._forward_hooks for m in model.modules()), "hooks are removed on exit"
 
 
+def test_first_layer_weight_multiplies_only_the_first_layers_distance() -> None:
+    model = bn_model()
+    x = torch.randn(4, 3, 5, 5)
+    plain = bn_value(model, x, Units("sample"))
+    with BNStatistics(model, Units("sample"), first_layer_weight=10.0) as bn:
+        model(x)
+        weighted = bn.loss().item()
+    with BNStatistics(model[0], Units("sample")) as bn:
+        model[0](x)
+        first = bn.loss().item()
+    assert weighted == pytest.approx(plain + 9.0 * first, rel=1e-5)
+
+
+def test_per_sample_weight_charges_each_image_its_units_distance() -> None:
+    model = bn_model()
+    x = torch.randn(4, 3, 5, 5)
+    with BNStatistics(model, Units("group", 2), per_sample_weight=True) as bn:
+        model(x)
+        charged = bn.loss().item()
+    assert charged == pytest.approx(2 * bn_value(model, x, Units("group", 2)), rel=1e-5)
+    with BNStatistics(model, Units("sample"), per_sample_weight=True) as bn:
+        model(x)
+        assert bn.loss().item() == pytest.approx(bn_value(model, x, Units("sample")), rel=1e-5)
+
+
 def test_per_sample_statistics_are_each_images_own_and_differ_from_per_group() -> None:
     model = bn_model()
     x = torch.randn(4, 3, 5, 5)

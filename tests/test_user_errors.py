@@ -245,6 +245,11 @@ CASES = [
         ["deepinversion.bn_weight=1.0", "no BatchNorm layer"],
     ),
     (
+        "fast-teacher-without-batchnorm",
+        lambda u, tmp: _check(f"teacher.weights={u.root / 'no_bn.pt'}", "synth.source=fast")(u, tmp),
+        ["fast.bn_weight=1.0", "no BatchNorm layer"],
+    ),
+    (
         "teacher-file-missing",
         _check("teacher.weights=/nonexistent/t.pt"),
         ["/nonexistent/t.pt does not exist"],

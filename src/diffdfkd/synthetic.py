@@ -57,3 +57,9 @@ def check_groups(indices: torch.Tensor, group_size: int) -> torch.Tensor:
             f"indices must form whole groups of {group_size} consecutive indices starting at multiples of it"
         )
     return blocks[:, 0] // group_size
+
+
+def layout_targets(indices: torch.Tensor, per_class: int, num_classes: int) -> torch.Tensor:
+    """The dataset layout's one-hot targets ``[B, K]`` of samples ``indices [B]``: sample ``i`` has class
+    ``(i // m) % K`` (``m = synth.samples_per_class_in_group``), so consecutive samples share a class."""
+    return torch.nn.functional.one_hot((indices // per_class) % num_classes, num_classes).float()

@@ -1,6 +1,7 @@
 """Baselines of the comparison, as synthetic-data sources (named in ``diffdfkd.synth.sources.SOURCES``).
 
 - ``deepinversion``: pixels optimised from noise against the teacher (Yin et al. 2020).
+- ``fast``: a generator meta-learned across synthesis rounds (Fang et al. 2022), one round per batch.
 - ``real``: the world's real PRIVATE training images (upper bound, NOT data-free); with
   ``distill.kd=false``, the student trained with cross-entropy on them and no teacher.
 
@@ -9,6 +10,7 @@ Unguided diffusion (DM-KD style) needs no source of its own: it is the ``diffdfk
 """
 
 from diffdfkd.baselines.deepinversion import DeepInversionSource
+from diffdfkd.baselines.fast import FastSource
 from diffdfkd.baselines.real import RealDataSource
 
-__all__ = ["DeepInversionSource", "RealDataSource"]
+__all__ = ["DeepInversionSource", "FastSource", "RealDataSource"]

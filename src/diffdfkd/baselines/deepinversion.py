@@ -1,20 +1,28 @@
-"""DeepInversion (Yin et al., CVPR 2020) as a synthetic-data source: ``synth.source=deepinversion``.
+"""DeepInversion (Yin et al., CVPR 2020) by its published recipe, as a source: ``synth.source=deepinversion``.
 
-Pixels are optimised from noise so that the frozen teacher classifies them as their target class and
-its BatchNorm layers see their training statistics::
+Images are optimised from noise so that the frozen teacher classifies them as their target class and
+its BatchNorm layers see their training statistics. With ``v [B, C, S, S]`` the image in the teacher's
+normalised space (``C = 1`` when ``teacher.grayscale``, else 3), ``x = v * std + mean`` in [0, 1] and
+``u`` a view of ``x`` jittered (rolled by up to ``jitter`` pixels; mirrored when ``flip``) anew at
+every iteration::
 
-    L = w_ce * CE(T(v), y) + w_bn * L_bn + w_tv * TV(x) + w_l2 * L2(x)
+    L = w_ce CE(T(u), y) + w_bn L_bn(u) + w_tv1 TV_1(x) + w_tv2 TV_2(x) + w_l2 mean(v^2)
 
-where ``x [B, 3, S, S]`` in [0, 1] are the pixels (Adam, clamped to [0, 1] after every step), ``v`` is a
-randomly jittered (shifted up to ``jitter`` pixels, and mirrored when ``flip``) view of ``x`` drawn anew
-at every iteration. All terms come from :mod:`diffdfkd.guidance.teacher_loss`, with its batch
-semantics: ``L_bn`` per mixing group (``bn_statistics``), ``TV(x)`` the mean squared difference of
-neighbouring pixels (``tv_l2``) and ``L2(x)`` the mean squared normalised input (``l2_prior``), both
-per sample and summed over samples like CE.
+- ``v`` starts N(0, 1) (the teacher's normalised space, so ``x`` starts at the training data's mean
+  and spread per channel); Adam (betas 0.5, 0.9 as in the published code) with its learning rate
+  decayed from ``lr`` to 0 by a cosine; after each step ``v`` is clipped so that ``x`` stays in [0, 1].
+- ``L_bn``: DeepInversion's BN-statistics distance summed over the teacher's BatchNorm layers, the
+  first layer's multiplied by ``first_bn_weight`` (10 in the published code).
+- Balance: every term comes from :mod:`diffdfkd.guidance.teacher_loss`, is taken per sample and summed
+  over the batch, and every weight means a pull PER IMAGE. CE, TV and L2 are per sample. ``L_bn``:
+  ``bn_per=group`` (the default, chosen on the BN-statistics distance) matches each mixing group's
+  pooled statistics and charges each image its group's distance (``per_sample_weight``), so the
+  BN pull per image does not shrink as ``1/g`` with the group size ``g`` and an image's gradient does
+  not depend on how many groups share its batch; ``bn_per=sample`` takes each image's own spatial
+  statistics (the paper's batch of one), and then an image's gradient, and with Adam acting per pixel
+  its whole trajectory, depends on nothing but itself: not on its group, its batch or their sizes.
 
-Every loss is a sum over samples (or mixing groups) and Adam acts per pixel, so an image depends only on
-its own mixing group, never on how many groups share its batch. Sample ``i`` starts from uniform noise
-and draws its jitter from its own generator seeded by ``runtime.sample_seed(seed, i)``.
+Sample ``i`` draws its start and its jitter from its own generator seeded by ``runtime.sample_seed(seed, i)``.
 """
 
 from __future__ import annotations
@@ -22,11 +30,12 @@ from __future__ import annotations
 import torch
 
 from diffdfkd.config import DeepInversionConfig, ExperimentConfig
-from diffdfkd.guidance.teacher_loss import BNStatistics, Units, cross_entropy, l2_prior, tv_l2
+from diffdfkd.guidance.teacher_loss import BNStatistics, Units, cross_entropy, l2_prior, tv_l1, tv_l2
 from diffdfkd.runtime import generators_for, sample_seed
 from diffdfkd.synthetic import SynthBatch, check_groups
 
 LOG_EVERY = 10
+ADAM_BETAS = (0.5, 0.9)
 
 
 def jitter_view(
@@ -45,11 +54,26 @@ def jitter_view(
     return torch.stack(views)
 
 
+def image_channels(teacher: torch.nn.Module, grayscale: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``mean, std [1, C, 1, 1]`` of the channels an image-space method optimises: the teacher's
+    RGB normalisation, or for a grey teacher (``grayscale``) one channel with their averages."""
+    mean = teacher.mean.expand(1, 3, 1, 1) if teacher.mean.shape[1] == 1 else teacher.mean
+    std = teacher.std.expand(1, 3, 1, 1) if teacher.std.shape[1] == 1 else teacher.std
+    if grayscale:
+        return mean.mean(dim=1, keepdim=True), std.mean(dim=1, keepdim=True)
+    return mean, std
+
+
+def to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """``[B, 1 or 3, H, W]`` -> ``[B, 3, H, W]`` (grey copied to the three channels)."""
+    return images.expand(-1, 3, -1, -1).contiguous() if images.shape[1] == 1 else images
+
+
 class DeepInversionSource:
     """Teacher inversion by pixel optimisation (the DeepInversion baseline, without its competition term).
 
-    ``teacher``: a ``Teacher`` (images in [0, 1] -> logits; ``input_size``, ``preprocess`` and the inner
-    ``model`` whose BatchNorm layers ``L_bn`` hooks). Images are made at the teacher's input size.
+    ``teacher``: a ``Teacher`` (images in [0, 1] -> logits; ``input_size``, ``mean``/``std`` and the
+    inner ``model`` whose BatchNorm layers ``L_bn`` hooks). Images are made at the teacher's input size.
     """
 
     def __init__(self, config: ExperimentConfig, teacher: torch.nn.Module) -> None:
@@ -59,30 +83,56 @@ class DeepInversionSource:
         self.group_size = config.synth.group_size
         self.size = teacher.input_size
         self.device = next(iter(teacher.state_dict().values())).device
+        self.mean, self.std = image_channels(teacher, config.teacher.grayscale)
+        per = self.options.bn_per
+        self.bn_units = Units(per, self.group_size if per == "group" else 1)
 
     def initial_images(self, indices: torch.Tensor) -> torch.Tensor:
-        """The starting noise ``[B, 3, S, S]``, uniform in [0, 1], of samples ``indices [B]``."""
-        return self._start(indices)[0]
+        """The starting images ``[B, 3, S, S]`` in [0, 1] of samples ``indices [B]``."""
+        start, _ = self._start(indices)
+        return to_rgb(self.pixels(start))
 
     def _start(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[torch.Generator]]:
-        """Starting noise and the per-sample generators, which then go on to draw the jitter."""
+        """The starting ``v [B, C, S, S]`` ~ N(0, 1) clipped to valid pixels, and the per-sample
+        generators, which then go on to draw the jitter."""
         generators = generators_for([sample_seed(self.seed, int(i)) for i in indices])
-        noise = torch.stack([torch.rand(3, self.size, self.size, generator=g) for g in generators])
-        return noise, generators
+        channels = self.mean.shape[1]
+        noise = torch.stack([torch.randn(channels, self.size, self.size, generator=g) for g in generators])
+        return self.clip(noise.to(self.device)), generators
 
-    def loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """``L`` of ``images [B, 3, S, S]`` (already jittered) against ``targets [B, K]``, and its parts."""
+    def pixels(self, normalised: torch.Tensor) -> torch.Tensor:
+        """``x = v * std + mean``: normalised ``v [B, C, S, S]`` -> pixels in [0, 1]."""
+        return normalised * self.std + self.mean
+
+    def clip(self, normalised: torch.Tensor) -> torch.Tensor:
+        """``v`` clipped so that its pixels ``v * std + mean`` lie in [0, 1]."""
+        low, high = -self.mean / self.std, (1 - self.mean) / self.std
+        return torch.maximum(torch.minimum(normalised, high), low)
+
+    def loss(
+        self, normalised: torch.Tensor, view: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``L`` of ``v [B, C, S, S]`` with its jittered pixel view ``u [B, C, S, S]`` against
+        ``targets [B, K]`` (module docstring), and its named parts."""
         o = self.options
         per_sample = Units("sample")
-        with BNStatistics(self.teacher.model, Units("group", self.group_size)) as bn:
-            logits = self.teacher(images).float()
+        bn_stats = BNStatistics(self.teacher.model, self.bn_units, o.first_bn_weight, per_sample_weight=True)
+        with bn_stats as bn:
+            logits = self.teacher(view).float()
             bn_loss = bn.loss()
-        ce = cross_entropy(logits, targets, per_sample)
-        tv = tv_l2(images, per_sample)
-        l2 = l2_prior(self.teacher.preprocess(images), per_sample)
-        total = o.ce_weight * ce + o.bn_weight * bn_loss + o.tv_weight * tv + o.l2_weight * l2
-        p_target = (logits.detach().softmax(dim=1) * targets).sum(dim=1).mean()
-        parts = {"ce": ce, "bn": bn_loss, "tv": tv, "l2": l2, "total": total, "p_target": p_target}
+        images = self.pixels(normalised)
+        parts = {
+            "ce": cross_entropy(logits, targets, per_sample),
+            "bn": bn_loss,
+            "tv_l1": tv_l1(images, per_sample),
+            "tv_l2": tv_l2(images, per_sample),
+            "l2": l2_prior(normalised, per_sample),
+        }
+        weights = {"ce": o.ce_weight, "bn": o.bn_weight, "tv_l1": o.tv_l1_weight,
+                   "tv_l2": o.tv_l2_weight, "l2": o.l2_weight}  # fmt: skip
+        total = sum(weights[k] * parts[k] for k in parts)
+        parts["total"] = total
+        parts["p_target"] = (logits.detach().softmax(dim=1) * targets).sum(dim=1).mean()
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch:
@@ -92,19 +142,22 @@ class DeepInversionSource:
         """
         check_groups(indices, self.group_size)
         o = self.options
-        pixels, generators = self._start(indices)
-        pixels = pixels.to(self.device).requires_grad_(True)
+        start, generators = self._start(indices)
+        normalised = start.requires_grad_(True)
         targets_dev = targets.to(self.device)
-        optimizer = torch.optim.Adam([pixels], lr=o.lr)
+        optimizer = torch.optim.Adam([normalised], lr=o.lr, betas=ADAM_BETAS)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.iterations)
         logs = []
         for step in range(o.iterations):
-            view = jitter_view(pixels, generators, o.jitter, o.flip)
-            total, parts = self.loss(view, targets_dev)
+            view = jitter_view(self.pixels(normalised), generators, o.jitter, o.flip)
+            total, parts = self.loss(normalised, view, targets_dev)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
+            schedule.step()
             with torch.no_grad():
-                pixels.clamp_(0.0, 1.0)
+                normalised.copy_(self.clip(normalised))
             if step % LOG_EVERY == 0 or step == o.iterations - 1:
                 logs.append({"step": float(step), **parts})
-        return SynthBatch(images=pixels.detach().cpu(), targets=targets, logs=logs)
+        images = to_rgb(self.pixels(normalised.detach()).clamp(0.0, 1.0))
+        return SynthBatch(images=images.cpu(), targets=targets, logs=logs)

@@ -149,10 +149,30 @@ class BNStatistics:
     Forward hooks on every BatchNorm layer of ``model`` record the distance of each unit's statistics
     of the layer input ``x [B, C, ...]`` to the layer's running statistics. Use as a context manager
     (the hooks are removed on exit) around the teacher's forward pass; ``loss()`` reads that pass.
+
+    ``first_layer_weight`` multiplies the first BatchNorm layer's distance (in module order), the
+    ``first_bn_multiplier`` of DeepInversion's published code (10 there): the first layer sees pixel
+    statistics, which the later layers constrain only weakly. 1 (the default): every layer alike.
+
+    ``per_sample_weight``: count each unit's distance once per sample of the unit (``m`` times), so that
+    a weight means the same pull per image whatever the unit size (per group of ``g``, each image is
+    charged its group's distance, instead of sharing one distance among ``g`` images). Per sample it
+    changes nothing.
     """
 
-    def __init__(self, model: nn.Module, units: Units) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        units: Units,
+        first_layer_weight: float = 1.0,
+        *,
+        per_sample_weight: bool = False,
+    ) -> None:
+        if first_layer_weight < 0:
+            raise ValueError(f"first_layer_weight={first_layer_weight} must be >= 0")
         self.units = units
+        self.first_layer_weight = first_layer_weight
+        self.per_sample_weight = per_sample_weight
         self._values: list[torch.Tensor] = []
         self._handles = [layer.register_forward_hook(self._hook) for layer in batchnorm_layers(model)]
 
@@ -166,7 +186,9 @@ class BNStatistics:
         var = pooled.var(dim=2, unbiased=False)
         mean_term = torch.linalg.vector_norm(mean - module.running_mean.float(), dim=1)
         var_term = torch.linalg.vector_norm(var - module.running_var.float(), dim=1)
-        self._values.append((mean_term + var_term).sum())
+        weight = self.first_layer_weight if not self._values else 1.0
+        weight *= m if self.per_sample_weight else 1
+        self._values.append(weight * (mean_term + var_term).sum())
 
     def loss(self) -> torch.Tensor:
         """Sum over hooked layers and units of the last forward pass; a scalar."""

@@ -38,7 +38,7 @@ from diffdfkd.synth.writer import (
     merge_manifest,
     missing_batches,
 )
-from diffdfkd.synthetic import SynthBatch
+from diffdfkd.synthetic import SynthBatch, layout_targets
 from diffdfkd.worlds import get_world, teacher_spec
 
 logger = logging.getLogger(__name__)
@@ -77,8 +77,8 @@ class SynthPlan:
         return torch.arange(batch * self.batch_size, (batch + 1) * self.batch_size)
 
     def targets(self, indices: torch.Tensor) -> torch.Tensor:
-        """One-hot targets ``[B, K]`` of class ``(i // m) % K``."""
-        return F.one_hot((indices // self.per_class) % self.num_classes, self.num_classes).float()
+        """One-hot targets ``[B, K]`` of class ``(i // m) % K`` (``layout_targets``)."""
+        return layout_targets(indices, self.per_class, self.num_classes)
 
     def shard_batches(self, shard: int, num_shards: int) -> range:
         """The contiguous range of batches of ``shard`` out of ``num_shards``."""
