@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # CPU smoke run by default; on a GPU: make bench-speed SPEED_ARGS="--device cuda"
 SPEED_ARGS ?= --tiny --threads 1
 
-.PHONY: install demo test bench bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed lint format clean
+.PHONY: install demo test bench bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed bench-guidance-cost lint format clean
 
 install: $(STAMP)
 
@@ -31,7 +31,7 @@ test: install
 	$(BIN)/python -m pytest
 
 # Benchmarks write under benchmarks/results/ and are summarised in BENCHMARKS.md.
-bench: bench-world bench-synth bench-digits bench-baselines bench-speed
+bench: bench-world bench-synth bench-digits bench-baselines bench-speed bench-guidance-cost
 
 # Both digits worlds; the broad one with its two KD rows (each reads the PRIVATE test split once).
 bench-world: install
@@ -52,6 +52,12 @@ bench-baselines: install
 bench-tune-baselines: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/tune_baselines.py deepinversion --per-class 4
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/tune_baselines.py fast --per-class 20
+
+# The cost of each guidance option and its student (quality-cost front), in both digits worlds.
+GUIDANCE_COST_ARGS ?= --seeds 3
+bench-guidance-cost: install
+	$(BIN)/python benchmarks/guidance_cost.py --world digits $(GUIDANCE_COST_ARGS)
+	$(BIN)/python benchmarks/guidance_cost.py --world digits-mnist $(GUIDANCE_COST_ARGS)
 
 bench-speed: install
 	$(BIN)/python benchmarks/synth_throughput.py $(SPEED_ARGS)
