@@ -234,6 +234,7 @@ def decode_latents(
 
 GUIDANCE_DECODER_IN_PIPELINE = "pipeline"
 """``generator.guidance_decoder`` value meaning the pipeline folder's own ``vae_tiny/`` sub-folder."""
+TINY_DECODER_DIR = "vae_tiny"
 
 
 def guidance_decoder_folder(pipeline_path: str | Path, value: str) -> Path | None:
@@ -242,7 +243,7 @@ def guidance_decoder_folder(pipeline_path: str | Path, value: str) -> Path | Non
     if not value:
         return None
     if value == GUIDANCE_DECODER_IN_PIPELINE:
-        return Path(pipeline_path) / "vae_tiny"
+        return Path(pipeline_path) / TINY_DECODER_DIR
     return Path(value)
 
 

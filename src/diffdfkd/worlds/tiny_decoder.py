@@ -30,10 +30,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from diffdfkd.diffusion.components import TINY_DECODER_DIR
 from diffdfkd.worlds import World
 from diffdfkd.worlds.looks import render_look
-
-TINY_DECODER_DIR = "vae_tiny"
 
 
 @dataclass(frozen=True)
