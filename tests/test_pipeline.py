@@ -72,3 +72,24 @@ def test_distill_refuses_a_dataset_with_other_classes(make_config, tmp_path, eva
     data.class_names = ("a", "b")
     with pytest.raises(ConfigError, match="2 classes, the teacher 3"):
         distill(config, data, progress=False)
+
+
+def test_a_run_folder_from_an_older_config_schema_counts_as_changed(make_config, tmp_path, eval_folder):
+    """A saved config.yaml with a key this version no longer has is another config (its keys named),
+    not a crash of the comparison: refused without --overwrite, replaced with it."""
+    import yaml
+
+    from diffdfkd.check import output_state
+    from diffdfkd.config import to_dict
+
+    config = _config(make_config, tmp_path, eval_folder)
+    out = tmp_path / "run"
+    out.mkdir(parents=True)
+    written = to_dict(config)
+    written["deepinversion"]["tv_weight"] = 0.5  # a key of an older DeepInversion recipe
+    (out / "config.yaml").write_text(yaml.safe_dump(written))
+    with pytest.raises(ConfigError, match=r"changed: deepinversion\.tv_weight"):
+        output_state(config, overwrite=False)
+    assert output_state(config, overwrite=True) == "replaced"
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config)))
+    assert output_state(config, overwrite=False) == "resumable"

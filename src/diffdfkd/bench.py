@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from diffdfkd.check import saved_config
 from diffdfkd.config import ConfigError, ExperimentConfig, load_config, replace, to_dict
 from diffdfkd.pipeline import run_experiment
 from diffdfkd.report import image_grid
@@ -184,8 +185,7 @@ def run_row(row: Row, config: ExperimentConfig, *, overwrite: bool = False, prog
     saved = out / "config.yaml"
     results = out / "results.json"
     if results.is_file() and saved.is_file():
-        old = load_config(saved)
-        if not changed_keys(to_dict(old), to_dict(config)):
+        if not changed_keys(saved_config(saved), to_dict(config)):
             return json.loads(results.read_text())
     return run_experiment(config, overwrite=overwrite, progress=progress)
 

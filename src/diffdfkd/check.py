@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -266,6 +267,17 @@ def _check_student(config: ExperimentConfig, num_classes: int, size: int) -> str
 # --- output folder and test data -----------------------------------------------------------------------
 
 
+def saved_config(path: Path) -> dict[str, Any]:
+    """A run folder's saved ``config.yaml`` as a plain dict, to compare with the current config: with
+    today's defaults filled in, or, when an older version wrote keys that no longer exist, as written
+    (those keys then count as changed instead of failing the comparison)."""
+    written = load_yaml(path.read_text(), str(path)) or {}
+    try:
+        return to_dict(from_dict(ExperimentConfig, written))
+    except ConfigError:
+        return written
+
+
 def output_state(config: ExperimentConfig, overwrite: bool) -> str:
     """``out_dir``'s state, read only: "new" (absent, empty, or only a dataset made there by
     ``synthesize``), "resumable" (made with this config) or "replaced" (another config's, with
@@ -284,8 +296,7 @@ def output_state(config: ExperimentConfig, overwrite: bool) -> str:
                 f"choose a new or empty folder"
             )
         return "new"
-    old = to_dict(from_dict(ExperimentConfig, load_yaml(saved.read_text(), str(saved)) or {}))
-    changed = changed_keys(old, to_dict(config))
+    changed = changed_keys(saved_config(saved), to_dict(config))
     if not changed:
         return "resumable"
     if not overwrite:
