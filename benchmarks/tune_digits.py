@@ -7,9 +7,12 @@ shipped generator and teacher and reports:
 - ``bn_distance``: DeepInversion's BatchNorm-statistics distance of the WHOLE synthetic set to the
   teacher's running statistics (its training data's feature statistics): lower means the synthetic set
   looks more like the data the teacher was trained on, which is what the student needs;
-- ``judge_acc``: accuracy of the PUBLIC-MNIST judge (does it still look like the intended digit).
+- ``judge_acc``: accuracy of the world's PUBLIC judge (does it still look like the intended digit);
+- ``scan_share`` (worlds whose generator holds several looks): the share of images the PUBLIC look
+  classifier puts in the teacher's look (``scan``, the private data's low-resolution rendering).
 
-Usage: python benchmarks/tune_digits.py [--per-class 4] [key.sub=value ...]  (candidates are in SWEEP)
+Usage: python benchmarks/tune_digits.py [--world digits] [--per-class 4] [--candidate "k=v k=v" ...]
+[key.sub=value ...]  (candidates: SWEEP, or the ``--candidate`` lists; the trailing overrides apply to all)
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import torch  # noqa: E402
 from diffdfkd.config import load_config  # noqa: E402
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units  # noqa: E402
 from diffdfkd.models.teacher import build_teacher  # noqa: E402
-from diffdfkd.pipeline import DEMO_CONFIG  # noqa: E402
+from diffdfkd.bench import WORLD_CONFIGS  # noqa: E402
 from diffdfkd.synth.run import SynthPlan, resolve_config  # noqa: E402
 from diffdfkd.synth.sources import SOURCES  # noqa: E402
-from diffdfkd.worlds import teacher_spec  # noqa: E402
+from diffdfkd.worlds import get_world, teacher_spec  # noqa: E402
+from diffdfkd.worlds.judge import load_judge, load_look_classifier, look_fractions  # noqa: E402
 
 TEMPLATE = "generator.prompt_template=a handwritten digit {label}"
 SWEEP: list[list[str]] = [
@@ -57,8 +61,11 @@ def bn_distance(teacher: torch.nn.Module, images: torch.Tensor) -> float:
         return float(bn.loss())
 
 
-def score(base: list[str], overrides: list[str], per_class: int, judge) -> dict:
-    config = load_config(DEMO_CONFIG, [*base, *overrides, f"synth.images_per_class={per_class}"])
+TEACHER_LOOK = "scan"
+
+
+def score(world: str, base: list[str], overrides: list[str], per_class: int, judge, looks) -> dict:
+    config = load_config(WORLD_CONFIGS[world], [*base, *overrides, f"synth.images_per_class={per_class}"])
     teacher = build_teacher(teacher_spec(config))
     source = SOURCES.create(config.synth.source, config=resolve_config(config), teacher=teacher)
     plan = SynthPlan.from_config(config, teacher.num_classes)
@@ -83,6 +90,8 @@ def score(base: list[str], overrides: list[str], per_class: int, judge) -> dict:
     if judge is not None:
         with torch.no_grad():
             result["judge_acc"] = float((judge(images).argmax(1) == labels).float().mean())
+    if looks is not None:
+        result["scan_share"] = look_fractions(looks, images)[TEACHER_LOOK]
     return result
 
 
@@ -90,21 +99,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--world", default="digits-mnist", choices=sorted(WORLD_CONFIGS), help="world")
     parser.add_argument("--per-class", type=int, default=4, help="images per class per candidate")
+    parser.add_argument(
+        "--candidate", action="append", default=[], help="a space-separated override list (repeatable)"
+    )
     parser.add_argument("--json", default="", help="also write the rows here")
     parser.add_argument("--only", default="", help="comma-separated SWEEP positions to run (default: all)")
     parser.add_argument("overrides", nargs="*", help="applied to every candidate")
     args = parser.parse_args()
-    try:
-        from diffdfkd.worlds.judge import load_judge
-
-        judge = load_judge()
-    except (ImportError, FileNotFoundError):
-        judge = None
+    judge = load_judge(args.world)
+    looks = load_look_classifier() if len(get_world(args.world).looks) > 1 else None
     rows = []
     chosen = [int(i) for i in args.only.split(",")] if args.only else range(len(SWEEP))
-    for candidate in [SWEEP[i] for i in chosen]:
-        row = score(args.overrides, candidate, args.per_class, judge)
+    candidates = [c.split() for c in args.candidate] or [SWEEP[i] for i in chosen]
+    for candidate in candidates:
+        row = score(args.world, args.overrides, candidate, args.per_class, judge, looks)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

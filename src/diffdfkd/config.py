@@ -29,6 +29,8 @@ C = TypeVar("C")
 
 DTYPES = ("fp32", "bf16", "fp16")
 GUIDANCE_MODES = ("none", "full", "detach_unet", "one_pass")
+BN_UNITS = ("group", "sample")
+STEP_NORMS = ("none", "sample")
 # Samplers whose noise comes from per-sample generators (see diffdfkd.diffusion.components.SCHEDULER_CLASSES).
 SCHEDULERS = ("ddpm", "ddim", "euler_ancestral", "euler", "dpmpp_2m")
 
@@ -145,13 +147,23 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Teacher guidance: ``L = ce * CE + bn * L_bn + adv * L_adv``; ``z_t -= step_size * grad L``."""
+    """Teacher guidance: ``L = ce * CE + bn * L_bn + adv * L_adv``; ``z_t -= step_size * grad L``.
+
+    ``bn_per``: the units of ``L_bn`` (``group``: one distance per mixing group's pooled statistics;
+    ``sample``: one per image, the paper's batch of one, about ``group_size`` times stronger per image at
+    the same weight). ``step_norm``: ``none`` steps along the raw gradient (``step_size`` in loss units);
+    ``sample`` along each image's gradient scaled to unit RMS, so ``step_size`` is the shift in noise
+    standard deviations per guided step, whatever the loss scale, image size or generator
+    (``diffdfkd.guidance.modes``).
+    """
 
     mode: str = "full"
     ce_weight: float = 1.0
     bn_weight: float = 0.1
+    bn_per: str = "group"
     adv_weight: float = 0.0
     step_size: float = 1.0
+    step_norm: str = "none"
     # Guide only on steps whose fraction of the schedule lies in [window_start, window_end).
     window_start: float = 0.0
     window_end: float = 1.0
@@ -159,6 +171,8 @@ class GuidanceConfig:
 
     def __post_init__(self) -> None:
         _check_choice("guidance.mode", self.mode, GUIDANCE_MODES)
+        _check_choice("guidance.bn_per", self.bn_per, BN_UNITS)
+        _check_choice("guidance.step_norm", self.step_norm, STEP_NORMS)
         for name in ("ce_weight", "bn_weight", "adv_weight", "step_size"):
             _check_positive(f"guidance.{name}", getattr(self, name), allow_zero=True)
         if not 0.0 <= self.window_start < self.window_end <= 1.0:

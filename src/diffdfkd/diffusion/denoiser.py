@@ -94,6 +94,12 @@ class CFGDenoiser:
         """The scheduler's scaled model input (identity for variance-preserving schedulers)."""
         return self.components.scheduler.scale_model_input(z_t, step.timestep)
 
+    def noise_std(self, step: Step) -> float:
+        """The noise level of ``z_t`` itself: ``sqrt(1 - abar_t)`` (variance preserving) or ``sigma_t``."""
+        if float(self.components.scheduler.init_noise_sigma) == 1.0:
+            return math.sqrt(1.0 - step.abar)
+        return math.sqrt((1.0 - step.abar) / step.abar)
+
     def __call__(self, z_t: torch.Tensor, step: Step) -> torch.Tensor:
         """``eps [B, C, h, w]`` (fp32) at latents ``z_t [B, C, h, w]``."""
         return self.eps_at(self.model_input(z_t, step), step)

@@ -13,6 +13,13 @@ guide's ``grad_{z_t} L`` of the teacher loss on ``x0_hat(z_t)`` and step size ``
 - ``one_pass`` (``OnePassGuidance``): ``z_t`` unchanged; ``eps' = eps + sqrt(1 - abar_t) eta grad_{z_t} L``
   (classifier guidance, Dhariwal & Nichol), which lowers ``L`` of ``x0_hat``. One pass plus a backward.
 
+Step normalisation (``guidance.step_norm``). ``none``: the raw gradient above, so ``eta`` is in loss
+units and its effect depends on the loss scale, the image size and the generator. ``sample``: each
+image's gradient ``g_i`` is replaced by ``u_i = g_i / rms(g_i)`` (unit RMS over its latent), so ``eta``
+is the shift in noise standard deviations: ``full``/``detach_unet`` move ``z_t`` by ``eta sigma_t u``
+(``sigma_t = sqrt(1 - abar_t)``, ``z_t``'s own noise level; ``CFGDenoiser.noise_std``), ``one_pass`` moves ``eps``
+(unit variance) by ``eta u``. One ``eta`` then means the same for any teacher, loss weights or generator.
+
 A mode guides only at the steps its ``Window`` admits; elsewhere it is the plain denoiser. Every guided
 pass refuses a loss that does not reach ``z_t`` (the guide raises) and a non-finite loss or gradient,
 naming the step. Adding a mode is adding a class here (and to ``MODES``), with its test.
@@ -57,16 +64,30 @@ class Unguided:
             return self.denoiser(z, step)
 
 
+def unit_rms(grad: torch.Tensor) -> torch.Tensor:
+    """Each sample's ``grad [B, ...]`` scaled to unit root-mean-square (a zero gradient stays zero)."""
+    rms = grad.flatten(1).pow(2).mean(dim=1).sqrt().clamp_min(1e-12)
+    return grad / rms.view(-1, *([1] * (grad.dim() - 1)))
+
+
 class _TeacherGuided(Unguided):
     """The shared guided pass of the teacher-guided modes; subclasses choose where its gradient goes."""
 
     unet_grad = True  # whether eps (and so the gradient) goes through the UNet
 
-    def __init__(self, denoiser: CFGDenoiser, guide: Guide, step_size: float, window: Window) -> None:
+    def __init__(
+        self,
+        denoiser: CFGDenoiser,
+        guide: Guide,
+        step_size: float,
+        window: Window,
+        step_norm: str = "none",
+    ) -> None:
         super().__init__(denoiser)
         self.guide = guide
         self.step_size = step_size
         self.window = window
+        self.normalised = step_norm == "sample"
 
     def guided_pass(
         self, z: torch.Tensor, step: Step, targets: torch.Tensor
@@ -93,6 +114,8 @@ class FullGuidance(_TeacherGuided):
         if not self.window(step):
             return z
         _, grad = self.guided_pass(z, step, targets)
+        if self.normalised:
+            return z - self.step_size * self.denoiser.noise_std(step) * unit_rms(grad)
         return z - self.step_size * grad
 
 
@@ -109,6 +132,8 @@ class OnePassGuidance(_TeacherGuided):
         if not self.window(step):
             return super().eps(z, step, targets)
         eps, grad = self.guided_pass(z, step, targets)
+        if self.normalised:
+            return eps + self.step_size * unit_rms(grad)
         return eps + math.sqrt(1.0 - step.abar) * self.step_size * grad
 
 
@@ -128,7 +153,9 @@ def build_mode(guidance: GuidanceConfig, denoiser: CFGDenoiser, guide: Guide | N
         raise ValueError(f"unknown guidance mode {guidance.mode!r}; known: none, {', '.join(MODES)}")
     if guide is None:
         raise ValueError(f"guidance mode {guidance.mode!r} needs a guide")
-    return MODES[guidance.mode](denoiser, guide, guidance.step_size, window_of(guidance))
+    return MODES[guidance.mode](
+        denoiser, guide, guidance.step_size, window_of(guidance), guidance.step_norm
+    )
 
 
 def window_of(guidance: GuidanceConfig) -> Window:

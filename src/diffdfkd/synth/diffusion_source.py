@@ -90,6 +90,7 @@ class DiffusionSource:
                 self.teacher,
                 partial(decode_latents, components, vae=guidance_vae),
                 group_size=self.group_size,
+                bn_per=g.bn_per,
                 ce_weight=g.ce_weight,
                 bn_weight=g.bn_weight,
                 adv_weight=g.adv_weight,
