@@ -9,7 +9,10 @@ shipped generator and teacher and reports:
   looks more like the data the teacher was trained on, which is what the student needs;
 - ``judge_acc``: accuracy of the world's PUBLIC judge (does it still look like the intended digit);
 - ``scan_share`` (worlds whose generator holds several looks): the share of images the PUBLIC look
-  classifier puts in the teacher's look (``scan``, the private data's low-resolution rendering).
+  classifier puts in the teacher's look (``scan``, the private data's low-resolution rendering);
+- with ``--kd``: a student (the config's KD recipe) distilled on the candidate's images, then its
+  agreement with the teacher on PUBLIC MNIST test images rendered in the teacher's look
+  (``agree_scan``) and in every look (``agree_all``): what KD is for, measured on public data only.
 
 Usage: python benchmarks/tune_digits.py [--world digits] [--per-class 4] [--candidate "k=v k=v" ...]
 [key.sub=value ...]  (candidates: SWEEP, or the ``--candidate`` lists; the trailing overrides apply to all)
@@ -20,20 +23,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from diffdfkd.config import load_config  # noqa: E402
-from diffdfkd.guidance.teacher_loss import BNStatistics, Units  # noqa: E402
-from diffdfkd.models.teacher import build_teacher  # noqa: E402
 from diffdfkd.bench import WORLD_CONFIGS  # noqa: E402
+from diffdfkd.config import load_config  # noqa: E402
+from diffdfkd.distill.trainer import TensorData, fit  # noqa: E402
+from diffdfkd.guidance.teacher_loss import BNStatistics, Units  # noqa: E402
+from diffdfkd.models import create_model  # noqa: E402
+from diffdfkd.models.teacher import build_teacher  # noqa: E402
 from diffdfkd.synth.run import SynthPlan, resolve_config  # noqa: E402
 from diffdfkd.synth.sources import SOURCES  # noqa: E402
 from diffdfkd.worlds import get_world, teacher_spec  # noqa: E402
+from diffdfkd.worlds.digits import load_public  # noqa: E402
 from diffdfkd.worlds.judge import load_judge, load_look_classifier, look_fractions  # noqa: E402
+from diffdfkd.worlds.looks import LOOKS, render_look  # noqa: E402
 
 TEMPLATE = "generator.prompt_template=a handwritten digit {label}"
 SWEEP: list[list[str]] = [
@@ -64,7 +72,27 @@ def bn_distance(teacher: torch.nn.Module, images: torch.Tensor) -> float:
 TEACHER_LOOK = "scan"
 
 
-def score(world: str, base: list[str], overrides: list[str], per_class: int, judge, looks) -> dict:
+def public_agreement(config, teacher, images: torch.Tensor, labels: torch.Tensor, folder: str) -> dict:
+    """Distil the config's student on ``images`` and measure its agreement with the teacher on PUBLIC
+    MNIST test images rendered in the teacher's look and in every look."""
+    torch.manual_seed(config.seed)
+    student = create_model(config.distill.student, num_classes=teacher.num_classes, in_channels=3)
+    fit(student, TensorData(images, labels), recipe=config.distill, out_dir=folder, teacher=teacher,
+        seed=config.seed, progress=False)  # fmt: skip
+    public, _ = load_public("test")
+    student.eval()
+    result = {}
+    for name, looks in (("agree_scan", [TEACHER_LOOK]), ("agree_all", list(LOOKS))):
+        rendered = torch.cat([render_look(public, look) for look in looks])
+        with torch.no_grad():
+            same = student(rendered).argmax(1) == teacher(rendered).argmax(1)
+        result[name] = float(same.float().mean())
+    return result
+
+
+def score(
+    world: str, base: list[str], overrides: list[str], per_class: int, judge, looks, kd: bool = False
+) -> dict:
     config = load_config(WORLD_CONFIGS[world], [*base, *overrides, f"synth.images_per_class={per_class}"])
     teacher = build_teacher(teacher_spec(config))
     source = SOURCES.create(config.synth.source, config=resolve_config(config), teacher=teacher)
@@ -92,6 +120,9 @@ def score(world: str, base: list[str], overrides: list[str], per_class: int, jud
             result["judge_acc"] = float((judge(images).argmax(1) == labels).float().mean())
     if looks is not None:
         result["scan_share"] = look_fractions(looks, images)[TEACHER_LOOK]
+    if kd:
+        with tempfile.TemporaryDirectory() as folder:
+            result |= public_agreement(config, teacher, images, labels, folder)
     return result
 
 
@@ -101,6 +132,7 @@ def main() -> None:
     )
     parser.add_argument("--world", default="digits-mnist", choices=sorted(WORLD_CONFIGS), help="world")
     parser.add_argument("--per-class", type=int, default=4, help="images per class per candidate")
+    parser.add_argument("--kd", action="store_true", help="also distil a student: public agreement")
     parser.add_argument(
         "--candidate", action="append", default=[], help="a space-separated override list (repeatable)"
     )
@@ -114,7 +146,7 @@ def main() -> None:
     chosen = [int(i) for i in args.only.split(",")] if args.only else range(len(SWEEP))
     candidates = [c.split() for c in args.candidate] or [SWEEP[i] for i in chosen]
     for candidate in candidates:
-        row = score(args.world, args.overrides, candidate, args.per_class, judge, looks)
+        row = score(args.world, args.overrides, candidate, args.per_class, judge, looks, args.kd)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
