@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # CPU smoke run by default; on a GPU: make bench-speed SPEED_ARGS="--device cuda"
 SPEED_ARGS ?= --tiny --threads 1
 
-.PHONY: install demo test bench bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed bench-guidance-cost lint format clean
+.PHONY: install demo test bench bench-demo bench-goals bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed bench-guidance-cost lint format clean
 
 install: $(STAMP)
 
@@ -31,7 +31,7 @@ test: install
 	$(BIN)/python -m pytest
 
 # Benchmarks write under benchmarks/results/ and are summarised in BENCHMARKS.md.
-bench: bench-world bench-synth bench-digits bench-baselines bench-speed bench-guidance-cost
+bench: bench-world bench-synth bench-digits bench-baselines bench-speed bench-guidance-cost bench-demo bench-goals
 
 # Both digits worlds; the broad one with its two KD rows (each reads the PRIVATE test split once).
 bench-world: install
@@ -46,7 +46,8 @@ bench-digits: install
 
 # The data-free baselines at full strength at the demo's budget (3 seeds; about 2 h on a shared 2-core CPU).
 bench-baselines: install
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --seeds 3 --out benchmarks/results/baselines
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits-mnist --seeds 3
 
 # How the baselines' settings were chosen (synthetic-data signals only).
 bench-tune-baselines: install
@@ -58,6 +59,13 @@ GUIDANCE_COST_ARGS ?= --seeds 3
 bench-guidance-cost: install
 	$(BIN)/python benchmarks/guidance_cost.py --world digits $(GUIDANCE_COST_ARGS)
 	$(BIN)/python benchmarks/guidance_cost.py --world digits-mnist $(GUIDANCE_COST_ARGS)
+
+# The demo's figure (wall time and student, from scratch) and issue 14's goal block from the committed benches.
+bench-demo: install
+	$(BIN)/python benchmarks/demo_bench.py
+
+bench-goals: install
+	$(BIN)/python benchmarks/goals.py
 
 bench-speed: install
 	$(BIN)/python benchmarks/synth_throughput.py $(SPEED_ARGS)

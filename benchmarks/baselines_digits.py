@@ -1,20 +1,23 @@
-"""The data-free baselines at full strength in the digits world, at the demo's budget (issue 11).
+"""DiffDFKD against the data-free baselines at full strength, in one digits world at one budget.
 
 Rows of ``diffdfkd.bench`` (the CLI's own ``run_experiment`` per row and seed: synthesis through the
-source interface and the resumable writer, the demo's KD recipe from ``configs/digits.yaml``, one
-evaluation on the PRIVATE test split, final epoch), with 100 images per class (1,000 per run) and one
-torch thread:
+source interface and the resumable writer, the world's KD recipe from its shipped config, one
+evaluation on the PRIVATE test split, final epoch), with ``--images-per-class`` (default 100: 1,000
+images per run) and one torch thread:
 
+- ``diffdfkd`` as shipped;
+- ``unguided_class_prompt``: the same generator and prompts without the teacher (DM-KD style);
 - ``deepinversion`` in batches of 100 (5 mixing groups of 20: the same images as batches of 20 up to
   float rounding, and about 3x cheaper per image on a CPU);
 - ``fast`` in rounds of 20 (its batch is its round, so the batch size is part of the method);
-- ``diffdfkd`` (with ``--with-diffdfkd``) as shipped, for the goal lines.
+- ``kd_real``: KD on the real PRIVATE training images (the upper bound; not data-free).
 
 Every (row, seed) keeps its folder under ``<out>/runs``: a rerun skips finished runs and resumes
 unfinished ones. Then ``<out>/results.{json,md}``, ``accuracy.png`` and ``grids/`` are written for
 every finished (row, seed) found under ``<out>/runs`` (``--report-only``: just that).
 
-Usage: python benchmarks/baselines_digits.py [--seeds 3] [--out benchmarks/results/baselines] [--with-diffdfkd]
+Usage: python benchmarks/baselines_digits.py [--world digits] [--images-per-class 100] [--seeds 3]
+[--only diffdfkd,fast] [--out benchmarks/results/baselines/<world>-<images per class>]
 """
 
 from __future__ import annotations
@@ -40,18 +43,30 @@ from diffdfkd.bench import (  # noqa: E402
 )
 from diffdfkd.config import load_config, to_dict  # noqa: E402
 
-BUDGET = {"synth.images_per_class": 100}
+ROW_NAMES = ["diffdfkd", "unguided_class_prompt", "deepinversion", "fast", "kd_real"]
 BUDGET_NOTE = """\
-The demo's budget (`configs/digits.yaml`: 1,000 images, lenet5, 60 epochs of KD, batch 64, T 4), rows run
-by `benchmarks/baselines_digits.py` with one torch thread on the shared 2-core CPU (other helpers' jobs
-ran beside them, so the seconds are upper bounds and vary with the load). DeepInversion runs in batches
-of 100 (5 mixing groups of 20: its images do not depend on the batch), Fast in rounds of 20 (its batch
-is its round)."""
-ROW_BUDGETS = {"deepinversion": {**BUDGET, "synth.batch_size": 100}, "fast": BUDGET, "diffdfkd": BUDGET}
+The world's shipped KD recipe (lenet5, 60 epochs, batch 64, T 4) at {per_class} synthetic images per class
+for every data-free row (kd_real: every real PRIVATE training image), rows run by
+`benchmarks/baselines_digits.py` with one torch thread on the shared 2-core CPU (other jobs ran beside
+them, so the seconds are upper bounds and vary with the load). DeepInversion runs in batches of 100 (5
+mixing groups of 20: its images do not depend on the batch), Fast in rounds of 20 (its batch is its
+round)."""
 
 
-def saved_report(out: Path, names: list[str]) -> dict:
-    """The comparison of every finished (row, seed) under ``out/runs``, read from the run folders."""
+def row_budget(name: str, per_class: int) -> dict:
+    """The shared budget, plus DeepInversion's batch of 100 (its images do not depend on the batch)."""
+    budget = {"synth.images_per_class": per_class}
+    return {**budget, "synth.batch_size": 100} if name == "deepinversion" else budget
+
+
+def saved_report(out: Path, names: list[str], world: str, per_class: int) -> dict:
+    """The comparison of every finished (row, seed) under ``out/runs``, read from the run folders.
+
+    Run folders are not committed: a row with no finished run here keeps its entry from the committed
+    ``out/results.json`` (marked ``kept_from_results_json``), so a fresh clone that reruns one row does
+    not drop the others."""
+    path = out / "results.json"
+    committed = {r["name"]: r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
     rows = []
     for row in [r for r in ROWS if r.name in names]:
         folders = sorted((out / "runs" / row.name).glob("seed*"))
@@ -59,13 +74,15 @@ def saved_report(out: Path, names: list[str]) -> dict:
         runs = [run_record(json.loads((f / "results.json").read_text()), f) for f in done]
         if runs:
             rows.append(aggregate(row, runs))
+        elif row.name in committed:
+            rows.append({**committed[row.name], "kept_from_results_json": True})
     return {
-        "world": "digits",
+        "world": world,
         "seeds": max((r["seeds"] for r in rows), default=0),
         "quick": False,
-        "budget": {**BUDGET, "synth.batch_size (deepinversion only)": 100},
-        "budget_note": BUDGET_NOTE,
-        "base_config": to_dict(load_config(WORLD_CONFIGS["digits"])),
+        "budget": {"synth.images_per_class": per_class, "synth.batch_size (deepinversion only)": 100},
+        "budget_note": BUDGET_NOTE.format(per_class=per_class),
+        "base_config": to_dict(load_config(WORLD_CONFIGS[world])),
         "machine": machine(1),
         "wall_seconds_this_call": 0.0,
         "goal": goal_check(rows),
@@ -77,19 +94,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--world", default="digits", choices=sorted(WORLD_CONFIGS), help="world")
+    parser.add_argument("--images-per-class", type=int, default=100, help="synthetic images per class")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per row")
-    parser.add_argument("--out", default="benchmarks/results/baselines", help="output folder")
-    parser.add_argument("--with-diffdfkd", action="store_true", help="also run the diffdfkd row")
-    parser.add_argument("--only", default="", help="comma-separated rows to run now (default: all)")
+    parser.add_argument("--out", default="", help="output folder (default: results/baselines/<world>-<N>)")
+    parser.add_argument("--only", default="", help=f"comma-separated rows to run now (default: {ROW_NAMES})")
     parser.add_argument("--report-only", action="store_true", help="run nothing; report the finished runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    names = ["deepinversion", "fast", "diffdfkd"]
-    wanted = args.only.split(",") if args.only else names[: 3 if args.with_diffdfkd else 2]
+    out = Path(args.out or f"benchmarks/results/baselines/{args.world}-{args.images_per_class}")
+    wanted = args.only.split(",") if args.only else ROW_NAMES
+    unknown = sorted(set(wanted) - set(ROW_NAMES))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {ROW_NAMES}")
     for name in [] if args.report_only else wanted:
-        run_bench(world="digits", seeds=args.seeds, out=args.out, only=[name], budget=ROW_BUDGETS[name],
-                  progress=False, threads=1)  # fmt: skip
-    write_outputs(Path(args.out), saved_report(Path(args.out), names))
+        run_bench(world=args.world, seeds=args.seeds, out=out, only=[name],
+                  budget=row_budget(name, args.images_per_class), progress=False, threads=1)  # fmt: skip
+    write_outputs(out, saved_report(out, ROW_NAMES, args.world, args.images_per_class))
 
 
 if __name__ == "__main__":
