@@ -50,6 +50,8 @@ def test_the_teachers_own_data_is_closer_than_noise():
 
 
 def test_no_batchnorm_gives_none_and_bad_shapes_are_refused(make_teacher):
-    assert bn_statistics_distance(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.rand(2, 3, 2, 2)) is None
+    assert (
+        bn_statistics_distance(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.rand(2, 3, 2, 2)) is None
+    )
     with pytest.raises(ValueError, match=r"images \[N, C, H, W\]"):
         bn_statistics_distance(make_teacher(), torch.rand(0, 3, 32, 32))

@@ -100,7 +100,9 @@ def bn_statistics_distance(
     does not depend on the batching.
     """
     if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"bn_statistics_distance needs images [N, C, H, W], N >= 1, got {tuple(images.shape)}")
+        raise ValueError(
+            f"bn_statistics_distance needs images [N, C, H, W], N >= 1, got {tuple(images.shape)}"
+        )
     layers = [
         m
         for m in teacher.modules()
