@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from diffdfkd.bench import FULL_BUDGET, QUICK_ROWS, ROWS, row_config, run_bench, select_rows
+from diffdfkd.bench import FULL_BUDGET, QUICK_ROWS, ROWS, row_config, run_bench, run_record, select_rows
 from diffdfkd.config import ConfigError, load_config, replace
 from diffdfkd.pipeline import DEMO_CONFIG
 
@@ -75,6 +75,12 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder):
                     "synthesis_s_per_image", "kd_s"):  # fmt: skip
             assert math.isfinite(row[key]), (row["name"], key)
         assert row["runs"][0]["images"] == 8
+        # per row: per-class accuracy (mean over seeds), the look mix, the BN-statistics distance
+        assert list(row["student_per_class_mean"]) == ["zero", "one", "two"]
+        assert row["student_per_class_mean"] == row["runs"][0]["per_class"]
+        assert math.isfinite(row["bn_distance"]) and row["bn_distance"] > 0
+        assert sum(row["look_mix_mean"].values()) == pytest.approx(1.0)
+    assert "| row | zero | one | two |" in md and "BN-statistics distance" in md and "Look mix" in md
     # Each row's overrides change what it makes: rows whose synthesis settings differ make other
     # images (an ignored override would repeat another row's set); kd_real and scratch_real differ only
     # in the distillation (KD vs CE without the teacher), so they share their images, not their student.
@@ -84,6 +90,16 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder):
     students = [(out / "runs" / n / "seed0" / "student" / "student.safetensors").read_bytes() for n in ("kd_real", "scratch_real")]  # fmt: skip
     assert students[0] != students[1]
     assert set(saved["goal"]) >= {"margin_over_best_baseline", "gap_to_kd_real"}
+
+    # A run folder made before the look mix and the BN distance were recorded: measured from the folder.
+    run = out / "runs" / "deepinversion" / "seed0"
+    summary = json.loads((run / "results.json").read_text())
+    older = {
+        k: v for k, v in summary.items() if k not in ("look_mix_of_synthetic", "bn_distance_of_synthetic")
+    }
+    recorded, measured = run_record(summary, run), run_record(older, run)
+    assert measured["bn_distance"] == pytest.approx(recorded["bn_distance"], rel=1e-9)
+    assert measured["look_mix"] == pytest.approx(recorded["look_mix"])
 
     # A rerun skips the finished runs: nothing is written in their folders, the numbers are the same.
     results = out / "runs" / "diffdfkd" / "seed0" / "results.json"
