@@ -436,7 +436,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['name']} | {r['kind']} | {_pct(r['student_top1_mean'])} ± {_pct(r['student_top1_std'])} "
             f"| {_pct(r['teacher_accuracy'])} | {r['teacher_prob_target']:.3f} | {r['teacher_confidence']:.3f} "
-            f"| {_seconds(r['bn_distance'])} | {_pct(r['holdout_agreement'])} | {r['synthesis_s']:.0f} "
+            f"| {_seconds(r.get('bn_distance'))} | {_pct(r['holdout_agreement'])} | {r['synthesis_s']:.0f} "
             f"| {_seconds(r['synthesis_s_per_image'])} | {r['kd_s']:.0f} |"
         )
     per_class = per_key_table(report["rows"], "student_per_class_mean", _pct)
