@@ -8,7 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from diffdfkd.bench import FULL_BUDGET, QUICK_ROWS, ROWS, row_config, run_bench, select_rows
+from diffdfkd.bench import (
+    FULL_BUDGET,
+    QUICK_ROWS,
+    ROWS,
+    aggregate,
+    machine,
+    markdown,
+    row_config,
+    run_bench,
+    run_record,
+    select_rows,
+)
 from diffdfkd.config import ConfigError, load_config, replace
 from diffdfkd.pipeline import DEMO_CONFIG
 
@@ -75,6 +86,12 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder):
                     "synthesis_s_per_image", "kd_s"):  # fmt: skip
             assert math.isfinite(row[key]), (row["name"], key)
         assert row["runs"][0]["images"] == 8
+        # per row: per-class accuracy (mean over seeds), the look mix, the BN-statistics distance
+        assert list(row["student_per_class_mean"]) == ["zero", "one", "two"]
+        assert row["student_per_class_mean"] == row["runs"][0]["per_class"]
+        assert math.isfinite(row["bn_distance"]) and row["bn_distance"] > 0
+        assert sum(row["look_mix_mean"].values()) == pytest.approx(1.0)
+    assert "| row | zero | one | two |" in md and "BN-statistics distance" in md and "Look mix" in md
     # Each row's overrides change what it makes: rows whose synthesis settings differ make other
     # images (an ignored override would repeat another row's set); kd_real and scratch_real differ only
     # in the distillation (KD vs CE without the teacher), so they share their images, not their student.
@@ -84,6 +101,16 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder):
     students = [(out / "runs" / n / "seed0" / "student" / "student.safetensors").read_bytes() for n in ("kd_real", "scratch_real")]  # fmt: skip
     assert students[0] != students[1]
     assert set(saved["goal"]) >= {"margin_over_best_baseline", "gap_to_kd_real"}
+
+    # A run folder made before the look mix and the BN distance were recorded: measured from the folder.
+    run = out / "runs" / "deepinversion" / "seed0"
+    summary = json.loads((run / "results.json").read_text())
+    older = {
+        k: v for k, v in summary.items() if k not in ("look_mix_of_synthetic", "bn_distance_of_synthetic")
+    }
+    recorded, measured = run_record(summary, run), run_record(older, run)
+    assert measured["bn_distance"] == pytest.approx(recorded["bn_distance"], rel=1e-9)
+    assert measured["look_mix"] == pytest.approx(recorded["look_mix"])
 
     # A rerun skips the finished runs: nothing is written in their folders, the numbers are the same.
     results = out / "runs" / "diffdfkd" / "seed0" / "results.json"
@@ -128,3 +155,20 @@ def test_a_run_does_not_depend_on_the_runs_before_it(make_config, tmp_path, eval
     assert [r["student_top1_mean"] for r in alone["rows"]] == [
         r["student_top1_mean"] for r in after["rows"][1:]
     ]
+
+
+def test_a_row_from_before_the_new_measures_still_renders():
+    """Rows kept from an older committed results.json (benchmarks/baselines_digits.py keeps them) lack
+    the BN distance, per-class means and look mix: their cell reads n/a, the tables leave them out."""
+    run = {"student_top1": 0.5, "teacher_top1": 0.9, "images": 10, "synthesis_s": 5.0, "images_per_s": 2.0,
+           "synthesis_s_per_image": 0.5, "kd_s": 1.0, "eval_s": 1.0, "holdout_agreement": 0.8,
+           "teacher_accuracy": 1.0, "teacher_prob_target": 0.9, "teacher_confidence": 0.9,
+           "per_class": {"zero": 0.5}, "look_mix": {"scan": 1.0}, "bn_distance": 3.0}  # fmt: skip
+    new = ("bn_distance", "student_per_class_mean", "look_mix_mean")
+    old_row = {k: v for k, v in aggregate(ROWS[0], [run]).items() if k not in new}
+    report = {"world": "digits", "seeds": 1, "quick": False, "budget": {}, "machine": machine(1),
+              "wall_seconds_this_call": 0.0, "goal": {}, "rows": [old_row]}  # fmt: skip
+    md = markdown(report)
+    assert "| diffdfkd | ours | 50.0 ± 0.0 | 100.0 | 0.900 | 0.900 | n/a | 80.0 |" in md
+    assert "Look mix" not in md and "| row | zero |" not in md
+    assert "| 3.000 |" in markdown({**report, "rows": [aggregate(ROWS[0], [run])]})

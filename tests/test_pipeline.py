@@ -41,6 +41,9 @@ def test_run_writes_report_and_resumes(make_config, tmp_path, eval_folder):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert results["student_eval"]["n"] == 9
+    assert results["bn_distance_of_synthetic"] > 0 and results["synthesis_s_per_image"] > 0
+    # a user's eval folder is no world's PRIVATE split: no grid of it (tests/test_report_browser.py)
+    assert not (out / "test_grid.png").exists()
     # the reported student top-1 is the saved student's on the eval folder
     student = load_weights(create_model("lenet5", num_classes=3), out / "student" / "student.safetensors")
     images, labels = load_image_folder(eval_folder, config.teacher.class_names)

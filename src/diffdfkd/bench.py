@@ -21,7 +21,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +30,14 @@ from typing import Any
 import torch
 
 from diffdfkd.check import saved_config
-from diffdfkd.config import ConfigError, ExperimentConfig, load_config, replace, to_dict
-from diffdfkd.pipeline import run_experiment
+from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, load_config, replace, to_dict
+from diffdfkd.evaluate import bn_statistics_distance
+from diffdfkd.models import build_teacher
+from diffdfkd.pipeline import run_experiment, world_look_mix
 from diffdfkd.report import image_grid
 from diffdfkd.runtime import changed_keys
 from diffdfkd.synth.dataset import load_synthetic, read_rows
+from diffdfkd.worlds import teacher_spec
 
 logger = logging.getLogger(__name__)
 
@@ -204,14 +207,37 @@ def synthetic_stats(run_dir: Path) -> dict[str, float]:
     }
 
 
+def synthetic_measures(summary: dict, run_dir: Path) -> dict[str, Any]:
+    """The look mix and the BN-statistics distance of a run's synthetic set, as its ``results.json``
+    records them; a run made before they were recorded gets them measured on its own synthetic images
+    (with the world and teacher of its ``config.yaml``), as ``run_experiment`` measures them."""
+    measures = {
+        "look_mix": summary.get("look_mix_of_synthetic"),
+        "bn_distance": summary.get("bn_distance_of_synthetic"),
+    }
+    if "look_mix_of_synthetic" in summary and "bn_distance_of_synthetic" in summary:
+        return measures
+    saved = saved_config(run_dir / "config.yaml")
+    config = from_dict(ExperimentConfig, {k: saved[k] for k in ("world", "teacher") if k in saved})
+    images = load_synthetic(run_dir / "synth").images
+    if "look_mix_of_synthetic" not in summary:
+        measures["look_mix"] = world_look_mix(config.world, images)
+    if "bn_distance_of_synthetic" not in summary:
+        measures["bn_distance"] = bn_statistics_distance(build_teacher(teacher_spec(config)), images)
+    return measures
+
+
 def run_record(summary: dict, run_dir: Path) -> dict[str, Any]:
-    """The numbers of one run that the bench reports."""
+    """The numbers of one run that the bench reports (``run_dir``: its folder, read for what
+    ``summary``, its ``results.json``, does not hold)."""
     seconds = summary.get("seconds", {})
     images = summary["synthetic_images"]
     synth_s = seconds.get("synthesis", float("nan"))
+    class_names = json.loads((run_dir / "synth" / "classes.json").read_text())
     return {
         "student_top1": summary["student_top1"],
         "teacher_top1": summary["teacher_top1"],
+        "per_class": dict(zip(class_names, summary["student_eval"]["per_class"], strict=True)),
         "images": images,
         "synthesis_s": synth_s,
         "images_per_s": images / synth_s if synth_s else float("nan"),
@@ -220,6 +246,7 @@ def run_record(summary: dict, run_dir: Path) -> dict[str, Any]:
         "eval_s": seconds.get("evaluation", float("nan")),
         "holdout_agreement": summary.get("holdout_agreement_last_epoch"),
         **synthetic_stats(run_dir),
+        **synthetic_measures(summary, run_dir),
     }
 
 
@@ -228,10 +255,17 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
+def _mean_of_dicts(dicts: list[dict[str, float] | None]) -> dict[str, float] | None:
+    """Key by key mean of ``dicts`` (None where every one is None)."""
+    present = [d for d in dicts if d is not None]
+    return {k: _mean([d[k] for d in present]) for k in present[0]} if present else None
+
+
 def aggregate(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean (and, for the student, the sample std) over seeds of a row's runs."""
+    """Mean (and, for the student, the sample std) over seeds of a row's runs; per class and per
+    look, the mean over seeds."""
     top1 = [r["student_top1"] for r in runs]
-    keys = ("teacher_top1", "teacher_accuracy", "teacher_prob_target", "teacher_confidence",
+    keys = ("teacher_top1", "teacher_accuracy", "teacher_prob_target", "teacher_confidence", "bn_distance",
             "synthesis_s", "images_per_s", "synthesis_s_per_image", "kd_s", "holdout_agreement")  # fmt: skip
     return {
         "name": row.name,
@@ -242,6 +276,8 @@ def aggregate(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "student_top1_mean": _mean(top1),
         "student_top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
         **{k: _mean([r[k] for r in runs]) for k in keys},
+        "student_per_class_mean": _mean_of_dicts([r["per_class"] for r in runs]),
+        "look_mix_mean": _mean_of_dicts([r["look_mix"] for r in runs]),
         "runs": runs,
     }
 
@@ -374,19 +410,47 @@ def _seconds(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def per_key_table(rows: list[dict[str, Any]], key: str, cell: Callable[[float | None], str]) -> list[str]:
+    """Markdown lines of a rows x entries table of each row's dict ``key`` (rows without it left out)."""
+    present = [r for r in rows if r.get(key)]
+    if not present:
+        return []
+    columns = list(present[0][key])
+    lines = ["| row | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    lines += [f"| {r['name']} | " + " | ".join(cell(r[key].get(c)) for c in columns) + " |" for r in present]
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """``results.md``: the table, the goal check, the budget and how it was measured."""
+    """``results.md``: the table, per-class accuracy, look mix, the goal check, the budget and how it
+    was measured."""
     header = ["row", "kind", "student top-1 % (mean ± std)", "teacher acc. % on synth", "teacher p(target)",
-              "teacher confidence", "student-teacher agreement % (held-out synth)",
+              "teacher confidence", "BN-statistics distance", "student-teacher agreement % (held-out synth)",
               "synthesis s (total per run)", "synthesis s/image", "KD s"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in report["rows"]:
         lines.append(
             f"| {r['name']} | {r['kind']} | {_pct(r['student_top1_mean'])} ± {_pct(r['student_top1_std'])} "
             f"| {_pct(r['teacher_accuracy'])} | {r['teacher_prob_target']:.3f} | {r['teacher_confidence']:.3f} "
-            f"| {_pct(r['holdout_agreement'])} | {r['synthesis_s']:.0f} | {_seconds(r['synthesis_s_per_image'])} "
-            f"| {r['kd_s']:.0f} |"
+            f"| {_seconds(r.get('bn_distance'))} | {_pct(r['holdout_agreement'])} | {r['synthesis_s']:.0f} "
+            f"| {_seconds(r['synthesis_s_per_image'])} | {r['kd_s']:.0f} |"
         )
+    per_class = per_key_table(report["rows"], "student_per_class_mean", _pct)
+    look_mix = per_key_table(report["rows"], "look_mix_mean", _share)
+    if look_mix:
+        title = "## Look mix of the synthetic images (PUBLIC look classifier; share, mean over seeds)"
+        look_mix = [
+            title,
+            "",
+            "The teacher's own look is `scan` (the PRIVATE data's rendering).",
+            "",
+            *look_mix,
+            "",
+        ]
     teacher = _mean([r["teacher_top1"] for r in report["rows"]])
     goal = report["goal"]
     goal_lines = []
@@ -423,6 +487,15 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "![accuracy](accuracy.png)",
             "",
+            "BN-statistics distance: DeepInversion's BatchNorm-statistics distance of each run's whole "
+            "synthetic set to the teacher's running statistics (lower: closer to the teacher's training "
+            "data's features). Synthesis s/image: the run's synthesis seconds over its images.",
+            "",
+            "## Per-class student top-1 % (PRIVATE test split, mean over seeds)",
+            "",
+            *per_class,
+            "",
+            *look_mix,
             "## Goal",
             "",
             *(goal_lines or ["- (needs the diffdfkd row and the baselines)"]),

@@ -76,3 +76,58 @@ def evaluate(
         "per_class": per_class,
         "confusion": confusion.tolist(),
     }
+
+
+@torch.no_grad()
+def bn_statistics_distance(
+    teacher: nn.Module,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> float | None:
+    """BatchNorm-statistics distance of the whole set ``images [N, C, H, W]`` to ``teacher``'s running
+    statistics, or None when the teacher has no BatchNorm layer with running statistics.
+
+    DeepInversion's feature-statistics prior (Yin et al. 2020) with the set as ONE unit: for every
+    BatchNorm layer ``l``, ``||mean_l - running_mean_l||_2 + ||var_l - running_var_l||_2``, the mean
+    and biased variance per channel over all ``N`` images and positions of the layer input, summed
+    over the layers; the value ``guidance.teacher_loss.BNStatistics`` gives with ``Units("batch")`` on
+    the whole set in one pass. Lower: the set's features look more like the teacher's training data.
+
+    The teacher runs in eval mode on batches of ``batch_size`` (see ``predict_logits``); each layer
+    keeps only float64 sums of ``x`` and ``x^2`` per channel, so memory stays bounded and the value
+    does not depend on the batching.
+    """
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(
+            f"bn_statistics_distance needs images [N, C, H, W], N >= 1, got {tuple(images.shape)}"
+        )
+    layers = [
+        m
+        for m in teacher.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    ]
+    if not layers:
+        return None
+    # per layer the forward pass reached: (count, sum of x per channel, sum of x^2 per channel)
+    moments: dict[nn.Module, tuple[int, torch.Tensor, torch.Tensor]] = {}
+
+    def record(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        x = inputs[0].double().transpose(0, 1).flatten(1)  # [C, B * positions]
+        count, total, total_sq = moments.get(layer, (0, 0.0, 0.0))
+        moments[layer] = (count + x.shape[1], total + x.sum(dim=1), total_sq + x.pow(2).sum(dim=1))
+
+    handles = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        predict_logits(teacher, images, batch_size=batch_size, device=device)
+    finally:
+        for handle in handles:
+            handle.remove()
+    distance = 0.0
+    for layer, (count, total, total_sq) in moments.items():
+        mean = total / count
+        var = total_sq / count - mean.pow(2)
+        distance += float(torch.linalg.vector_norm(mean - layer.running_mean.to(mean)))
+        distance += float(torch.linalg.vector_norm(var - layer.running_var.to(var)))
+    return distance

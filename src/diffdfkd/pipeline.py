@@ -14,7 +14,7 @@ import torch
 from diffdfkd.check import check, output_state
 from diffdfkd.config import ConfigError, ExperimentConfig, load_config
 from diffdfkd.distill.trainer import FitResult, TensorData, checkpoint_run, fit, split_holdout
-from diffdfkd.evaluate import evaluate
+from diffdfkd.evaluate import bn_statistics_distance, evaluate
 from diffdfkd.models import build_teacher, create_model, export_weights
 from diffdfkd.report import image_grid, write_report
 from diffdfkd.runinfo import write_run_info
@@ -147,6 +147,9 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
 
     synth_summary = json.loads((synth_dir / "summary.json").read_text())
     look_mix = world_look_mix(config.world, data.images)
+    bn_distance = bn_statistics_distance(teacher, data.images)
+    bn_distance_test = bn_statistics_distance(teacher, test_images)
+    seconds_per_image = timings["synthesis"] / len(data)
     summary = {
         "test_data": test_source,
         "teacher_top1": teacher_eval["top1"],
@@ -155,6 +158,9 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
         "synthetic_images": len(data),
         "teacher_accuracy_on_synthetic": synth_summary.get("teacher_accuracy"),
         "look_mix_of_synthetic": look_mix,
+        "bn_distance_of_synthetic": bn_distance,
+        "bn_distance_of_test_images": bn_distance_test,
+        "synthesis_s_per_image": seconds_per_image,
         "holdout_agreement_last_epoch": distilled.fit.holdout_agreement,
         "holdout_top1_last_epoch": distilled.fit.holdout_top1,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -176,6 +182,9 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
             "looks of the synthetic images (look classifier, PUBLIC-trained)": (
                 ", ".join(f"{k} {v:.2f}" for k, v in look_mix.items()) if look_mix else "n/a"
             ),
+            "BN-statistics distance to the teacher's running statistics (whole set)": _number(bn_distance),
+            f"the same of the test images ({test_source}; for reference)": _number(bn_distance_test),
+            "synthesis seconds per image (this call's synthesis time / images)": f"{seconds_per_image:.3f}",
             "student agreement with the teacher on held-out synthetic images (last epoch)": (
                 f"{distilled.fit.holdout_agreement:.3f}"
                 if distilled.fit.holdout_agreement is not None
@@ -184,9 +193,15 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
         },
         timings=timings,
         grid=image_grid(data.images, data.labels, len(data.class_names)),
+        # eval_folder empty: the test images are the world's PRIVATE split (load_test_data)
+        test_grid=None if config.eval_folder else image_grid(test_images, test_labels, len(data.class_names)),
         metrics_csv=out / "student" / "metrics.csv",
     )
     return summary
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "digits.yaml"

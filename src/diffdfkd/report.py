@@ -91,15 +91,28 @@ def write_report(
     timings: dict[str, float],
     grid: np.ndarray,
     metrics_csv: Path,
+    test_grid: np.ndarray | None = None,
     notes: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` (images inline) into ``out_dir``; return both paths.
 
     ``test_data`` names the labelled data both evaluations used (a world's split or a folder's path).
+    ``grid``: the synthetic images, one row per class (``image_grid``); ``test_grid``: the same of the
+    test images, shown beside it for the reader (a world's PRIVATE split: never an input of the method).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     grid_png = out_dir / "synthetic_grid.png"
     grid_png.write_bytes(_png_bytes(grid))
+    grids = [(grid_png, "Synthetic images (one row per class)")]
+    if test_grid is not None:
+        test_grid_png = out_dir / "test_grid.png"
+        test_grid_png.write_bytes(_png_bytes(test_grid))
+        grids.append(
+            (
+                test_grid_png,
+                f"Test images, {test_data} (one row per class; for the reader only; never an input)",
+            )
+        )
     curves_png = plot_curves(metrics_csv, out_dir / "training_curves.png")
 
     accuracy = _table(
@@ -136,7 +149,8 @@ def write_report(
     md = ["# diffdfkd run report", "", protocol, ""]
     for title, body in sections:
         md += [f"## {title}", "", body, ""]
-    md += ["## Synthetic images (one row per class)", "", f"![grid]({grid_png.name})", ""]
+    for png, title in grids:
+        md += [f"## {title}", "", f"![{png.stem}]({png.name})", ""]
     if curves_png:
         md += ["## Training curves", "", f"![curves]({curves_png.name})", ""]
     md += [f"- {note}" for note in notes] + ([""] if notes else [])
@@ -166,7 +180,15 @@ def write_report(
     ]
     for title, body in sections:
         parts += [f"<h2>{title}</h2>", md_table_to_html(body)]
-    parts += ["<h2>Synthetic images (one row per class)</h2>", img(grid_png)]
+    figures = [
+        f"<figure>{img(png)}<figcaption>{html.escape(title)}</figcaption></figure>" for png, title in grids
+    ]
+    parts += [
+        "<h2>Images</h2>",
+        "<div style='display:flex;gap:1em;align-items:flex-start'>",
+        *figures,
+        "</div>",
+    ]
     if curves_png:
         parts += ["<h2>Training curves</h2>", img(curves_png)]
     parts += [f"<p>{html.escape(note)}</p>" for note in notes]
