@@ -172,3 +172,13 @@ def test_a_row_from_before_the_new_measures_still_renders():
     assert "| diffdfkd | ours | 50.0 ± 0.0 | 100.0 | 0.900 | 0.900 | n/a | 80.0 |" in md
     assert "Look mix" not in md and "| row | zero |" not in md
     assert "| 3.000 |" in markdown({**report, "rows": [aggregate(ROWS[0], [run])]})
+
+
+def test_a_kept_row_without_local_runs_keeps_its_committed_grid(tmp_path):
+    """Run folders are not committed: ``write_grids`` leaves a kept row's grid as it was."""
+    from diffdfkd.bench import write_grids
+
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "fast.png").write_bytes(b"committed")
+    write_grids({"rows": [{"name": "fast"}]}, tmp_path)
+    assert (tmp_path / "grids" / "fast.png").read_bytes() == b"committed"

@@ -567,11 +567,15 @@ def accuracy_chart(report: dict[str, Any], path: Path) -> Path:
 
 
 def write_grids(report: dict[str, Any], out: Path) -> None:
-    """``grids/<row>.png``: seed 0's final images of each row, one row of up to 8 per class."""
+    """``grids/<row>.png``: seed 0's final images of each row, one row of up to 8 per class.
+
+    A row without a local seed-0 run (kept from a committed results.json) keeps its committed grid."""
     from PIL import Image
 
     (out / "grids").mkdir(parents=True, exist_ok=True)
     for r in report["rows"]:
+        if not (out / "runs" / r["name"] / "seed0" / "synth").is_dir():
+            continue
         data = load_synthetic(out / "runs" / r["name"] / "seed0" / "synth", kinds=("final",))
         grid = image_grid(data.images, data.labels, len(data.class_names))
         Image.fromarray(grid).save(out / "grids" / f"{r['name']}.png")

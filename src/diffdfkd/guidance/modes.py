@@ -153,9 +153,7 @@ def build_mode(guidance: GuidanceConfig, denoiser: CFGDenoiser, guide: Guide | N
         raise ValueError(f"unknown guidance mode {guidance.mode!r}; known: none, {', '.join(MODES)}")
     if guide is None:
         raise ValueError(f"guidance mode {guidance.mode!r} needs a guide")
-    return MODES[guidance.mode](
-        denoiser, guide, guidance.step_size, window_of(guidance), guidance.step_norm
-    )
+    return MODES[guidance.mode](denoiser, guide, guidance.step_size, window_of(guidance), guidance.step_norm)
 
 
 def window_of(guidance: GuidanceConfig) -> Window:
