@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from diffdfkd.bench import WORLD_CONFIGS  # noqa: E402
 from diffdfkd.config import load_config  # noqa: E402
 from diffdfkd.distill.trainer import TensorData, fit  # noqa: E402
-from diffdfkd.guidance.teacher_loss import BNStatistics, Units  # noqa: E402
+from diffdfkd.evaluate import bn_statistics_distance  # noqa: E402
 from diffdfkd.models import create_model  # noqa: E402
 from diffdfkd.models.teacher import build_teacher  # noqa: E402
 from diffdfkd.synth.run import SynthPlan, resolve_config  # noqa: E402
@@ -59,14 +59,6 @@ SWEEP: list[list[str]] = [
     ["guidance.bn_weight=1"],
     ["guidance.bn_weight=1", "guidance.step_size=2"],
 ]
-
-
-@torch.no_grad()
-def bn_distance(teacher: torch.nn.Module, images: torch.Tensor) -> float:
-    """BatchNorm-statistics distance of the whole set ``images [N, 3, H, W]`` (one group)."""
-    with BNStatistics(teacher.model, Units("batch")) as bn:
-        teacher(images)
-        return float(bn.loss())
 
 
 TEACHER_LOOK = "scan"
@@ -112,7 +104,7 @@ def score(
         "overrides": overrides,
         "teacher_acc": float((probs.argmax(1) == labels).float().mean()),
         "p_target": float(probs.gather(1, labels[:, None]).mean()),
-        "bn_distance": bn_distance(teacher, images),
+        "bn_distance": bn_statistics_distance(teacher, images),
         "images_per_s": len(images) / seconds,
     }
     if judge is not None:
