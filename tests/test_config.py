@@ -114,14 +114,3 @@ def test_shipped_configs_load():
     configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     for path in configs:
         load_config(path)
-
-
-def test_the_packaged_configs_are_the_repository_configs():
-    """``configs/`` (for readers and the README's commands) and the copies installed with the package
-    (``diffdfkd/configs``, what the library loads) must not drift apart."""
-    from pathlib import Path
-
-    root = Path(__file__).parent.parent
-    shipped = {p.name: p.read_text() for p in (root / "configs").glob("*.yaml")}
-    packaged = {p.name: p.read_text() for p in (root / "src" / "diffdfkd" / "configs").glob("*.yaml")}
-    assert shipped == packaged

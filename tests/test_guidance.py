@@ -78,10 +78,18 @@ def sharp_teacher(make_teacher):
 
 
 def run(
-    components, teacher, mode: str, *, step_size: float = 10.0, guide=None, steps: int = 3, seed: int = 0
+    components,
+    teacher,
+    mode: str,
+    *,
+    step_size: float = 10.0,
+    step_norm: str = "none",
+    guide=None,
+    steps: int = 3,
+    seed: int = 0,
 ):
     """Sample BATCH images at fixed seeds; return (output, mean teacher target-class probability)."""
-    guidance = GuidanceConfig(mode=mode, step_size=step_size)
+    guidance = GuidanceConfig(mode=mode, step_size=step_size, step_norm=step_norm)
     if guide is None and mode != "none":
         guide = TeacherGuide(teacher, lambda x0: decode_latents(components, x0), group_size=BATCH)
     cond = encode_prompts(components, ["a handwritten digit"]).expand(BATCH, -1, -1)
@@ -110,6 +118,22 @@ def test_guidance_raises_target_class_probability(tiny_components, sharp_teacher
     out, p_guided = run(tiny_components, sharp_teacher, mode)
     assert p_guided > p_none + 0.02, f"{mode}: {p_guided:.4f} vs unguided {p_none:.4f}"
     assert len(out.logs) == 3 and all(math.isfinite(log["total"]) for log in out.logs)
+
+
+@pytest.mark.parametrize("mode", ["full", "one_pass"])
+def test_the_default_step_visibly_moves_a_foreign_pipeline(
+    tiny_components, sharp_teacher, unguided, mode
+) -> None:
+    """The library's default step (normalised, 0.1 noise levels) moves a random tiny pipeline and teacher
+    it was never tuned on; the raw step of the same size in loss units barely does."""
+    default = GuidanceConfig()
+    _, p_none = unguided
+    _, p_default = run(
+        tiny_components, sharp_teacher, mode, step_size=default.step_size, step_norm=default.step_norm
+    )
+    _, p_raw = run(tiny_components, sharp_teacher, mode, step_size=default.step_size, step_norm="none")
+    assert p_default > p_none + 0.02, f"{mode}: {p_default:.4f} vs unguided {p_none:.4f}"
+    assert abs(p_raw - p_none) < (p_default - p_none) / 4
 
 
 def test_a_zero_gradient_gives_exactly_the_unguided_images(tiny_components, sharp_teacher, unguided) -> None:

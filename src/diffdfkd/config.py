@@ -162,8 +162,8 @@ class GuidanceConfig:
     bn_weight: float = 0.1
     bn_per: str = "group"
     adv_weight: float = 0.0
-    step_size: float = 1.0
-    step_norm: str = "none"
+    step_size: float = 0.1
+    step_norm: str = "sample"
     # Guide only on steps whose fraction of the schedule lies in [window_start, window_end).
     window_start: float = 0.0
     window_end: float = 1.0
