@@ -43,6 +43,7 @@ from diffdfkd.synth.sources import SOURCES  # noqa: E402
 from diffdfkd.worlds import teacher_spec  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "guidance_cost"
+BASELINES = RESULTS_DIR.parent / "baselines"
 TINY = {"generator.guidance_decoder": "pipeline"}
 OPTIONS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -85,8 +86,14 @@ def images_per_second(config: Any, images: int) -> float:
 
 
 def student_runs(world: str, base: Any, name: str, seeds: int, budget: dict, out: Path) -> list[float]:
-    """Private-test top-1 (final epoch) of option ``name`` for seeds ``0 .. seeds-1`` (resumable)."""
+    """Private-test top-1 (final epoch) of option ``name`` for seeds ``0 .. seeds-1`` (resumable).
+
+    ``full`` is the shipped config, the efficacy bench's ``diffdfkd`` row at the same budget: its runs
+    live (and are reused, or made) under ``results/baselines/<world>-<N>/runs/diffdfkd``."""
     row = Row(name, "guidance-cost", f"{world}: {name}", OPTIONS[name])
+    if name == "full":
+        row = Row("diffdfkd", "ours", f"{world}: the shipped config")
+        out = BASELINES / f"{world}-{budget['synth.images_per_class']}"
     return [
         run_row(row, row_config(base, row, seed, budget, out), progress=False)["student_top1"]
         for seed in range(seeds)
