@@ -35,7 +35,8 @@ class DiffusionSource:
     """DiffDFKD: teacher-guided latent diffusion with Latent CutMix (or plain CFG with mode ``none``).
 
     Seeds come from ``config.seed`` and the indices only. Prompts are encoded once per class, so a
-    sample's conditioning does not depend on its batch.
+    sample's conditioning does not depend on its batch. With ``guidance.adv_weight > 0`` the samples
+    from round ``online.warmup_rounds`` on also depend on the ``student`` as it is when they are made.
     """
 
     def __init__(

@@ -7,6 +7,11 @@ Layout (fixed by the config, independent of shards and restarts): sample ``i`` h
 cycle get a few more images. Each sample's noise comes from its own generator seeded from
 ``(seed, i)``, each group's CutMix randomness from ``(seed, group)``: an image is the same whatever the
 shard or restart (byte-identical) or batch size (equal up to float rounding).
+
+With the adversarial term (``guidance.adv_weight > 0``) a batch also depends on the online student,
+trained between batches on the images written so far (``diffdfkd.synth.online_student``): the batches
+are then rounds made in order by one process; a resumed run rebuilds the student from the batches
+already written (KD steps only) and still ends byte-identical.
 """
 
 from __future__ import annotations
