@@ -16,6 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
+from diffdfkd.check import check
 from diffdfkd.config import ConfigError, ExperimentConfig, SynthConfig, replace, to_dict
 from diffdfkd.guidance.guide import GuidanceError, TeacherGuide
 from diffdfkd.models.teacher import build_teacher
@@ -23,7 +24,8 @@ from diffdfkd.runtime import sample_seed
 from diffdfkd.synth import writer as writer_module
 from diffdfkd.synth.dataset import load_synthetic
 from diffdfkd.synth.diffusion_source import DiffusionSource
-from diffdfkd.synth.run import SynthPlan, resolve_shard, synthesize
+from diffdfkd.synth.online_student import OnlineStudent
+from diffdfkd.synth.run import SynthPlan, dataset_signature, resolve_shard, synthesize
 from diffdfkd.synth.sources import SOURCES
 from diffdfkd.synth.writer import (
     DatasetWriter,
@@ -285,3 +287,139 @@ def test_image_folder_reader_takes_the_dataset_or_its_images(reference) -> None:
     assert torch.equal(images, again) and torch.equal(labels, labels_again)
     data = load_synthetic(root)
     assert sorted(labels.tolist()) == sorted(data.labels.tolist())
+
+
+# ----------------------------------------------------------------------------------------------------
+# The online student and the adversarial term (guidance.adv_weight > 0).
+
+# 3 batches (rounds) of 8; L_adv from round 1 on; a student that learns the tiny teacher's decisions
+# within a round (T 1, lr 0.5), so that it agrees with it and L_adv has something to push.
+ADV = {
+    "synth.images_per_class": 8,
+    "synth.batch_size": 8,
+    "guidance.adv_weight": 10.0,
+    "online.warmup_rounds": 1,
+    "online.kd_steps": 20,
+    "online.lr": 0.5,
+    "online.temperature": 1.0,
+}
+
+
+@pytest.fixture(scope="module")
+def adv_reference(make_config, tmp_path_factory):
+    """An uninterrupted run with L_adv: (config, folder)."""
+    config = make_config(tmp_path_factory.mktemp("adv_reference"), **ADV)
+    return config, synthesize(config, progress=False)
+
+
+def batch_images(root: Path, batch: int) -> dict[int, bytes]:
+    """Sample index -> PNG bytes of the images of a finished batch."""
+    rows = [json.loads(line) for line in (root / "parts" / f"{batch:06d}.jsonl").read_text().splitlines()]
+    return {r["index"]: (root / r["file"]).read_bytes() for r in rows}
+
+
+def test_online_student_learns_every_round_and_replays_exactly(make_config, tmp_path) -> None:
+    config = make_config(tmp_path, **ADV)
+    g = torch.Generator().manual_seed(0)
+    rounds = [
+        (
+            torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g),
+            torch.randn(8, 3, generator=g),
+        )
+        for _ in range(2)
+    ]
+    student = OnlineStudent(config, 3, 32, torch.device("cpu"))
+    states = [{k: v.clone() for k, v in student.model.state_dict().items()}]
+    for pixels, logits in rounds:
+        stats = student.learn(pixels, logits)
+        assert 0 <= stats["agree"] <= 1 and stats["kd"] >= 0
+        states.append({k: v.clone() for k, v in student.model.state_dict().items()})
+    for before, after in zip(states, states[1:], strict=False):
+        assert any(not torch.equal(before[k], after[k]) for k in before), "every round moves the weights"
+    replayed = OnlineStudent(config, 3, 32, torch.device("cpu"))
+    for pixels, logits in rounds:
+        replayed.learn(pixels, logits)
+    assert all(torch.equal(v, states[-1][k]) for k, v in replayed.model.state_dict().items())
+    with pytest.raises(ValueError, match="saved uint8 images"):
+        student.learn(rounds[0][0].float() / 255, rounds[0][1])
+
+
+def test_adversarial_term_is_off_before_the_warmup_and_on_after(
+    make_config, tmp_path, tiny_components
+) -> None:
+    config = make_config(tmp_path, **ADV)
+    teacher = build_teacher(teacher_spec(config))
+
+    def student(images: torch.Tensor) -> torch.Tensor:  # the teacher's decisions, surer: KL > 0 everywhere
+        return 3 * teacher(images)
+
+    source = DiffusionSource(config, teacher, components=tiny_components, student=student)
+    plan = SynthPlan.from_config(config, 3)
+    warmup, adversarial = (source.generate(plan.indices(b), plan.targets(plan.indices(b))) for b in (0, 1))
+    assert warmup.logs and all("adv" not in log for log in warmup.logs), "round 0: no L_adv"
+    assert adversarial.logs and all(log["adv"] < 0 for log in adversarial.logs)
+
+
+def test_adversarial_term_changes_the_images_from_the_first_round_after_the_warmup(
+    make_config, tmp_path, adv_reference
+) -> None:
+    config, root = adv_reference
+    plain = synthesize(
+        replace(config, **{"guidance.adv_weight": 0.0, "synth.out_dir": str(tmp_path)}), progress=False
+    )
+    assert batch_images(root, 0) == batch_images(plain, 0), "the same seeds: no L_adv in the warm-up round"
+    for b in (1, 2):
+        differ = [i for i, data in batch_images(root, b).items() if batch_images(plain, b)[i] != data]
+        assert differ, f"L_adv changed no image of round {b}"
+
+
+def test_resume_with_the_online_student_is_byte_identical(make_config, tmp_path, adv_reference) -> None:
+    out = tmp_path / "killed"
+    config = make_config(out, **ADV)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(to_dict(config)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # 8 PNGs per batch: die writing the 4th PNG of batch 2, made with L_adv against the student of
+    # rounds 0 and 1, which the resumed run must rebuild from the saved images.
+    result = subprocess.run(
+        [sys.executable, "-c", KILLER, str(config_file), "20"], env=env, capture_output=True, timeout=300
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+    assert (out / "parts" / "000001.jsonl").is_file() and not (out / "parts" / "000002.jsonl").exists()
+    synthesize(config, progress=False)
+    assert dataset_files(out) == dataset_files(adv_reference[1])
+
+
+def test_adversarial_term_refuses_what_it_cannot_do(make_config, tmp_path, tiny_components) -> None:
+    config = make_config(tmp_path / "out", **ADV)
+    with pytest.raises(ConfigError, match="ONE process"):
+        synthesize(config, shard=0, num_shards=2, progress=False)
+    for change, message in (
+        ({"guidance.mode": "none"}, "guidance.mode=none: there is no teacher guidance"),
+        ({"synth.source": "deepinversion"}, "synth.source=deepinversion does not use it"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            check(replace(config, **change), "synthesize")
+        with pytest.raises(ConfigError, match=message):
+            synthesize(replace(config, **change), progress=False)
+    with pytest.raises(ConfigError, match="needs the online student"):
+        DiffusionSource(config, build_teacher(teacher_spec(config)), components=tiny_components)
+    assert not (tmp_path / "out").exists(), "refused before anything was written"
+    with pytest.raises(ConfigError, match="online.kd_steps=0 must be > 0"):
+        replace(config, **{"online.kd_steps": 0})
+    assert any("online, for L_adv from round 1 of 3" in line for line in check(config, "synthesize").lines)
+
+
+def test_online_keys_sign_the_dataset_only_with_the_adversarial_term(make_config, tmp_path) -> None:
+    config = make_config(tmp_path)
+    plan = SynthPlan.from_config(config, 3)
+
+    def sign(c: ExperimentConfig) -> dict:
+        return dataset_signature(c, plan, ("zero", "one", "two"), 32)
+
+    assert not any(k.startswith("online.") for k in sign(config)), "datasets made before online.* resume"
+    assert sign(replace(config, **{"online.kd_steps": 7})) == sign(config)
+    adv = replace(config, **{"guidance.adv_weight": 1.0})
+    assert sign(replace(adv, **{"online.kd_steps": 7})) != sign(adv)
+    assert sign(adv)["resolved.online_student"] == "lenet5"
+    assert sign(replace(adv, **{"distill.student": "cnn_small"}))["resolved.online_student"] == "cnn_small"

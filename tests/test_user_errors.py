@@ -300,6 +300,37 @@ CASES = [
         ["trained on another dataset", "--overwrite"],
     ),
     ("unrecognized-flag", _check("--bogus"), ["unrecognized arguments: --bogus"]),
+    (
+        "adversarial-term-without-guidance",
+        _check("guidance.adv_weight=0.5", "guidance.mode=none"),
+        ["guidance.adv_weight=0.5 with guidance.mode=none", "set guidance.adv_weight=0"],
+    ),
+    (
+        "adversarial-term-with-another-source",
+        _check("guidance.adv_weight=0.5", "synth.source=fast"),
+        ["synth.source=fast does not use it"],
+    ),
+    (
+        "adversarial-term-in-shards",
+        lambda u, tmp: [
+            "synthesize",
+            "--config",
+            u.config,
+            f"out_dir={tmp / 'out'}",
+            "--shard",
+            "0",
+            "--num-shards",
+            "2",
+            "guidance.adv_weight=0.5",
+        ],  # fmt: skip
+        ["rounds run in order in ONE process", "--num-shards"],
+    ),
+    (
+        "online-student-unknown",
+        _check("guidance.adv_weight=0.5", "online.student=resnet1000"),
+        ["unknown model 'resnet1000'"],
+    ),
+    ("online-kd-steps-0", _check("online.kd_steps=0"), ["online.kd_steps=0 must be > 0"]),
 ]
 
 

@@ -39,6 +39,7 @@ from diffdfkd.synth.dataset import (
     read_rows,
     require_complete,
 )
+from diffdfkd.synth.online_student import check_online, online_arch
 from diffdfkd.synth.run import SynthPlan, dataset_signature, output_dir, resolve_config
 from diffdfkd.synth.sources import SOURCES
 from diffdfkd.synth.writer import DatasetFolderError, DatasetWriter, missing_batches
@@ -102,7 +103,9 @@ def check(
     elif stage == "run":
         size = config.synth.save_size or teacher.input_size
     if stage in ("distill", "run"):
-        report.lines.append(_check_student(config, teacher.num_classes, size))
+        report.lines.append(
+            _check_student(config.distill.student, "distill.student", teacher.num_classes, size)
+        )
     if stage == "run":
         report.lines.append(f"test data: {check_test_data(config, teacher)}")
     return report
@@ -114,6 +117,7 @@ def check(
 def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool) -> list[str]:
     """The source, the generator folder and its scheduler, the dataset folder's state, the plan."""
     SOURCES.get(config.synth.source)  # an unknown name lists the known ones
+    check_online(config)
     plan = SynthPlan.from_config(config, teacher.num_classes)
     lines = []
     if config.synth.source in GENERATOR_SOURCES:
@@ -140,6 +144,14 @@ def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool
         f"{save_size} x {save_size} px, source {config.synth.source}"
         + (f", {_unet_calls(config, plan)}" if config.synth.source in GENERATOR_SOURCES else "")
     )
+    if config.guidance.adv_weight > 0:
+        o = config.online
+        online_key = "online.student" if o.student else "distill.student (the online student)"
+        lines.append(
+            _check_student(online_arch(config), online_key, teacher.num_classes, save_size)
+            + f" (online, for L_adv from round {o.warmup_rounds} of {plan.num_batches}; {o.kd_steps} "
+            f"KD steps of {o.batch_size} images per round; one process)"
+        )
     return lines
 
 
@@ -245,22 +257,20 @@ def _dataset_image_size(root: Path) -> int:
         return image.size[0]
 
 
-def _check_student(config: ExperimentConfig, num_classes: int, size: int) -> str:
-    """The student exists and takes ``[B, 3, size, size]`` images to ``[B, K]`` logits."""
-    name = config.distill.student
+def _check_student(name: str, key: str, num_classes: int, size: int) -> str:
+    """The student ``name`` (config key ``key``) exists and takes ``[B, 3, size, size]`` images to
+    ``[B, K]`` logits."""
     student = create_model(name, num_classes=num_classes, in_channels=3).eval()
     try:
         with torch.no_grad():
             out = student(torch.zeros(2, 3, size, size))
     except RuntimeError as error:
         raise ConfigError(
-            f"distill.student={name} cannot take {size} x {size} images ({str(error).splitlines()[0]}); "
+            f"{key}={name} cannot take {size} x {size} images ({str(error).splitlines()[0]}); "
             f"choose a student for this size, or set synth.save_size to a size it takes"
         ) from None
     if tuple(out.shape) != (2, num_classes):
-        raise ConfigError(
-            f"distill.student={name} gives logits {tuple(out.shape)}, expected [B, {num_classes}]"
-        )
+        raise ConfigError(f"{key}={name} gives logits {tuple(out.shape)}, expected [B, {num_classes}]")
     return f"student: {name} on {size} x {size} images"
 
 

@@ -35,7 +35,8 @@ class DiffusionSource:
     """DiffDFKD: teacher-guided latent diffusion with Latent CutMix (or plain CFG with mode ``none``).
 
     Seeds come from ``config.seed`` and the indices only. Prompts are encoded once per class, so a
-    sample's conditioning does not depend on its batch.
+    sample's conditioning does not depend on its batch. With ``guidance.adv_weight > 0`` the samples
+    from round ``online.warmup_rounds`` on also depend on the ``student`` as it is when they are made.
     """
 
     def __init__(
@@ -46,8 +47,15 @@ class DiffusionSource:
         student: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """``teacher``: a ``Teacher`` (images in [0, 1] -> logits, ``class_names``); ``components``:
-        already loaded parts (else loaded from ``config.generator``); ``student``: for ``L_adv``."""
-        gen = config.generator
+        already loaded parts (else loaded from ``config.generator``); ``student``: images in [0, 1]
+        -> logits, for ``L_adv`` (``guidance.adv_weight > 0``), used from sample index
+        ``online.warmup_rounds * synth.batch_size`` on (``diffdfkd.synth.online_student``)."""
+        gen, g = config.generator, config.guidance
+        if g.adv_weight > 0 and student is None:
+            raise ConfigError(
+                f"guidance.adv_weight={g.adv_weight} needs the online student that `synthesize` trains "
+                f"between batches (diffdfkd.synth.online_student); build the source with student="
+            )
         if components is None:
             if not gen.path:
                 raise ConfigError(
@@ -81,21 +89,23 @@ class DiffusionSource:
         self.class_embeds = encode_prompts(components, prompts)  # [K, L, D]
         self.negative_embeds = encode_prompts(components, [gen.negative_prompt])  # [1, L, D]
         self.group_size = config.synth.group_size
-        self.guide = None
-        if config.guidance.mode != "none":
-            g = config.guidance
+        self.guide = self.warmup_guide = None
+        # L_adv from the first sample of round online.warmup_rounds on (one round per batch).
+        self.adv_from = config.online.warmup_rounds * config.synth.batch_size
+        if g.mode != "none":
             folder = guidance_decoder_folder(gen.path, gen.guidance_decoder)
             guidance_vae = None if folder is None else load_guidance_decoder(folder, components)
-            self.guide = TeacherGuide(
+            guide = partial(
+                TeacherGuide,
                 self.teacher,
                 partial(decode_latents, components, vae=guidance_vae),
                 group_size=self.group_size,
                 bn_per=g.bn_per,
                 ce_weight=g.ce_weight,
                 bn_weight=g.bn_weight,
-                adv_weight=g.adv_weight,
-                student=student,
             )
+            self.guide = guide(adv_weight=g.adv_weight, student=student)
+            self.warmup_guide = guide() if g.adv_weight > 0 else self.guide
         cutmix = config.cutmix
         self.augmentations = (
             [LatentCutMix(cutmix.at, cross_class=cutmix.cross_class)] if cutmix.enabled else []
@@ -110,9 +120,10 @@ class DiffusionSource:
         denoiser = CFGDenoiser(
             self.components, self.class_embeds[classes], self.negative_embeds, gen.cfg_scale
         )
+        guide = self.guide if int(indices[0]) >= self.adv_from else self.warmup_guide
         out = sample(
             self.components,
-            build_mode(self.config.guidance, denoiser, self.guide),
+            build_mode(self.config.guidance, denoiser, guide),
             targets=targets,
             generators=generators_for([sample_seed(seed, int(i)) for i in indices]),
             group_generators=generators_for([group_seed(seed, int(g)) for g in groups]),

@@ -7,6 +7,11 @@ Layout (fixed by the config, independent of shards and restarts): sample ``i`` h
 cycle get a few more images. Each sample's noise comes from its own generator seeded from
 ``(seed, i)``, each group's CutMix randomness from ``(seed, group)``: an image is the same whatever the
 shard or restart (byte-identical) or batch size (equal up to float rounding).
+
+With the adversarial term (``guidance.adv_weight > 0``) a batch also depends on the online student,
+trained between batches on the images written so far (``diffdfkd.synth.online_student``): the batches
+are then rounds made in order by one process; a resumed run rebuilds the student from the batches
+already written (KD steps only) and still ends byte-identical.
 """
 
 from __future__ import annotations
@@ -21,14 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from diffdfkd.config import ConfigError, ExperimentConfig, replace
 from diffdfkd.errors import UserError
 from diffdfkd.models.teacher import build_teacher
-from diffdfkd.runtime import sample_seed
+from diffdfkd.runtime import resolve_device, sample_seed
 from diffdfkd.synth.dataset import read_rows
+from diffdfkd.synth.online_student import OnlineStudent, check_online, online_arch, resize
 from diffdfkd.synth.sources import SOURCES
 from diffdfkd.synth.writer import (
     DatasetWriter,
@@ -42,6 +49,9 @@ from diffdfkd.synthetic import SynthBatch, layout_targets
 from diffdfkd.worlds import get_world, teacher_spec
 
 logger = logging.getLogger(__name__)
+
+# What the progress bar shows: the last guided pass's losses, the online student's agreement.
+POSTFIX = ("ce", "bn", "adv", "p_target", "agree")
 
 
 @dataclass(frozen=True)
@@ -119,10 +129,20 @@ def output_dir(config: ExperimentConfig) -> Path:
 def dataset_signature(
     config: ExperimentConfig, plan: SynthPlan, class_names: tuple[str, ...], save_size: int
 ) -> dict[str, Any]:
-    """What identifies the dataset of ``config`` in its folder (see ``DatasetWriter.state``)."""
-    return config_signature(
-        config, num_batches=plan.num_batches, class_names=list(class_names), save_size=save_size
+    """What identifies the dataset of ``config`` in its folder (see ``DatasetWriter.state``).
+
+    The ``online.*`` keys count only with ``guidance.adv_weight > 0``: without ``L_adv`` there is no
+    online student, and datasets made before those keys existed keep their signature.
+    """
+    adv = config.guidance.adv_weight > 0
+    signature = config_signature(
+        config,
+        num_batches=plan.num_batches,
+        class_names=list(class_names),
+        save_size=save_size,
+        **({"online_student": online_arch(config)} if adv else {}),
     )
+    return signature if adv else {k: v for k, v in signature.items() if not k.startswith("online.")}
 
 
 @torch.no_grad()
@@ -139,9 +159,7 @@ def make_records(
 ) -> list[Record]:
     """Quantise ``images [B, 3, H, W]`` to uint8 at ``save_size`` and describe each in a manifest row,
     with the teacher's logits on the image as saved."""
-    if images.shape[-1] != save_size or images.shape[-2] != save_size:
-        images = F.interpolate(images, size=(save_size, save_size), mode="bicubic", antialias=True)
-    pixels = images.clamp(0, 1).mul(255).round().to(torch.uint8)
+    pixels = resize(images, save_size).clamp(0, 1).mul(255).round().to(torch.uint8)
     device = next(iter(teacher.state_dict().values())).device
     logits = teacher(pixels.to(device).float() / 255).float().cpu()
     probs = logits.softmax(dim=1)
@@ -200,6 +218,7 @@ def synthesize(
 
     start = time.perf_counter()
     shard, num_shards = resolve_shard(shard, num_shards)
+    check_online(config, num_shards)
     teacher = build_teacher(teacher_spec(config))
     class_names = tuple(teacher.class_names)
     plan = SynthPlan.from_config(config, len(class_names))
@@ -210,25 +229,42 @@ def synthesize(
     writer.prepare(config, signature, overwrite=overwrite)
     for b, problems in writer.drop_damaged(plan.shard_batches(shard, num_shards)).items():
         logger.warning("%s: batch %d is damaged (%s); making it again", out, b, "; ".join(problems[:3]))
-    todo = [b for b in plan.shard_batches(shard, num_shards) if not writer.is_done(b)]
-    mine = len(plan.shard_batches(shard, num_shards))
+    batches = plan.shard_batches(shard, num_shards)
+    todo = [b for b in batches if not writer.is_done(b)]
     if todo:
-        source = SOURCES.create(config.synth.source, config=resolve_config(config), teacher=teacher)
+        online = None
+        if config.guidance.adv_weight > 0:
+            device = resolve_device(config.generator.device)
+            online = OnlineStudent(config, len(class_names), save_size, device)
+        source = SOURCES.create(
+            config.synth.source,
+            config=resolve_config(config),
+            teacher=teacher,
+            **({"student": online} if online is not None else {}),
+        )
         bar = tqdm(
-            total=mine * plan.batch_size,
-            initial=(mine - len(todo)) * plan.batch_size,
+            total=len(batches) * plan.batch_size,
+            initial=(len(batches) - len(todo)) * plan.batch_size,
             unit="img",
             desc=f"synthesize {shard + 1}/{num_shards}" if num_shards > 1 else "synthesize",
             disable=not progress,
         )
-        for b in todo:
-            indices = plan.indices(b)
-            batch = source.generate(indices, plan.targets(indices))
-            writer.write_batch(b, batch_records(writer, teacher, batch, indices, config.seed, save_size))
-            bar.update(len(indices))
-            if batch.logs:
-                last = batch.logs[-1]
-                bar.set_postfix({k: f"{last[k]:.3g}" for k in ("ce", "bn", "p_target") if k in last})
+        # With L_adv every batch up to the last one to make is a round of the online student, in
+        # order; the batches already written are replayed (it learns from them again, nothing is sampled).
+        rounds = todo if online is None else [b for b in batches if b <= todo[-1]]
+        for b in rounds:
+            logs: dict[str, float] = {}
+            if not writer.is_done(b):
+                indices = plan.indices(b)
+                batch = source.generate(indices, plan.targets(indices))
+                records = batch_records(writer, teacher, batch, indices, config.seed, save_size)
+                writer.write_batch(b, records)
+                bar.update(len(indices))
+                logs = batch.logs[-1] if batch.logs else {}
+            if online is not None:
+                logs = logs | online.learn(*saved_batch(writer, b))
+            if logs:
+                bar.set_postfix({k: f"{logs[k]:.3g}" for k in POSTFIX if k in logs})
         bar.close()
     if not missing_batches(out):
         merge_manifest(out)
@@ -238,6 +274,20 @@ def synthesize(
     else:
         logger.info("shard %d/%d done; other batches are still missing in %s", shard, num_shards, out)
     return out
+
+
+def saved_batch(writer: DatasetWriter, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A written batch read back from its folder, as a resumed run finds it: the images
+    ``[N, 3, S, S]`` uint8 (finals, then intermediates) and the teacher's logits on them ``[N, K]``."""
+    from PIL import Image
+
+    rows = [json.loads(line) for line in writer.part_path(batch).read_text().splitlines() if line.strip()]
+    pixels = []
+    for row in rows:
+        with Image.open(writer.root / row["file"]) as image:
+            pixels.append(np.asarray(image.convert("RGB")))
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor([row["teacher_logits"] for row in rows])
 
 
 def batch_records(
