@@ -44,6 +44,8 @@ from diffdfkd.bench import (  # noqa: E402
 from diffdfkd.config import load_config, to_dict  # noqa: E402
 
 ROW_NAMES = ["diffdfkd", "unguided_class_prompt", "deepinversion", "fast", "kd_real"]
+# Issue 14's levers as rows at the same budget (run with --only; reported when present).
+LEVER_ROWS = ["diffdfkd_raw_step", "diffdfkd_adv", "diffdfkd_look_prompt"]
 BUDGET_NOTE = """\
 The world's shipped KD recipe (lenet5, 60 epochs, batch 64, T 4) at {per_class} synthetic images per class
 for every data-free row (kd_real: every real PRIVATE training image), rows run by
@@ -104,13 +106,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out or f"benchmarks/results/baselines/{args.world}-{args.images_per_class}")
     wanted = args.only.split(",") if args.only else ROW_NAMES
-    unknown = sorted(set(wanted) - set(ROW_NAMES))
+    unknown = sorted(set(wanted) - set(ROW_NAMES + LEVER_ROWS))
     if unknown:
-        parser.error(f"unknown rows {unknown}; choose from {ROW_NAMES}")
+        parser.error(f"unknown rows {unknown}; choose from {ROW_NAMES + LEVER_ROWS}")
     for name in [] if args.report_only else wanted:
         run_bench(world=args.world, seeds=args.seeds, out=out, only=[name],
                   budget=row_budget(name, args.images_per_class), progress=False, threads=1)  # fmt: skip
-    write_outputs(out, saved_report(out, ROW_NAMES, args.world, args.images_per_class))
+    write_outputs(out, saved_report(out, ROW_NAMES + LEVER_ROWS, args.world, args.images_per_class))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from diffdfkd.report import image_grid
 from diffdfkd.runtime import changed_keys
 from diffdfkd.synth.dataset import load_synthetic, read_rows
 from diffdfkd.worlds import teacher_spec
+from diffdfkd.worlds.looks import LOOK_PROMPTS
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Row:
 
 
 CLASS_PROMPT = "a handwritten digit {label}"
+LOOK_PROMPT = LOOK_PROMPTS["scan"].replace("{name}", "{label}")  # the teacher's look, named
 UNGUIDED = {"guidance.mode": "none", "cutmix.enabled": False}
 
 ROWS: tuple[Row, ...] = (
@@ -106,6 +108,24 @@ ROWS: tuple[Row, ...] = (
         UPPER_BOUND,
         "student trained from scratch (CE, no teacher) on the same real images",
         {"synth.source": "real", "distill.kd": False},
+    ),
+    Row(
+        "diffdfkd_raw_step",
+        ABLATION,
+        "DiffDFKD with the former raw guidance step (step_norm none, step 2 on grad L)",
+        {"guidance.step_norm": "none", "guidance.step_size": 2.0},
+    ),
+    Row(
+        "diffdfkd_adv",
+        ABLATION,
+        "DiffDFKD plus the adversarial term against an online student (CMI / Fast lineage), weight 1",
+        {"guidance.adv_weight": 1.0},
+    ),
+    Row(
+        "diffdfkd_look_prompt",
+        ABLATION,
+        "DiffDFKD with look-naming class prompts (a user who knows the teacher's domain: low-res scans)",
+        {"generator.prompt_template": LOOK_PROMPT},
     ),
     Row("ce_only", ABLATION, "guidance without the BN-statistics term", {"guidance.bn_weight": 0.0}),
     Row("no_cutmix", ABLATION, "without Latent CutMix", {"cutmix.enabled": False}),
