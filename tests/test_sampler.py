@@ -42,7 +42,11 @@ def run(components, teacher=None, *, mode="none", steps=3, augmentations=(), kee
     denoiser = CFGDenoiser(components, cond, encode_prompts(components, [""]), cfg_scale=2.0)
     return sample(
         components,
-        build_mode(GuidanceConfig(mode=mode, step_size=5.0, **guidance), denoiser, guide),
+        build_mode(
+            GuidanceConfig(**{"mode": mode, "step_size": 5.0, "step_norm": "none", **guidance}),
+            denoiser,
+            guide,
+        ),
         targets=TARGETS,
         generators=generators_for(list(range(BATCH))),
         group_generators=generators_for([99]),
