@@ -93,7 +93,8 @@ def student_runs(world: str, base: Any, name: str, seeds: int, budget: dict, out
     row = Row(name, "guidance-cost", f"{world}: {name}", OPTIONS[name])
     if name == "full":
         row = Row("diffdfkd", "ours", f"{world}: the shipped config")
-        out = BASELINES / f"{world}-{budget['synth.images_per_class']}"
+        # as baselines_digits.py names it (relative to the repository root), so the saved out_dir matches
+        out = Path(os.path.relpath(BASELINES / f"{world}-{budget['synth.images_per_class']}"))
     return [
         run_row(row, row_config(base, row, seed, budget, out), progress=False)["student_top1"]
         for seed in range(seeds)
