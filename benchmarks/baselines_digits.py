@@ -61,14 +61,18 @@ def row_budget(name: str, per_class: int) -> dict:
     return {**budget, "synth.batch_size": 100} if name == "deepinversion" else budget
 
 
-def saved_report(out: Path, names: list[str], world: str, per_class: int) -> dict:
+def committed_rows(out: Path) -> dict[str, dict]:
+    """The rows of ``out/results.json`` as committed, by name (read before any run rewrites the file)."""
+    path = out / "results.json"
+    return {r["name"]: r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
+
+
+def saved_report(out: Path, names: list[str], world: str, per_class: int, committed: dict[str, dict]) -> dict:
     """The comparison of every finished (row, seed) under ``out/runs``, read from the run folders.
 
-    Run folders are not committed: a row with no finished run here keeps its entry from the committed
-    ``out/results.json`` (marked ``kept_from_results_json``), so a fresh clone that reruns one row does
-    not drop the others."""
-    path = out / "results.json"
-    committed = {r["name"]: r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
+    Run folders are not committed: a row with no finished run here keeps its entry from ``committed``
+    (the results.json found before this call ran anything; marked ``kept_from_results_json``), so a
+    fresh clone that reruns one row does not drop the others."""
     rows = []
     for row in [r for r in ROWS if r.name in names]:
         folders = sorted((out / "runs" / row.name).glob("seed*"))
@@ -109,10 +113,13 @@ def main() -> None:
     unknown = sorted(set(wanted) - set(ROW_NAMES + LEVER_ROWS))
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {ROW_NAMES + LEVER_ROWS}")
+    committed = committed_rows(out)  # run_bench rewrites out/results.json with the rows it ran
     for name in [] if args.report_only else wanted:
         run_bench(world=args.world, seeds=args.seeds, out=out, only=[name],
                   budget=row_budget(name, args.images_per_class), progress=False, threads=1)  # fmt: skip
-    write_outputs(out, saved_report(out, ROW_NAMES + LEVER_ROWS, args.world, args.images_per_class))
+    write_outputs(
+        out, saved_report(out, ROW_NAMES + LEVER_ROWS, args.world, args.images_per_class, committed)
+    )
 
 
 if __name__ == "__main__":
