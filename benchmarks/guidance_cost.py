@@ -109,7 +109,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`. Machine: {report['machine']}, {report['threads']} torch thread(s); "
         "timings on a CPU shared with other jobs are upper bounds.",
         "FLOPs: counted (FlopCounterMode, matmuls and convolutions) on one batch of the config's own path. "
-        "Student: lenet5 distilled as in the config, private-test top-1 at the final epoch, mean +- std "
+        "Student: lenet5 distilled as in the config, private-test top-1 at the final epoch, mean +- sample std "
         f"over seeds, {report['budget']} per run.",
         "",
         "| option | MFLOP / image | vs full | images/s (CPU) | student top-1 % | seeds |",
@@ -118,7 +118,9 @@ def markdown(report: dict[str, Any]) -> str:
     for name, r in report["options"].items():
         accs = r.get("student_top1", [])
         acc = (
-            f"{100 * statistics.mean(accs):.1f} +- {100 * statistics.pstdev(accs):.1f}" if accs else "not run"
+            f"{100 * statistics.mean(accs):.1f} +- {100 * (statistics.stdev(accs) if len(accs) > 1 else 0.0):.1f}"
+            if accs
+            else "not run"
         )
         lines.append(
             f"| {name} | {r['flops_per_image'] / 1e6:.1f} | {r['flops_per_image'] / full['flops_per_image']:.2f}x "
