@@ -129,6 +129,33 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_front(report: dict[str, Any], path: Path) -> None:
+    """The quality-cost front: student top-1 (mean +- sample std over seeds) against FLOPs vs full."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = report["options"]["full"]["flops_per_image"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, r in report["options"].items():
+        accs = r.get("student_top1", [])
+        if not accs:
+            continue
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        x = r["flops_per_image"] / full
+        ax.errorbar(x, 100 * statistics.mean(accs), yerr=100 * std, fmt="o", capsize=3)
+        ax.annotate(name, (x, 100 * statistics.mean(accs)), textcoords="offset points", xytext=(5, 5))
+    ax.axvline(0.5, color="grey", linestyle=":", label="half the FLOPs")
+    ax.set_xlabel("FLOPs per image vs the full recipe")
+    ax.set_ylabel("student top-1 % (PRIVATE test)")
+    ax.set_title(f"{report['world']}: {report['budget']}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -166,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1) + "\n")
         (Path(args.out) / f"{args.world}.md").write_text(markdown(report))
+    if "full" in report["options"]:
+        plot_front(report, Path(args.out) / f"{args.world}_front.png")
     return report
 
 
