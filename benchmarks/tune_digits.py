@@ -10,6 +10,7 @@ shipped generator and teacher and reports:
 - ``judge_acc``: accuracy of the world's PUBLIC judge (does it still look like the intended digit);
 - ``scan_share`` (worlds whose generator holds several looks): the share of images the PUBLIC look
   classifier puts in the teacher's look (``scan``, the private data's low-resolution rendering);
+- images through ``synthesize`` (the library's own path, the online student included), as saved;
 - with ``--kd``: a student (the config's KD recipe) distilled on the candidate's images, then its
   agreement with the teacher on PUBLIC MNIST test images rendered in the teacher's look
   (``agree_scan``) and in every look (``agree_all``): what KD is for, measured on public data only.
@@ -36,8 +37,8 @@ from diffdfkd.distill.trainer import TensorData, fit  # noqa: E402
 from diffdfkd.evaluate import bn_statistics_distance  # noqa: E402
 from diffdfkd.models import create_model  # noqa: E402
 from diffdfkd.models.teacher import build_teacher  # noqa: E402
-from diffdfkd.synth.run import SynthPlan, resolve_config  # noqa: E402
-from diffdfkd.synth.sources import SOURCES  # noqa: E402
+from diffdfkd.synth.dataset import load_synthetic  # noqa: E402
+from diffdfkd.synth.run import synthesize  # noqa: E402
 from diffdfkd.worlds import get_world, teacher_spec  # noqa: E402
 from diffdfkd.worlds.digits import load_public  # noqa: E402
 from diffdfkd.worlds.judge import load_judge, load_look_classifier, look_fractions  # noqa: E402
@@ -85,19 +86,16 @@ def public_agreement(config, teacher, images: torch.Tensor, labels: torch.Tensor
 def score(
     world: str, base: list[str], overrides: list[str], per_class: int, judge, looks, kd: bool = False
 ) -> dict:
-    config = load_config(WORLD_CONFIGS[world], [*base, *overrides, f"synth.images_per_class={per_class}"])
-    teacher = build_teacher(teacher_spec(config))
-    source = SOURCES.create(config.synth.source, config=resolve_config(config), teacher=teacher)
-    plan = SynthPlan.from_config(config, teacher.num_classes)
-    images, labels = [], []
-    start = time.perf_counter()
-    for b in range(plan.num_batches):
-        indices = plan.indices(b)
-        batch = source.generate(indices, plan.targets(indices))
-        images.append((batch.images * 255).round() / 255)  # as saved: uint8
-        labels.append(batch.targets.argmax(dim=1))
-    seconds = time.perf_counter() - start
-    images, labels = torch.cat(images), torch.cat(labels)
+    with tempfile.TemporaryDirectory() as folder:
+        config = load_config(
+            WORLD_CONFIGS[world],
+            [*base, *overrides, f"synth.images_per_class={per_class}", f"synth.out_dir={folder}"],
+        )
+        teacher = build_teacher(teacher_spec(config))
+        start = time.perf_counter()
+        data = load_synthetic(synthesize(config, progress=False), kinds=("final",))  # the library's path
+        seconds = time.perf_counter() - start
+    images, labels = data.images, data.labels
     with torch.no_grad():
         probs = teacher(images).softmax(dim=1)
     result = {

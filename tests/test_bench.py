@@ -170,13 +170,13 @@ def test_a_row_from_before_the_new_measures_still_renders():
            "teacher_accuracy": 1.0, "teacher_prob_target": 0.9, "teacher_confidence": 0.9,
            "per_class": {"zero": 0.5}, "look_mix": {"scan": 1.0}, "bn_distance": 3.0}  # fmt: skip
     new = ("bn_distance", "student_per_class_mean", "look_mix_mean")
-    old_row = {k: v for k, v in aggregate(ROWS[0], [run]).items() if k not in new}
+    old_row = {k: v for k, v in aggregate(ROWS[1], [run]).items() if k not in new}
     report = {"world": "digits", "seeds": 1, "quick": False, "budget": {}, "machine": machine(1),
               "wall_seconds_this_call": 0.0, "goal": {}, "rows": [old_row]}  # fmt: skip
     md = markdown(report)
-    assert "| diffdfkd | ours | 50.0 ± 0.0 | 100.0 | 0.900 | 0.900 | n/a | 80.0 |" in md
+    assert "| diffdfkd_adv | ours | 50.0 ± 0.0 | 100.0 | 0.900 | 0.900 | n/a | 80.0 |" in md
     assert "Look mix" not in md and "| row | zero |" not in md
-    assert "| 3.000 |" in markdown({**report, "rows": [aggregate(ROWS[0], [run])]})
+    assert "| 3.000 |" in markdown({**report, "rows": [aggregate(ROWS[1], [run])]})
 
 
 def test_a_kept_row_without_local_runs_keeps_its_committed_grid(tmp_path):
