@@ -81,7 +81,7 @@ class _TeacherGuided(Unguided):
         guide: Guide,
         step_size: float,
         window: Window,
-        step_norm: str = "none",
+        step_norm: str,
     ) -> None:
         super().__init__(denoiser)
         self.guide = guide
