@@ -147,7 +147,8 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Teacher guidance: ``L = ce * CE + bn * L_bn + adv * L_adv``; ``z_t -= step_size * grad L``.
+    """Teacher guidance: ``L = ce * CE + bn * L_bn + adv * L_adv``; by default each guided step moves
+    ``z_t -= step_size * sigma_t * grad L / rms(grad L)`` (per image; ``step_norm``).
 
     ``bn_per``: the units of ``L_bn`` (``group``: one distance per mixing group's pooled statistics;
     ``sample``: one per image, the paper's batch of one, about ``group_size`` times stronger per image at
