@@ -29,7 +29,7 @@ C = TypeVar("C")
 
 DTYPES = ("fp32", "bf16", "fp16")
 GUIDANCE_MODES = ("none", "full", "detach_unet", "one_pass")
-BN_UNITS = ("group", "sample")
+BN_UNITS = ("sample", "group")  # guidance.bn_per and deepinversion.bn_per
 STEP_NORMS = ("none", "sample")
 # Samplers whose noise comes from per-sample generators (see diffdfkd.diffusion.components.SCHEDULER_CLASSES).
 SCHEDULERS = ("ddpm", "ddim", "euler_ancestral", "euler", "dpmpp_2m")
@@ -255,8 +255,6 @@ class SynthConfig:
                 f"synth.batch_size={self.batch_size} must be a multiple of synth.group_size={self.group_size}"
             )
 
-
-BN_UNITS = ("sample", "group")
 
 
 @dataclass(frozen=True)
