@@ -256,7 +256,6 @@ class SynthConfig:
             )
 
 
-
 @dataclass(frozen=True)
 class DeepInversionConfig:
     """The DeepInversion baseline source (Yin et al. 2020; ``synth.source=deepinversion``) by its
