@@ -62,6 +62,10 @@ BATCH = 50
 LOOK_FREE = "look-free"
 KD_LOOK = "scan"
 KD_IMAGES_PER_CLASS = 100
+# Classifier-free guidance scales at which the look-free prior is measured besides the sampler's own
+# (broad world): at scale 1 the samples come from the generator's own conditional distribution, the
+# prior itself; larger scales sharpen each prompt towards its most typical images.
+PRIOR_SCALES = (1.0, 2.0)
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -181,6 +185,31 @@ def measure_set(
     }
 
 
+def prior_at_scale(
+    pipe,
+    scale: float,
+    labels: torch.Tensor,
+    seeds: dict[str, list[int]],
+    steps: int,
+    *,
+    judge,
+    looks_model,
+    teacher,
+) -> dict:
+    """The look-free prompt's look mix and the teacher's accuracy on it and on the look-naming
+    ``KD_LOOK`` prompt at CFG ``scale`` (the same seeds as the main sets, so scales pair up)."""
+    out = {"guidance_scale": scale}
+    for name in (LOOK_FREE, KD_LOOK):
+        look = None if name == LOOK_FREE else name
+        images = sample_many(pipe, [look_prompt(int(c), look) for c in labels], seeds[name], steps, scale)
+        out[name] = {
+            "class_adherence": judge_accuracy(judge, images, labels),
+            "look_mix": look_fractions(looks_model, images),
+            "teacher_accuracy": accuracy(teacher, images, labels),
+        }
+    return out
+
+
 def look_classifier_accuracy(looks_model) -> dict[str, float]:
     """The look classifier's accuracy on PUBLIC "test" (held out from its training) rendered in each look."""
     test, _ = load_public("test")
@@ -258,18 +287,33 @@ def goals(results: dict) -> list[tuple[str, str, bool]]:
             mean_lc >= 0.95,
         )
     )
-    if KD_LOOK in sets:
-        share = sets[LOOK_FREE]["look_mix"][KD_LOOK]
-        out.append(("look-free prompt: 10-40 % low-resolution look", f"{share:.3f}", 0.1 <= share <= 0.4))
-        gap = sets[KD_LOOK]["teacher_accuracy"] - sets[LOOK_FREE]["teacher_accuracy"]
+    for scale, look_free, low_res in prior_measures(results):
+        where = f"CFG {scale:g}" + (" (the prior itself)" if scale == 1 else "")
+        share = look_free["look_mix"][KD_LOOK]
+        out.append(
+            (f"look-free prompt, {where}: 10-40 % low-resolution look", f"{share:.3f}", 0.1 <= share <= 0.4)
+        )
+        gap = low_res["teacher_accuracy"] - look_free["teacher_accuracy"]
         out.append(
             (
-                "teacher >= 10 points more accurate on unguided low-res samples than on the look-free mix",
+                f"{where}: teacher >= 10 points more accurate on unguided low-res samples than on the look-free mix",
                 f"{100 * gap:+.1f} points",
                 gap >= 0.1,
             )
         )
     return out  # fmt: skip
+
+
+def prior_measures(results: dict) -> list[tuple[float, dict, dict]]:
+    """``(CFG scale, look-free set, low-resolution set)`` at the sampler's scale, then at each prior scale."""
+    sets = results["sets"]
+    if KD_LOOK not in sets:
+        return []
+    rows = [(results["sampler"]["guidance_scale"], sets[LOOK_FREE], sets[KD_LOOK])]
+    rows += [
+        (p["guidance_scale"], p[LOOK_FREE], p[KD_LOOK]) for p in results.get("prior_by_guidance_scale", [])
+    ]
+    return rows
 
 
 def _markdown(results: dict) -> str:
@@ -302,6 +346,24 @@ def _markdown(results: dict) -> str:
         "",
         "Look classifier on held-out PUBLIC test renderings: " + ", ".join(f"{k} {v:.3f}" for k, v in lc.items()),
         "",
+    ]  # fmt: skip
+    if prior_measures(results):
+        lines += [
+            "The look-free prior by classifier-free guidance scale (same seeds at every scale; at 1 the samples "
+            "come from the generator's own conditional distribution, larger scales sharpen each prompt "
+            "towards its most typical images):",
+            "",
+            "| CFG scale | look-free: class adherence | look-free: share of the low-resolution look | look-free: teacher acc. | low-resolution prompt: teacher acc. | gap (points) |",
+            "|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for scale, look_free, low_res in sorted(prior_measures(results), key=lambda r: r[0]):
+            gap = low_res["teacher_accuracy"] - look_free["teacher_accuracy"]
+            lines.append(
+                f"| {scale:g} | {look_free['class_adherence']:.3f} | {look_free['look_mix'][KD_LOOK]:.3f} "
+                f"| {look_free['teacher_accuracy']:.3f} | {low_res['teacher_accuracy']:.3f} | {100 * gap:+.1f} |"
+            )
+        lines.append("")
+    lines += [
         f"CPU sampling speed, batch {BATCH}, 1 thread (best of 3): {results['images_per_second']:.1f} images/s "
         f"(1-min load average {results['load_average_1min']} on {os.cpu_count()} cores). "
         + (
@@ -353,6 +415,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--seed", type=int, default=0, help="first sample seed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument(
+        "--prior-scales", type=float, nargs="*", default=list(PRIOR_SCALES),
+        help="CFG scales of the look-free prior's extra measurement (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--kd", action="store_true", help="also the two KD rows (reads PRIVATE test twice)")
     parser.add_argument(
         "--kd-runs", type=Path, default=Path("runs/world_bench"), help="KD run folders (default: %(default)s)"
@@ -370,12 +436,12 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = build_teacher(world.teacher_spec())
     n = args.n_per_class * len(CLASS_NAMES)
     labels = torch.arange(n) % len(CLASS_NAMES)
-    sets, grid = {}, []
+    sets, grid, seeds = {}, [], {}
     for k, name in enumerate(prompt_sets(world.looks)):
         look = None if name == LOOK_FREE else name
-        seeds = [args.seed + 10**5 * k + i for i in range(n)]
+        seeds[name] = [args.seed + 10**5 * k + i for i in range(n)]
         images = sample_many(
-            pipe, [look_prompt(int(c), look) for c in labels], seeds, args.steps, args.guidance
+            pipe, [look_prompt(int(c), look) for c in labels], seeds[name], args.steps, args.guidance
         )
         sets[name] = measure_set(
             name, images, labels, judge=judge, looks_model=looks_model, teacher=teacher,
@@ -383,6 +449,22 @@ def main(argv: list[str] | None = None) -> dict:
         )  # fmt: skip
         grid.append(images[:20])
         print(name, json.dumps({k: v for k, v in sets[name].items() if not isinstance(v, dict)}), flush=True)
+    prior = []
+    if KD_LOOK in sets:
+        for scale in args.prior_scales:
+            prior.append(
+                prior_at_scale(
+                    pipe,
+                    scale,
+                    labels,
+                    seeds,
+                    args.steps,
+                    judge=judge,
+                    looks_model=looks_model,
+                    teacher=teacher,
+                )
+            )
+            print("prior", json.dumps(prior[-1]), flush=True)
     speed = sampling_speed(pipe, args.steps, args.guidance)
     load_average = os.getloadavg()[0]
 
@@ -406,6 +488,7 @@ def main(argv: list[str] | None = None) -> dict:
         "judge_public_test_accuracy_plain": judge_accuracy(judge, test_images, test_labels),
         "look_classifier_public_test_accuracy": look_classifier_accuracy(looks_model),
         "sets": sets,
+        "prior_by_guidance_scale": prior,
         "images_per_second": speed,
         "load_average_1min": round(load_average, 2),
         "training_seconds": training,

@@ -247,3 +247,28 @@ def test_frechet_distance_and_pairwise_distance():
     assert bench.frechet_distance(x, shifted) == pytest.approx(9.0, abs=1e-6)  # |mu shift|^2, same cov
     pts = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
     assert bench.mean_pairwise_distance(pts) == pytest.approx((5 + 0 + 5) / 3)
+
+
+def test_world_goals_judge_the_look_free_prior_at_every_measured_scale():
+    bench = _bench()
+
+    def measured(scan_share, teacher_accuracy):
+        mix = {"plain": 1 - scan_share, "scan": scan_share}
+        return {"look_mix": mix, "teacher_accuracy": teacher_accuracy, "class_adherence": 0.95}
+
+    results = {
+        "sets": {"look-free": measured(0.09, 0.68), "scan": measured(1.0, 0.75)},
+        "sampler": {"guidance_scale": 3.0},
+        "look_classifier_public_test_accuracy": {"plain": 0.96, "scan": 0.99},
+        "prior_by_guidance_scale": [
+            {"guidance_scale": 1.0, "look-free": measured(0.24, 0.41), "scan": measured(1.0, 0.55)}
+        ],
+    }
+    rows = {goal: (value, met) for goal, value, met in bench.goals(results)}
+    assert rows["look-free prompt, CFG 3: 10-40 % low-resolution look"] == ("0.090", False)
+    assert rows["look-free prompt, CFG 1 (the prior itself): 10-40 % low-resolution look"] == ("0.240", True)
+    gap = "teacher >= 10 points more accurate on unguided low-res samples than on the look-free mix"
+    assert rows[f"CFG 3: {gap}"] == ("+7.0 points", False)
+    assert rows[f"CFG 1 (the prior itself): {gap}"] == ("+14.0 points", True)
+    del results["prior_by_guidance_scale"]  # results written before the prior was measured by scale
+    assert len(bench.goals(results)) == 4  # adherence, look classifier, the sampler's scale
