@@ -10,7 +10,9 @@ writes ``results/goals.json`` and ``results/goals.md``:
    data-free baseline; at 500 per class: at most 1 point below ``kd_real`` and >= 3 points above the
    strongest baseline;
 2. ``digits-mnist`` at 100 per class: DiffDFKD mean >= 0.95 and >= 3 points above DeepInversion;
-3. the demo: student >= 0.95 in at most 15 minutes on 2 cores.
+3. the demo: student >= 0.95 in at most 15 minutes on 2 cores;
+4. the budget curve in ``digits`` (1,000 / 2,000 / 5,000 images): every row measured at each budget,
+   also drawn to ``results/budget_curve.png``.
 
 Rows that never read the generator (``deepinversion``, ``fast``, ``kd_real``) have the same config in both
 digits worlds apart from the world's name (same teacher, private split, seeds and recipe), so their runs
@@ -31,14 +33,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 GENERATOR_FREE = ("deepinversion", "fast", "kd_real")
 DATA_FREE_BASELINES = ("deepinversion", "fast", "unguided_class_prompt")
 WORLDS = ("digits", "digits-mnist")
+CURVE_BUDGETS = (100, 200, 500)  # images per class
+CURVE_ROWS = ("diffdfkd_adv", "diffdfkd", "fast", "deepinversion", "unguided_class_prompt", "kd_real")
 
 
-def rows_at(world: str, per_class: int) -> dict[str, dict[str, Any]]:
+def rows_at(world: str, per_class: int, root: Path = RESULTS) -> dict[str, dict[str, Any]]:
     """The rows measured in ``world`` at ``per_class`` images per class, plus generator-free rows
     borrowed from the other world at the same budget (marked ``borrowed_from``)."""
     rows: dict[str, dict[str, Any]] = {}
     for source in (world, *[w for w in WORLDS if w != world]):
-        path = RESULTS / "baselines" / f"{source}-{per_class}" / "results.json"
+        path = root / "baselines" / f"{source}-{per_class}" / "results.json"
         if not path.is_file():
             continue
         for row in json.loads(path.read_text())["rows"]:
@@ -122,6 +126,63 @@ def goal_block() -> dict[str, Any]:
     return {"digits": goal1, "digits-mnist": goal2, "demo": goal3}
 
 
+def budget_curve(root: Path = RESULTS) -> dict[str, list[dict[str, Any]]]:
+    """Per row of ``CURVE_ROWS``, its points in ``digits``: images, mean, std and seeds at each budget
+    of ``CURVE_BUDGETS`` where it was measured (borrowed generator-free rows included)."""
+    curve: dict[str, list[dict[str, Any]]] = {}
+    for per_class in CURVE_BUDGETS:
+        for name, row in rows_at("digits", per_class, root).items():
+            if name in CURVE_ROWS:
+                point = {"images": 10 * per_class, "mean": row["student_top1_mean"],
+                         "std": row["student_top1_std"], "seeds": row["seeds"]}  # fmt: skip
+                curve.setdefault(name, []).append(point)
+    return {name: curve[name] for name in CURVE_ROWS if name in curve}
+
+
+def curve_markdown(curve: dict[str, list[dict[str, Any]]]) -> list[str]:
+    images = sorted({p["images"] for points in curve.values() for p in points})
+    lines = ["", "Budget curve in `digits` (student top-1 % on the PRIVATE test split, mean +- std over seeds; "
+             "kd_real: always the 1,200 private training images):", "",
+             "| row | " + " | ".join(f"{n:,} images" for n in images) + " |", "|---|" + "---|" * len(images)]  # fmt: skip
+    for name, points in curve.items():
+        at = {p["images"]: p for p in points}
+        cells = [_point(at[n]) if n in at else "-" for n in images]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _point(point: dict[str, Any]) -> str:
+    if point["seeds"] == 1:
+        return f"{100 * point['mean']:.1f} (1 seed)"
+    return f"{100 * point['mean']:.1f} +- {100 * point['std']:.1f} ({point['seeds']} seeds)"
+
+
+def plot_curve(curve: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curve.items():
+        if name == "kd_real":  # the real training set at every budget: a level, not a curve
+            ax.axhline(
+                100 * points[0]["mean"], color="black", linestyle="--", label="kd_real (1,200 private images)"
+            )
+            continue
+        ax.errorbar([p["images"] for p in points], [100 * p["mean"] for p in points],
+                    yerr=[100 * p["std"] for p in points], marker="o", capsize=3, label=name)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("synthetic images")
+    ax.set_ylabel("student top-1 %, PRIVATE test")
+    ax.set_title("digits: budget curve (error bars: std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def leaves(block: dict[str, Any], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
     """The goal lines of ``block`` (dicts holding a ``goal``), with their dotted paths."""
     if "goal" in block:
@@ -129,7 +190,7 @@ def leaves(block: dict[str, Any], prefix: str = "") -> list[tuple[str, dict[str,
     return [item for key, value in block.items() for item in leaves(value, f"{prefix}.{key}".strip("."))]
 
 
-def markdown(block: dict[str, Any]) -> str:
+def markdown(block: dict[str, Any], curve: dict[str, list[dict[str, Any]]]) -> str:
     lines = ["# Issue 14's goals", "", "Written by `python benchmarks/goals.py` from the committed benches.", "",
              "| goal | what | measured | met |", "|---|---|---|---|"]  # fmt: skip
     for path, line in leaves(block):
@@ -144,14 +205,16 @@ def markdown(block: dict[str, Any]) -> str:
             shown = f"{100 * line['student_top1']:.1f} % in {line['minutes']:.1f} min"
         met = {True: "yes", False: "NO", None: "-"}[line["met"]]
         lines.append(f"| {path} | {line['goal']} | {shown} | {met} |")
+    lines += curve_markdown(curve) + ["", "![budget curve](budget_curve.png)"]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    block = goal_block()
-    (RESULTS / "goals.json").write_text(json.dumps(block, indent=2) + "\n")
-    (RESULTS / "goals.md").write_text(markdown(block))
-    print(markdown(block))
+    block, curve = goal_block(), budget_curve()
+    (RESULTS / "goals.json").write_text(json.dumps({**block, "budget_curve": curve}, indent=2) + "\n")
+    (RESULTS / "goals.md").write_text(markdown(block, curve))
+    plot_curve(curve, RESULTS / "budget_curve.png")
+    print(markdown(block, curve))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""Issue 14's goal block (``benchmarks/goals.py``): the budget curve read from the comparison folders."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+GOALS = Path(__file__).resolve().parents[1] / "benchmarks" / "goals.py"
+
+
+def _goals():
+    spec = importlib.util.spec_from_file_location("goals", GOALS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(name: str, mean: float, seeds: int = 1, kind: str = "baseline") -> dict:
+    return {"name": name, "kind": kind, "student_top1_mean": mean, "student_top1_std": 0.01, "seeds": seeds}
+
+
+def _write(root: Path, folder: str, rows: list[dict]) -> None:
+    (root / "baselines" / folder).mkdir(parents=True)
+    (root / "baselines" / folder / "results.json").write_text(json.dumps({"rows": rows}))
+
+
+def test_budget_curve_collects_each_row_over_budgets_and_borrows_generator_free_rows(tmp_path):
+    goals = _goals()
+    _write(tmp_path, "digits-100", [_row("diffdfkd_adv", 0.94, 3, "ours"), _row("kd_real", 0.99, 3)])
+    _write(tmp_path, "digits-200", [_row("diffdfkd_adv", 0.98, 1, "ours"), _row("fast", 0.97)])
+    # generator-free rows of the other world stand for both; generator rows do not
+    _write(tmp_path, "digits-mnist-100", [_row("fast", 0.96, 3), _row("diffdfkd_adv", 0.5, 3, "ours")])
+    curve = goals.budget_curve(tmp_path)
+    assert list(curve) == ["diffdfkd_adv", "fast", "kd_real"]  # CURVE_ROWS order
+    assert [(p["images"], p["mean"], p["seeds"]) for p in curve["diffdfkd_adv"]] == [
+        (1000, 0.94, 3),
+        (2000, 0.98, 1),
+    ]
+    assert [(p["images"], p["mean"]) for p in curve["fast"]] == [(1000, 0.96), (2000, 0.97)]
+    table = "\n".join(goals.curve_markdown(curve))
+    assert "| diffdfkd_adv | 94.0 +- 1.0 (3 seeds) | 98.0 (1 seed) |" in table
+    assert "| kd_real | 99.0 +- 1.0 (3 seeds) | - |" in table
+    goals.plot_curve(curve, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
