@@ -151,10 +151,11 @@ def curve_markdown(curve: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def _point(point: dict[str, Any]) -> str:
+def _point(point: dict[str, Any], unit: str = "") -> str:
+    """``mean +- std (n seeds)`` in percent; one seed has no spread to show."""
     if point["seeds"] == 1:
-        return f"{100 * point['mean']:.1f} (1 seed)"
-    return f"{100 * point['mean']:.1f} +- {100 * point['std']:.1f} ({point['seeds']} seeds)"
+        return f"{100 * point['mean']:.1f}{unit} (1 seed)"
+    return f"{100 * point['mean']:.1f} +- {100 * point['std']:.1f}{unit} ({point['seeds']} seeds)"
 
 
 def plot_curve(curve: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -197,10 +198,11 @@ def markdown(block: dict[str, Any], curve: dict[str, list[dict[str, Any]]]) -> s
         if not line["measured"]:
             shown = "not run"
         elif "points" in line:
-            shown = f"{line['points']:+.1f} +- {line['se_points']:.1f} points"
+            spread = f" +- {line['se_points']:.1f}" if line["se_points"] else ""
+            shown = f"{line['points']:+.1f}{spread} points"
             shown += f" (vs {line['against']})" if "against" in line else ""
         elif "mean" in line:
-            shown = f"{100 * line['mean']:.1f} +- {100 * line['std']:.1f} % ({line['seeds']} seeds)"
+            shown = _point(line, " %")
         else:
             shown = f"{100 * line['student_top1']:.1f} % in {line['minutes']:.1f} min"
         met = {True: "yes", False: "NO", None: "-"}[line["met"]]
