@@ -45,15 +45,16 @@ from diffdfkd.worlds.judge import load_judge, load_look_classifier, look_fractio
 from diffdfkd.worlds.looks import LOOKS, render_look  # noqa: E402
 
 TEMPLATE = "generator.prompt_template=a handwritten digit {label}"
+UNGUIDED = ["guidance.mode=none", "guidance.adv_weight=0"]  # no teacher guidance: no adversarial term either
 SWEEP: list[list[str]] = [
-    ["guidance.mode=none"],
+    UNGUIDED,
     [],
     ["guidance.step_size=0.5"],
     ["guidance.step_size=2"],
     ["guidance.bn_weight=0.3"],
     ["guidance.bn_weight=0"],
     ["generator.cfg_scale=1.5"],
-    [TEMPLATE, "guidance.mode=none"],
+    [TEMPLATE, *UNGUIDED],
     [TEMPLATE],
     [TEMPLATE, "guidance.bn_weight=1"],
     [TEMPLATE, "guidance.bn_weight=1", "guidance.step_size=2"],

@@ -220,6 +220,27 @@ def look_classifier_accuracy(looks_model) -> dict[str, float]:
     return out
 
 
+def kd_row_overrides(out_root: Path, extra: list[str] | None = None) -> list[tuple[str, str, list[str]]]:
+    """``(row, prompt template, config overrides)`` of the two KD rows: the world's config unguided
+    (no teacher guidance, so no adversarial term either), no CutMix, 1,000 images of the prompt."""
+    rows = []
+    for name, template in (
+        (f"kd_unguided_{KD_LOOK}", look_prompt(0, KD_LOOK).replace(CLASS_NAMES[0], "{label}")),
+        ("kd_unguided_look_free", look_prompt(0).replace(CLASS_NAMES[0], "{label}")),
+    ):
+        overrides = [
+            "guidance.mode=none",
+            "guidance.adv_weight=0",
+            "cutmix.enabled=false",
+            f"generator.prompt_template={template}",
+            f"synth.images_per_class={KD_IMAGES_PER_CLASS}",
+            f"out_dir={out_root / name}",
+            *(extra or []),
+        ]
+        rows.append((name, template, overrides))
+    return rows
+
+
 def kd_rows(world: str, out_root: Path, extra: list[str] | None = None) -> dict[str, dict]:
     """KD on 1,000 unguided samples of the look-naming ``KD_LOOK`` prompt and of the look-free prompt.
 
@@ -234,18 +255,7 @@ def kd_rows(world: str, out_root: Path, extra: list[str] | None = None) -> dict[
 
     looks_model = load_look_classifier()
     rows = {}
-    for name, template in (
-        (f"kd_unguided_{KD_LOOK}", look_prompt(0, KD_LOOK).replace(CLASS_NAMES[0], "{label}")),
-        ("kd_unguided_look_free", look_prompt(0).replace(CLASS_NAMES[0], "{label}")),
-    ):
-        overrides = [
-            "guidance.mode=none",
-            "cutmix.enabled=false",
-            f"generator.prompt_template={template}",
-            f"synth.images_per_class={KD_IMAGES_PER_CLASS}",
-            f"out_dir={out_root / name}",
-            *(extra or []),
-        ]
+    for name, template, overrides in kd_row_overrides(out_root, extra):
         config = load_config(WORLD_CONFIGS[world], overrides)
         summary = run_experiment(config, progress=False)
         data = load_synthetic(Path(config.out_dir) / "synth")

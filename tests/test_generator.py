@@ -272,3 +272,21 @@ def test_world_goals_judge_the_look_free_prior_at_every_measured_scale():
     assert rows[f"CFG 1 (the prior itself): {gap}"] == ("+14.0 points", True)
     del results["prior_by_guidance_scale"]  # results written before the prior was measured by scale
     assert len(bench.goals(results)) == 4  # adherence, look classifier, the sampler's scale
+
+
+def test_world_bench_kd_rows_are_valid_unguided_runs_of_every_world(tmp_path):
+    """The KD rows switch the guidance off, and with it the shipped adversarial term (which
+    ``check_online`` refuses without guidance), so they cannot fail after the bench's sampling."""
+    from diffdfkd.bench import WORLD_CONFIGS
+    from diffdfkd.config import load_config
+    from diffdfkd.synth.online_student import check_online
+
+    rows = _bench().kd_row_overrides(tmp_path)
+    assert [name for name, _, _ in rows] == ["kd_unguided_scan", "kd_unguided_look_free"]
+    for world, path in WORLD_CONFIGS.items():
+        assert load_config(path).guidance.adv_weight > 0, world  # what makes the test bite
+        for _, template, overrides in rows:
+            config = load_config(path, overrides)
+            check_online(config)
+            assert config.guidance.mode == "none" and not config.cutmix.enabled
+            assert config.generator.prompt_template == template
