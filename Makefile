@@ -45,15 +45,16 @@ bench-digits: install
 	$(BIN)/diffdfkd bench --world digits --seeds 3 --out benchmarks/results/digits
 
 # Issue 14's comparison (benchmarks/baselines_digits.py, one torch thread, resumable per (row, seed)): every
-# row at the demo's budget in `digits` (3 seeds), the levers, the budget curve, DiffDFKD in `digits-mnist`
+# row at 1,000 images in `digits` (3 seeds), the levers, the budget curve, DiffDFKD in `digits-mnist`
 # (DeepInversion, Fast and kd_real never read the generator: goals.py borrows them across worlds).
-# About 5 h on a 2-core CPU; `make bench-goals` then writes the goal block.
+# About 9 h on a 2-core CPU; `make bench-goals` then writes the goal block.
 bench-baselines: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3 --only diffdfkd_raw_step,diffdfkd_adv,diffdfkd_look_prompt
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits-mnist --seeds 3 --only diffdfkd
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 200 --seeds 1 --only diffdfkd,fast
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 1 --only diffdfkd,kd_real
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3 --only diffdfkd_raw_step,diffdfkd_look_prompt
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits-mnist --seeds 3 --only diffdfkd_adv,diffdfkd
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 200 --seeds 3 --only diffdfkd_adv,fast
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 3 --only diffdfkd_adv,fast,kd_real
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 1 --only diffdfkd
 
 # How the baselines' settings were chosen (synthetic-data signals only).
 bench-tune-baselines: install
