@@ -11,7 +11,10 @@ looks, the class prompts naming each look):
   samples relative to that of the real images (1.0 = as diverse as the real data);
 - the look classifier's mix of looks (for a look-naming set: the share in the named look);
 - the domain gap: the world's TEACHER's accuracy on the unguided samples, beside its accuracy on real
-  PUBLIC test images rendered in the same look.
+  PUBLIC test images rendered in the same look;
+- in a world with several looks, the look-free prior again at each of ``--prior-scales`` (CFG 1: the
+  generator's own conditional distribution; 2): the look-free and low-resolution prompts with the same
+  seeds, their look mix and the teacher's accuracy; the world's prior goals are judged at every scale.
 
 With ``--kd`` (the broad world), two reported rows of the method's pipeline: KD of the default student on
 1,000 unguided samples of the look-naming low-resolution prompt (the ceiling guidance should approach)
