@@ -1,14 +1,22 @@
-"""Issue 14's goal block (``benchmarks/goals.py``): the budget curve read from the comparison folders."""
+"""The benchmark scripts' own logic: ``goals.py``'s budget curve read from the comparison folders, and
+``tune_digits.py``'s default sweep being configs the library accepts."""
 
 import importlib.util
 import json
 from pathlib import Path
 
-GOALS = Path(__file__).resolve().parents[1] / "benchmarks" / "goals.py"
+import pytest
+
+from diffdfkd.bench import WORLD_CONFIGS
+from diffdfkd.config import load_config
+from diffdfkd.synth.online_student import check_online
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _goals():
-    spec = importlib.util.spec_from_file_location("goals", GOALS)
+def _script(name: str):
+    """``benchmarks/<name>.py`` loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -24,7 +32,7 @@ def _write(root: Path, folder: str, rows: list[dict]) -> None:
 
 
 def test_budget_curve_collects_each_row_over_budgets_and_borrows_generator_free_rows(tmp_path):
-    goals = _goals()
+    goals = _script("goals")
     _write(tmp_path, "digits-100", [_row("diffdfkd_adv", 0.94, 3, "ours"), _row("kd_real", 0.99, 3)])
     _write(tmp_path, "digits-200", [_row("diffdfkd_adv", 0.98, 1, "ours"), _row("fast", 0.97)])
     # generator-free rows of the other world stand for both; generator rows do not
@@ -41,3 +49,11 @@ def test_budget_curve_collects_each_row_over_budgets_and_borrows_generator_free_
     assert "| kd_real | 99.0 +- 1.0 (3 seeds) | - |" in table
     goals.plot_curve(curve, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("world", sorted(WORLD_CONFIGS))
+def test_every_sweep_candidate_passes_the_up_front_checks(world):
+    sweep = _script("tune_digits").SWEEP
+    assert any("guidance.mode=none" in c for c in sweep)  # the unguided candidates are what can fail
+    for candidate in sweep:
+        check_online(load_config(WORLD_CONFIGS[world], candidate))
