@@ -25,9 +25,10 @@ Usage: python benchmarks/goals.py
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from diffdfkd.bench import mean_difference
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GENERATOR_FREE = ("deepinversion", "fast", "kd_real")
@@ -54,9 +55,8 @@ def rows_at(world: str, per_class: int, root: Path = RESULTS) -> dict[str, dict[
 
 def difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
     """``a - b`` of the student means (points) and its standard error over seeds."""
-    se = math.sqrt(a["student_top1_std"] ** 2 / a["seeds"] + b["student_top1_std"] ** 2 / b["seeds"])
-    return {"points": 100 * (a["student_top1_mean"] - b["student_top1_mean"]), "se_points": 100 * se,
-            "seeds": min(a["seeds"], b["seeds"])}  # fmt: skip
+    points, se = mean_difference(a, b)
+    return {"points": 100 * points, "se_points": 100 * se, "seeds": min(a["seeds"], b["seeds"])}
 
 
 def strongest(rows: dict[str, dict[str, Any]], names: tuple[str, ...]) -> dict[str, Any] | None:

@@ -309,6 +309,12 @@ def aggregate(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def mean_difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
+    """``a - b`` of two rows' student means, and its standard error ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``."""
+    se = math.sqrt(a["student_top1_std"] ** 2 / a["seeds"] + b["student_top1_std"] ** 2 / b["seeds"])
+    return a["student_top1_mean"] - b["student_top1_mean"], se
+
+
 def goal_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's goal: DiffDFKD >= 3 points above every data-free baseline, within 3 of KD on real data.
 
@@ -319,22 +325,17 @@ def goal_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ours = next((r for r in rows if r["kind"] == OURS), None)
     if ours is None:
         return {}
-
-    def difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
-        se = math.sqrt(a["student_top1_std"] ** 2 / a["seeds"] + b["student_top1_std"] ** 2 / b["seeds"])
-        return a["student_top1_mean"] - b["student_top1_mean"], se
-
     check: dict[str, Any] = {"ours": ours["name"], "diffdfkd": ours["student_top1_mean"]}
     baselines = [r for r in rows if r["kind"] == BASELINE]
     if baselines:
         best = max(baselines, key=lambda r: r["student_top1_mean"])
-        margin, se = difference(ours, best)
+        margin, se = mean_difference(ours, best)
         check |= {"best_baseline": best["name"], "margin_over_best_baseline": margin, "margin_se": se}
         check |= {"diffdfkd_s_per_image": ours.get("synthesis_s_per_image"),
                   "best_baseline_s_per_image": best.get("synthesis_s_per_image")}  # fmt: skip
         check["ahead_by_3_points"] = margin >= 0.03
     if "kd_real" in by_name:
-        gap, se = difference(by_name["kd_real"], ours)
+        gap, se = mean_difference(by_name["kd_real"], ours)
         check |= {"gap_to_kd_real": gap, "gap_se": se, "within_3_points_of_kd_real": gap <= 0.03}
     return check
 
