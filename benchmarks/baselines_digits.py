@@ -33,8 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json  # noqa: E402
 
 from diffdfkd.bench import (  # noqa: E402
+    ABLATION,
     ROWS,
     WORLD_CONFIGS,
+    Row,
     aggregate,
     goal_check,
     machine,
@@ -46,7 +48,24 @@ from diffdfkd.config import load_config, to_dict  # noqa: E402
 
 ROW_NAMES = ["diffdfkd_adv", "diffdfkd", "unguided_class_prompt", "deepinversion", "fast", "kd_real"]
 # Issue 14's levers as rows at the same budget (run with --only; reported when present).
-LEVER_ROWS = ["diffdfkd_raw_step", "diffdfkd_look_prompt"]
+LEVER_ROWS = ["diffdfkd_raw_step", "diffdfkd_look_prompt", "diffdfkd_adapted"]
+ADAPTED_GENERATOR = (
+    "adapted_generator"  # diffdfkd_adapted's generator, in the out folder (adapt_generator.py --save)
+)
+
+
+def adapted_row(out: Path) -> Row:
+    """DiffDFKD as shipped on the generator adapted to the teacher (made beforehand in ``out``)."""
+    return Row(
+        "diffdfkd_adapted",
+        ABLATION,
+        "DiffDFKD as shipped (with the adversarial term) on a generator whose UNet was first adapted to the "
+        "teacher without data (benchmarks/adapt_generator.py, 150 steps of the guidance's CE + BN loss on "
+        "one-step predictions, seed 0, used by every seed)",
+        {"guidance.adv_weight": 1.0, "generator.path": str(out / ADAPTED_GENERATOR)},
+    )
+
+
 BUDGET_NOTE = """\
 The world's shipped KD recipe (lenet5, 60 epochs, batch 64, T 4) at {per_class} synthetic images per class
 for every data-free row (kd_real: every real PRIVATE training image), rows run by
@@ -75,7 +94,7 @@ def saved_report(out: Path, names: list[str], world: str, per_class: int, commit
     (the results.json found before this call ran anything; marked ``kept_from_results_json``), so a
     fresh clone that reruns one row does not drop the others."""
     rows = []
-    for row in [r for r in ROWS if r.name in names]:
+    for row in [r for r in (*ROWS, adapted_row(out)) if r.name in names]:
         folders = sorted((out / "runs" / row.name).glob("seed*"))
         done = [f for f in folders if (f / "results.json").is_file()]
         runs = [run_record(json.loads((f / "results.json").read_text()), f) for f in done]
@@ -114,10 +133,17 @@ def main() -> None:
     unknown = sorted(set(wanted) - set(ROW_NAMES + LEVER_ROWS))
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {ROW_NAMES + LEVER_ROWS}")
+    adapted_done = (out / ADAPTED_GENERATOR / "adapt_info.json").is_file()  # written last
+    if "diffdfkd_adapted" in wanted and not args.report_only and not adapted_done:
+        parser.error(
+            f"diffdfkd_adapted needs {out / ADAPTED_GENERATOR}: make it first with "
+            f"python benchmarks/adapt_generator.py --world {args.world} --save {out / ADAPTED_GENERATOR}"
+        )
     committed = committed_rows(out)  # run_bench rewrites out/results.json with the rows it ran
     for name in [] if args.report_only else wanted:
         run_bench(world=args.world, seeds=args.seeds, out=out, only=[name],
-                  budget=row_budget(name, args.images_per_class), progress=False, threads=1)  # fmt: skip
+                  budget=row_budget(name, args.images_per_class), progress=False, threads=1,
+                  rows=(*ROWS, adapted_row(out)))  # fmt: skip
     write_outputs(
         out, saved_report(out, ROW_NAMES + LEVER_ROWS, args.world, args.images_per_class, committed)
     )

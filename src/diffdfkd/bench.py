@@ -189,14 +189,14 @@ images per class would need about 3 hours, so the bench takes a quarter of it; e
 budget."""
 
 
-def select_rows(only: Sequence[str] | None, quick: bool) -> list[Row]:
-    """The rows named in ``only`` (in table order), else ``QUICK_ROWS`` when ``quick``, else all."""
-    names = [r.name for r in ROWS]
+def select_rows(only: Sequence[str] | None, quick: bool, rows: Sequence[Row] = ROWS) -> list[Row]:
+    """The ``rows`` named in ``only`` (in table order), else ``QUICK_ROWS`` when ``quick``, else all."""
+    names = [r.name for r in rows]
     wanted = list(only) if only else (list(QUICK_ROWS) if quick else names)
     unknown = sorted(set(wanted) - set(names))
     if unknown:
         raise ConfigError(f"unknown bench rows {', '.join(unknown)}; choose from {', '.join(names)}")
-    return [r for r in ROWS if r.name in wanted]
+    return [r for r in rows if r.name in wanted]
 
 
 def row_config(
@@ -352,8 +352,10 @@ def run_bench(
     overwrite: bool = False,
     progress: bool = True,
     threads: int | None = 1,
+    rows: Sequence[Row] = ROWS,
 ) -> dict[str, Any]:
-    """Run every row (or those in ``only``) for seeds ``0 .. seeds-1`` and write the comparison to ``out``.
+    """Run every row of ``rows`` (or those in ``only``) for seeds ``0 .. seeds-1`` and write the
+    comparison to ``out``.
 
     ``quick``: tiny budgets on ``QUICK_ROWS`` (a smoke run). ``base``: the config the rows modify
     (default: the world's shipped config file); ``budget``: the shared overrides (default
@@ -369,7 +371,7 @@ def run_bench(
     out = Path(out)
     base = base if base is not None else load_config(WORLD_CONFIGS[world])
     budget = dict(budget if budget is not None else (QUICK_BUDGET if quick else FULL_BUDGET))
-    rows = select_rows(only, quick)
+    rows = select_rows(only, quick, rows)
     start = time.perf_counter()
     runs: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
     # Seed-major: after each pass every row has one more seed, and the outputs are rewritten, so an
