@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -390,13 +391,40 @@ def test_resume_with_the_online_student_is_byte_identical(make_config, tmp_path,
     assert dataset_files(out) == dataset_files(adv_reference[1])
 
 
+FAST_ADV = {**ADV, "synth.source": "fast", "fast.steps": 3, "fast.width": 8, "fast.latent_dim": 16,
+            "fast.warmup_rounds": 1}  # fmt: skip
+
+
+def test_fast_takes_the_adversarial_term_and_a_resume_replays_its_rounds_beside_the_student(
+    make_config, tmp_path
+) -> None:
+    config = make_config(tmp_path / "full", **FAST_ADV)
+    full = synthesize(config, progress=False)
+    plain = synthesize(
+        replace(config, **{"guidance.adv_weight": 0.0, "synth.out_dir": str(tmp_path / "plain")}),
+        progress=False,
+    )
+    assert batch_images(full, 0) == batch_images(plain, 0), "the warm-up round: no L_adv"
+    for b in (1, 2):
+        assert batch_images(full, b) != batch_images(plain, b), f"L_adv changed no image of round {b}"
+    # Batch 2 lost: the rerun rebuilds the student and replays Fast's rounds 0-1 beside it, in step.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed)
+    part = resumed / "parts" / "000002.jsonl"
+    for line in part.read_text().splitlines():
+        (resumed / json.loads(line)["file"]).unlink()
+    part.unlink()
+    synthesize(replace(config, **{"synth.out_dir": str(resumed)}), progress=False)
+    assert dataset_files(resumed) == dataset_files(full)
+
+
 def test_adversarial_term_refuses_what_it_cannot_do(make_config, tmp_path, tiny_components) -> None:
     config = make_config(tmp_path / "out", **ADV)
     with pytest.raises(ConfigError, match="ONE process"):
         synthesize(config, shard=0, num_shards=2, progress=False)
     for change, message in (
         ({"guidance.mode": "none"}, "guidance.mode=none: there is no teacher guidance"),
-        ({"synth.source": "deepinversion"}, "synth.source=deepinversion does not use it"),
+        ({"synth.source": "deepinversion"}, "synth.source=deepinversion does not use it"),  # Fast takes it
     ):
         with pytest.raises(ConfigError, match=message):
             check(replace(config, **change), "synthesize")

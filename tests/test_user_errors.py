@@ -307,8 +307,8 @@ CASES = [
     ),
     (
         "adversarial-term-with-another-source",
-        _check("guidance.adv_weight=0.5", "synth.source=fast"),
-        ["synth.source=fast does not use it"],
+        _check("guidance.adv_weight=0.5", "synth.source=deepinversion"),
+        ["synth.source=deepinversion does not use it"],
     ),
     (
         "adversarial-term-in-shards",

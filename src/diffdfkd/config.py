@@ -150,6 +150,8 @@ class GuidanceConfig:
     """Teacher guidance: ``L = ce * CE + bn * L_bn + adv * L_adv``; by default each guided step moves
     ``z_t -= step_size * sigma_t * grad L / rms(grad L)`` (per image; ``step_norm``).
 
+    ``adv_weight``: the weight of ``L_adv`` against the online student (``online.*``), which also
+    weights that term in Fast's generator loss (``synth.source=fast``).
     ``bn_per``: the units of ``L_bn`` (``group``: one distance per mixing group's pooled statistics;
     ``sample``: one per image, the paper's batch of one, about ``group_size`` times stronger per image at
     the same weight). ``step_norm``: ``none`` steps along the raw gradient (``step_size`` in loss units);

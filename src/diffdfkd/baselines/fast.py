@@ -8,12 +8,15 @@ In round ``r`` with targets ``y``:
 1. a copy ``G_phi`` of the meta-generator (``phi <- theta``) and latents ``z ~ N(0, I)`` (per sample,
    seeded by the sample index) are optimised jointly for ``steps`` Adam steps on::
 
-       L(phi, z) = w_ce CE(T(u), y) + w_bn L_bn(u),    u = jitter(G_phi(z))
+       L(phi, z) = w_ce CE(T(u), y) + w_bn L_bn(u) [+ w_adv L_adv(T(u), S(u))],    u = jitter(G_phi(z))
 
    with CE averaged over the round's batch and ``L_bn`` the BN-statistics distance of the batch's
    pooled statistics (first layer multiplied by ``first_bn_weight``): both taken PER BATCH, as the
    published method does, since a round is a batch and the generator is shared by its samples
-   (:mod:`diffdfkd.guidance.teacher_loss` decides the units);
+   (:mod:`diffdfkd.guidance.teacher_loss` decides the units). ``L_adv`` (``guidance.adv_weight > 0``,
+   averaged over the batch): Fast's adversarial term against the student trained online between
+   rounds (:mod:`diffdfkd.synth.online_student`, the same student and term as DiffDFKD's), from
+   written round ``online.warmup_rounds`` on;
 2. the round's images are those of the lowest ``L`` seen during the inner steps;
 3. meta step (first-order MAML): ``theta <- Adam(theta, sum_steps grad_phi L)`` with learning rate
    ``lr_generator * steps``.
@@ -21,27 +24,29 @@ In round ``r`` with targets ``y``:
 So round ``r``'s start is what the earlier rounds taught the generator: after a few rounds a handful
 of steps suffices, which is Fast's speed-up over DeepInversion's thousands of steps per batch.
 
-Left out: the adversarial term (``L_adv`` against a student trained online, interleaved with KD),
-the BN-statistics momentum across rounds and the generator's reset late in training. Here the
-rounds write a fixed dataset, distilled afterwards with the same KD recipe as every other source.
+Left out: the BN-statistics momentum across rounds and the generator's reset late in training. Here
+the rounds write a fixed dataset, distilled afterwards with the same KD recipe as every other source.
 
 Determinism and resume: a round depends on every earlier round. The source keeps the meta-generator in
 memory and knows how many rounds it has done; asked for batch ``b`` it first replays (and discards)
 the rounds it lacks, so a resumed or sharded run gives the same images as one uninterrupted run,
 at the cost of redoing the earlier rounds. ``warmup_rounds`` meta-train before batch 0 and are not
-written; their latents come from their own seed stream.
+written; their latents come from their own seed stream. With ``L_adv`` a round also depends on the
+online student as it was then: ``synthesize`` replays each written round (``replay``) in step with the
+student it rebuilds, so a resumed run still ends byte-identical.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from diffdfkd.baselines.deepinversion import image_channels, jitter_view, to_rgb
 from diffdfkd.config import ConfigError, ExperimentConfig, FastConfig
-from diffdfkd.guidance.teacher_loss import BNStatistics, Units, cross_entropy
+from diffdfkd.guidance.teacher_loss import BNStatistics, Units, adversarial, cross_entropy
 from diffdfkd.runtime import derive_seed, generators_for, sample_seed
 from diffdfkd.synthetic import SynthBatch, layout_targets
 
@@ -87,11 +92,25 @@ class FastSource:
     """The Fast baseline: a meta-learned generator, one round per batch (module docstring).
 
     ``teacher``: a ``Teacher`` (images in [0, 1] -> logits; ``input_size``, ``mean``/``std`` and the
-    inner ``model`` whose BatchNorm layers ``L_bn`` hooks).
+    inner ``model`` whose BatchNorm layers ``L_bn`` hooks). ``student``: images in [0, 1] -> logits,
+    for ``L_adv`` (``guidance.adv_weight > 0``; the online student ``synthesize`` trains).
     """
 
-    def __init__(self, config: ExperimentConfig, teacher: torch.nn.Module) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        teacher: torch.nn.Module,
+        student: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if config.guidance.adv_weight > 0 and student is None:
+            raise ConfigError(
+                f"guidance.adv_weight={config.guidance.adv_weight} needs the online student that "
+                f"`synthesize` trains between rounds; build the source with student="
+            )
         self.options: FastConfig = config.fast
+        self.student = student
+        self.adv_weight = config.guidance.adv_weight
+        self.adv_from = config.online.warmup_rounds  # written rounds before L_adv is on
         self.teacher = teacher
         self.seed = config.seed
         self.per_class = config.synth.samples_per_class_in_group
@@ -133,9 +152,16 @@ class FastSource:
             self.round(seeds, layout_targets(earlier, self.per_class, num_classes))
         return self.round([sample_seed(self.seed, int(i)) for i in indices], targets)
 
+    def replay(self, indices: torch.Tensor, targets: torch.Tensor) -> None:
+        """Redo the round of an already written batch (its images are discarded), so the meta-generator
+        follows the online student ``synthesize`` rebuilds round by round on a resume."""
+        self.generate(indices, targets)
+
     def round(self, seeds: list[int], targets: torch.Tensor) -> SynthBatch:
         """One synthesis round (module docstring, steps 1-3) on the samples of ``seeds [B]``."""
         o = self.options
+        written = self.rounds - o.warmup_rounds  # this round's batch number (negative: warm-up)
+        adv = self.adv_weight > 0 and written >= self.adv_from
         generators = generators_for(seeds)
         z = torch.stack([torch.randn(o.latent_dim, generator=g) for g in generators])
         z = z.to(self.device).requires_grad_(True)
@@ -157,6 +183,11 @@ class FastSource:
                 bn_loss = bn.loss()
             ce = cross_entropy(logits, targets_dev, per_batch)
             total = o.ce_weight * ce + o.bn_weight * bn_loss
+            parts = {"ce": ce.item(), "bn": bn_loss.item()}
+            if adv:
+                adv_loss = adversarial(logits, self.student(to_rgb(view)), per_batch)
+                total = total + self.adv_weight * adv_loss
+                parts["adv"] = adv_loss.item()
             if total.item() < best_loss:
                 best, best_loss = images.detach(), total.item()
             optimizer.zero_grad(set_to_none=True)
@@ -165,8 +196,8 @@ class FastSource:
                 grad.add_(p.grad)
             optimizer.step()
             p_target = (logits.detach().softmax(dim=1) * targets_dev).sum(dim=1).mean()
-            logs.append({"round": float(self.rounds), "step": float(step), "ce": ce.item(),
-                         "bn": bn_loss.item(), "total": total.item(), "p_target": p_target.item()})  # fmt: skip
+            logs.append({"round": float(self.rounds), "step": float(step), **parts, "total": total.item(),
+                         "p_target": p_target.item()})  # fmt: skip
         self.meta_optimizer.zero_grad(set_to_none=True)
         for grad, p in zip(meta_grads, self.generator.parameters(), strict=True):
             p.grad = grad

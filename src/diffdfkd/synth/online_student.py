@@ -42,18 +42,21 @@ STUDENT_STREAM, DRAW_STREAM = 5, 6
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
 
 
+ADVERSARIAL_SOURCES = ("diffdfkd", "fast")  # the sources whose loss takes L_adv against the student
+
+
 def check_online(config: ExperimentConfig, num_shards: int = 1) -> None:
-    """Refuse, before anything runs, what ``guidance.adv_weight > 0`` cannot do: no teacher guidance
-    to carry ``L_adv`` (mode ``none``), a source other than DiffDFKD's, several shards."""
+    """Refuse, before anything runs, what ``guidance.adv_weight > 0`` cannot do: a source without the
+    term, no teacher guidance to carry it (DiffDFKD in mode ``none``), several shards."""
     weight = config.guidance.adv_weight
     if weight == 0:
         return
-    if config.synth.source != "diffdfkd":
+    if config.synth.source not in ADVERSARIAL_SOURCES:
         raise ConfigError(
-            f"guidance.adv_weight={weight} is a term of DiffDFKD's teacher guidance; synth.source="
-            f"{config.synth.source} does not use it: set guidance.adv_weight=0 or synth.source=diffdfkd"
+            f"guidance.adv_weight={weight} is a term of DiffDFKD's teacher guidance and of Fast's generator "
+            f"loss; synth.source={config.synth.source} does not use it: set guidance.adv_weight=0"
         )
-    if config.guidance.mode == "none":
+    if config.synth.source == "diffdfkd" and config.guidance.mode == "none":
         raise ConfigError(
             f"guidance.adv_weight={weight} with guidance.mode=none: there is no teacher guidance to carry "
             f"the adversarial term; choose a guided mode (full, detach_unet, one_pass) or set "

@@ -250,12 +250,16 @@ def synthesize(
             disable=not progress,
         )
         # With L_adv every batch up to the last one to make is a round of the online student, in
-        # order; the batches already written are replayed (it learns from them again, nothing is sampled).
+        # order; the batches already written are replayed (it learns from them again, nothing is
+        # sampled), and a source whose rounds build on each other (Fast) redoes their rounds beside it.
         rounds = todo if online is None else [b for b in batches if b <= todo[-1]]
+        replay = getattr(source, "replay", None) if online is not None else None
         for b in rounds:
             logs: dict[str, float] = {}
+            indices = plan.indices(b)
+            if writer.is_done(b) and replay is not None:
+                replay(indices, plan.targets(indices))
             if not writer.is_done(b):
-                indices = plan.indices(b)
                 batch = source.generate(indices, plan.targets(indices))
                 records = batch_records(writer, teacher, batch, indices, config.seed, save_size)
                 writer.write_batch(b, records)
