@@ -10,7 +10,8 @@ images per run) and one torch thread:
 - ``unguided_class_prompt``: the same generator and prompts without the teacher (DM-KD style);
 - ``deepinversion`` in batches of 100 (5 mixing groups of 20: the same images as batches of 20 up to
   float rounding, and about 3x cheaper per image on a CPU);
-- ``fast`` in rounds of 20 (its batch is its round, so the batch size is part of the method);
+- ``fast`` in rounds of 20 (its batch is its round, so the batch size is part of the method), and
+  ``fast_adv``: the same with Fast's online adversarial term;
 - ``kd_real``: KD on the real PRIVATE training images (the upper bound; not data-free).
 
 Every (row, seed) keeps its folder under ``<out>/runs``: a rerun skips finished runs and resumes
@@ -34,6 +35,7 @@ import json  # noqa: E402
 
 from diffdfkd.bench import (  # noqa: E402
     ABLATION,
+    BASELINE,
     ROWS,
     WORLD_CONFIGS,
     Row,
@@ -46,17 +48,33 @@ from diffdfkd.bench import (  # noqa: E402
 )
 from diffdfkd.config import load_config, to_dict  # noqa: E402
 
-ROW_NAMES = ["diffdfkd_adv", "diffdfkd", "unguided_class_prompt", "deepinversion", "fast", "kd_real"]
+ROW_NAMES = [
+    "diffdfkd_adv",
+    "diffdfkd",
+    "unguided_class_prompt",
+    "deepinversion",
+    "fast",
+    "fast_adv",
+    "kd_real",
+]
 # Issue 14's levers as rows at the same budget (run with --only; reported when present).
 LEVER_ROWS = ["diffdfkd_raw_step", "diffdfkd_look_prompt", "diffdfkd_adapted"]
-ADAPTED_GENERATOR = (
-    "adapted_generator"  # diffdfkd_adapted's generator, in the out folder (adapt_generator.py --save)
-)
+ADAPTED_GENERATOR = "adapted_generator"  # in the out folder: adapt_generator.py --save
+# Fast's adversarial weight, chosen on public signals like DiffDFKD's (tuning/guidance_step.md).
+FAST_ADV_WEIGHT = 1.0
 
 
-def adapted_row(out: Path) -> Row:
-    """DiffDFKD as shipped on the generator adapted to the teacher (made beforehand in ``out``)."""
-    return Row(
+def script_rows(out: Path) -> tuple[Row, ...]:
+    """This bench's rows beside ``diffdfkd.bench.ROWS``: Fast with its adversarial term, and DiffDFKD
+    on the generator adapted to the teacher (made beforehand in ``out``)."""
+    fast_adv = Row(
+        "fast_adv",
+        BASELINE,
+        f"Fast with its online adversarial term (weight {FAST_ADV_WEIGHT:g}, against the same online student "
+        "and with the same L_adv and warm-up as DiffDFKD's)",
+        {"synth.source": "fast", "guidance.adv_weight": FAST_ADV_WEIGHT},
+    )
+    adapted = Row(
         "diffdfkd_adapted",
         ABLATION,
         "DiffDFKD as shipped (with the adversarial term) on a generator whose UNet was first adapted to the "
@@ -64,6 +82,7 @@ def adapted_row(out: Path) -> Row:
         "one-step predictions, seed 0, used by every seed)",
         {"guidance.adv_weight": 1.0, "generator.path": str(out / ADAPTED_GENERATOR)},
     )
+    return fast_adv, adapted
 
 
 BUDGET_NOTE = """\
@@ -94,7 +113,7 @@ def saved_report(out: Path, names: list[str], world: str, per_class: int, commit
     (the results.json found before this call ran anything; marked ``kept_from_results_json``), so a
     fresh clone that reruns one row does not drop the others."""
     rows = []
-    for row in [r for r in (*ROWS, adapted_row(out)) if r.name in names]:
+    for row in [r for r in (*ROWS, *script_rows(out)) if r.name in names]:
         folders = sorted((out / "runs" / row.name).glob("seed*"))
         done = [f for f in folders if (f / "results.json").is_file()]
         runs = [run_record(json.loads((f / "results.json").read_text()), f) for f in done]
@@ -143,7 +162,7 @@ def main() -> None:
     for name in [] if args.report_only else wanted:
         run_bench(world=args.world, seeds=args.seeds, out=out, only=[name],
                   budget=row_budget(name, args.images_per_class), progress=False, threads=1,
-                  rows=(*ROWS, adapted_row(out)))  # fmt: skip
+                  rows=(*ROWS, *script_rows(out)))  # fmt: skip
     write_outputs(
         out, saved_report(out, ROW_NAMES + LEVER_ROWS, args.world, args.images_per_class, committed)
     )
