@@ -45,13 +45,20 @@ bench-digits: install
 	$(BIN)/diffdfkd bench --world digits --seeds 3 --out benchmarks/results/digits
 
 # Issue 14's comparison (benchmarks/baselines_digits.py, one torch thread, resumable per (row, seed)): every
-# row at 1,000 images in `digits` (3 seeds), the levers, the budget curve, DiffDFKD in `digits-mnist`
-# (DeepInversion, Fast and kd_real never read the generator: goals.py borrows them across worlds).
-# About 9 h on a 2-core CPU; `make bench-goals` then writes the goal block.
+# row at 1,000 images in `digits` (3 seeds; Fast with and without its adversarial term), the levers, the
+# generator adapted to the teacher in both worlds, the budget curve, DiffDFKD in `digits-mnist` (DeepInversion,
+# Fast and kd_real never read the generator: goals.py borrows them across worlds).
+# About 10 h on a 2-core CPU; `make bench-goals` then writes the goal block.
 bench-baselines: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3 --only diffdfkd_raw_step,diffdfkd_look_prompt
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits-mnist --seeds 3 --only diffdfkd_adv,diffdfkd
+	for w in digits digits-mnist; do \
+	  test -f benchmarks/results/baselines/$$w-100/adapted_generator/adapt_info.json || \
+	    OMP_NUM_THREADS=1 $(BIN)/python benchmarks/adapt_generator.py --world $$w --json benchmarks/results/tuning/adapt-$$w-150.json \
+	      --save benchmarks/results/baselines/$$w-100/adapted_generator || exit 1; \
+	  OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world $$w --seeds 3 --only diffdfkd_adapted || exit 1; \
+	done
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 200 --seeds 3 --only diffdfkd_adv,fast
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 3 --only diffdfkd_adv,fast,kd_real
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 1 --only diffdfkd

@@ -51,7 +51,8 @@ from diffdfkd.worlds.judge import load_judge, load_look_classifier  # noqa: E402
 
 
 def adapt(config: ExperimentConfig, out: Path, *, steps: int, lr: float, anchor: float) -> dict:
-    """Write the adapted pipeline to ``out`` (a copy of the config's generator with a new UNet)."""
+    """Write the adapted pipeline to ``out`` (a new folder: a copy of the config's generator with the new
+    UNet and ``adapt_info.json``, renamed into place when complete) and return what it measured."""
     gen, guidance = config.generator, config.guidance
     teacher = build_teacher(teacher_spec(config))
     components = load_components(gen.path, scheduler=gen.scheduler)
@@ -105,10 +106,15 @@ def adapt(config: ExperimentConfig, out: Path, *, steps: int, lr: float, anchor:
             print(json.dumps(logs[-1]), flush=True)
     seconds = time.perf_counter() - start
     unet.requires_grad_(False)
-    shutil.copytree(gen.path, out)
-    unet.save_pretrained(out / "unet")
-    return {"steps": steps, "lr": lr, "anchor": anchor, "seconds": round(seconds, 1),
+    info = {"steps": steps, "lr": lr, "anchor": anchor, "seconds": round(seconds, 1),
             "s_per_step": round(seconds / max(steps, 1), 3), "last": logs[-1] if logs else {}}  # fmt: skip
+    partial = out.with_name(out.name + ".partial")  # a crash leaves no half-written pipeline at out
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(gen.path, partial)
+    unet.save_pretrained(partial / "unet")
+    (partial / "adapt_info.json").write_text(json.dumps(info, indent=1) + "\n")
+    partial.rename(out)
+    return info
 
 
 def main() -> None:
@@ -132,7 +138,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(args.save or Path(folder) / "generator")
         info = adapt(config, path, steps=args.steps, lr=args.lr, anchor=args.anchor)
-        (path / "adapt_info.json").write_text(json.dumps(info, indent=1) + "\n")
         for guided in ([], UNGUIDED):
             row = score(args.world, [f"generator.path={path}"], guided, args.per_class, judge, looks, kd=True)
             rows.append({"world": args.world, "adapt": info, **row})

@@ -35,7 +35,15 @@ GENERATOR_FREE = ("deepinversion", "fast", "fast_adv", "kd_real")
 DATA_FREE_BASELINES = ("deepinversion", "fast", "fast_adv", "unguided_class_prompt")
 WORLDS = ("digits", "digits-mnist")
 CURVE_BUDGETS = (100, 200, 500)  # images per class
-CURVE_ROWS = ("diffdfkd_adv", "diffdfkd", "fast", "fast_adv", "deepinversion", "unguided_class_prompt", "kd_real")
+CURVE_ROWS = (
+    "diffdfkd_adv",
+    "diffdfkd",
+    "fast",
+    "fast_adv",
+    "deepinversion",
+    "unguided_class_prompt",
+    "kd_real",
+)
 
 
 def rows_at(world: str, per_class: int, root: Path = RESULTS) -> dict[str, dict[str, Any]]:

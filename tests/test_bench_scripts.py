@@ -76,3 +76,4 @@ def test_adapting_the_generator_moves_its_unet_and_leaves_a_loadable_pipeline(tm
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(moved) > len(before) // 2  # the teacher's loss reaches most of the UNet
     assert info["steps"] == 2 and math.isfinite(info["last"]["total"])
+    assert json.loads((tmp_path / "generator" / "adapt_info.json").read_text()) == info
