@@ -166,6 +166,14 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
     print(f"dataset: {out}")
 
 
+def cmd_adapt_generator(args: argparse.Namespace) -> None:
+    from diffdfkd.synth.adapt import AdaptSettings, adapt_generator
+
+    settings = AdaptSettings(steps=args.steps, lr=args.lr, anchor=args.anchor)
+    info = adapt_generator(_config(args), args.out, settings)
+    print(f"adapted generator: {args.out} ({info['seconds']:g} s); synthesize with generator.path={args.out}")
+
+
 def cmd_distill(args: argparse.Namespace) -> None:
     from diffdfkd.check import check
     from diffdfkd.pipeline import claim_output, distill
@@ -339,6 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: WORLD_SIZE)")
     p.set_defaults(func=cmd_synthesize)
+
+    p = _add(
+        sub,
+        "adapt-generator",
+        "adapt the config's generator to its teacher without data (beyond the paper; resumable): a new "
+        "pipeline folder for generator.path. Helps a generator that has never drawn the teacher's domain "
+        "and hurts one that has (BENCHMARKS.md)",
+    )
+    _add_config_args(p, overwrite=False)
+    p.add_argument("--out", required=True, help="the adapted pipeline's folder (new, or one to resume)")
+    p.add_argument("--steps", type=int, default=150, help="adaptation steps, one mixing group each")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the UNet")
+    p.add_argument("--anchor", type=float, default=1.0, help="weight of the term that keeps it a denoiser")
+    p.set_defaults(func=cmd_adapt_generator)
 
     p = _add(sub, "distill", "distil a student from the teacher on a synthetic dataset")
     _add_config_args(p)
