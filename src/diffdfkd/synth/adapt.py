@@ -91,7 +91,8 @@ def adapt_generator(
         raise ConfigError(f"{out} exists and is not an adapted generator; choose another --out")
     gen, guidance = config.generator, config.guidance
     teacher = build_teacher(teacher_spec(config))
-    components = load_components(gen.path, device=gen.device, dtype=gen.dtype, scheduler=gen.scheduler)
+    # fp32 weights and compute whatever generator.dtype says: Adam on half-precision weights loses its updates
+    components = load_components(gen.path, device=gen.device, dtype="fp32", scheduler=gen.scheduler)
     device = components.device
     unet = components.unet
     original = copy.deepcopy(unet)
