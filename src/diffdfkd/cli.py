@@ -171,7 +171,10 @@ def cmd_adapt_generator(args: argparse.Namespace) -> None:
 
     settings = AdaptSettings(steps=args.steps, lr=args.lr, anchor=args.anchor)
     info = adapt_generator(_config(args), args.out, settings)
-    print(f"adapted generator: {args.out} ({info['seconds']:g} s); synthesize with generator.path={args.out}")
+    print(
+        f"adapted generator: {args.out} ({info['seconds']:g} s; teacher p(target) at the last step "
+        f"{info['last']['p_target']:.3f}); synthesize with generator.path={args.out}"
+    )
 
 
 def cmd_distill(args: argparse.Namespace) -> None:

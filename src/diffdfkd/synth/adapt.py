@@ -39,6 +39,7 @@ from diffdfkd.diffusion.components import decode_latents, encode_prompts, load_c
 from diffdfkd.diffusion.denoiser import CFGDenoiser, Step, alpha_bar
 from diffdfkd.guidance.guide import TeacherGuide
 from diffdfkd.models.teacher import build_teacher
+from diffdfkd.synth.diffusion_source import class_prompts
 from diffdfkd.synth.run import resolve_config
 from diffdfkd.synth.writer import atomic_write
 from diffdfkd.worlds import teacher_spec
@@ -97,15 +98,11 @@ def adapt_generator(
     unet = components.unet
     original = copy.deepcopy(unet)
     unet.requires_grad_(True)
-    names = [n.replace("_", " ") for n in teacher.class_names]
-    prompts = [gen.prompt_template.format(label=n) if gen.prompt_template else gen.prompt for n in names]
-    group = config.synth.samples_per_class_in_group
-    classes = torch.arange(len(names)).repeat_interleave(group)
-    targets = F.one_hot(classes, len(names)).float().to(device)
-    denoiser = CFGDenoiser(
-        components, encode_prompts(components, prompts)[classes], encode_prompts(components, [gen.negative_prompt]),
-        gen.cfg_scale,
-    )  # fmt: skip
+    num_classes = len(teacher.class_names)
+    classes = torch.arange(num_classes).repeat_interleave(config.synth.samples_per_class_in_group)
+    targets = F.one_hot(classes, num_classes).float().to(device)
+    cond = encode_prompts(components, class_prompts(gen, teacher.class_names))[classes]
+    denoiser = CFGDenoiser(components, cond, encode_prompts(components, [gen.negative_prompt]), gen.cfg_scale)
     guide = TeacherGuide(
         teacher.to(device),
         lambda x0: decode_latents(components, x0),

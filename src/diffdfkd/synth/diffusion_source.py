@@ -7,13 +7,13 @@ generator seeded by ``runtime.sample_seed(seed, i)``, each mixing group's CutMix
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
 
 from diffdfkd.augment.cutmix import LatentCutMix
-from diffdfkd.config import ConfigError, ExperimentConfig
+from diffdfkd.config import ConfigError, ExperimentConfig, GeneratorConfig
 from diffdfkd.diffusion.components import (
     DiffusionComponents,
     decode_latents,
@@ -29,6 +29,13 @@ from diffdfkd.guidance.guide import TeacherGuide
 from diffdfkd.guidance.modes import build_mode
 from diffdfkd.runtime import generators_for, group_seed, sample_seed
 from diffdfkd.synthetic import SynthBatch, SynthExtra, check_groups
+
+
+def class_prompts(generator: GeneratorConfig, class_names: Sequence[str]) -> list[str]:
+    """One prompt per class: ``generator.prompt_template`` with the class name (underscores as spaces),
+    or the class-free ``generator.prompt`` for every class when the template is empty."""
+    template = generator.prompt_template
+    return [template.format(label=n.replace("_", " ")) if template else generator.prompt for n in class_names]
 
 
 class DiffusionSource:
@@ -82,11 +89,7 @@ class DiffusionSource:
                 f"generator.resolution={resolution} is not a multiple of the VAE factor {components.vae_scale_factor}"
             )
         self.latent_size = resolution // components.vae_scale_factor
-        prompts = [
-            gen.prompt_template.format(label=n.replace("_", " ")) if gen.prompt_template else gen.prompt
-            for n in self.class_names
-        ]
-        self.class_embeds = encode_prompts(components, prompts)  # [K, L, D]
+        self.class_embeds = encode_prompts(components, class_prompts(gen, self.class_names))  # [K, L, D]
         self.negative_embeds = encode_prompts(components, [gen.negative_prompt])  # [1, L, D]
         self.group_size = config.synth.group_size
         self.guide = self.warmup_guide = None
