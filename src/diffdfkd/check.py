@@ -90,7 +90,7 @@ def check(
     report = CheckReport(teacher)
     report.lines.append(
         f"teacher: {teacher.num_classes} classes ({', '.join(teacher.class_names)}), input "
-        f"{teacher.in_channels} x {size} x {size}"
+        f"{teacher.in_channels} x {size} x {size}" + (f" ({teacher.origin})" if teacher.origin else "")
     )
     if stage in ("distill", "run"):
         report.lines.append(f"output folder {config.out_dir}: {output_state(config, overwrite)}")

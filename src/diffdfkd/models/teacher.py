@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from diffdfkd.errors import UserError
+from diffdfkd.models.exported import is_exported_program, load_exported
 from diffdfkd.models.torchscript import with_visible_batchnorm
 from diffdfkd.models.zoo import create_model
 
@@ -34,7 +35,7 @@ class Teacher(nn.Module):
     ``forward(images [B, C, H, W] in [0, 1]) -> logits [B, K]``: resizes (bicubic, antialiased) to
     ``input_size``, matches channels (RGB -> grey by averaging, grey -> RGB by copying), normalises
     with ``mean``/``std``. The inner ``model`` stays in eval mode with ``requires_grad=False``;
-    gradients still flow to the input images.
+    gradients still flow to the input images. ``origin``: what the network was loaded from, for reports.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class Teacher(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         class_names: Sequence[str],
+        origin: str = "",
     ) -> None:
         super().__init__()
         if len(mean) != in_channels or len(std) != in_channels:
@@ -56,6 +58,7 @@ class Teacher(nn.Module):
         self.input_size = input_size
         self.in_channels = in_channels
         self.class_names = tuple(class_names)
+        self.origin = origin
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -173,6 +176,11 @@ def is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
+def carries_architecture(path: Path) -> bool:
+    """True for a file that holds its network, not only weights: TorchScript or ``torch.export`` (.pt2)."""
+    return path.is_file() and (is_exported_program(path) or is_torchscript(path))
+
+
 def load_teacher(
     arch: str,
     weights: str | Path,
@@ -183,20 +191,29 @@ def load_teacher(
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> Teacher:
-    """Build a ``Teacher`` from a zoo name plus a weights file, a TorchScript file, or ``timm:<name>``.
+    """Build a ``Teacher`` from a zoo name plus a weights file, a ``torch.export`` (.pt2) or TorchScript
+    file, or ``timm:<name>``.
 
-    ``arch`` may be empty when ``weights`` is a TorchScript file; one with BatchNorm layers is converted
-    to an eager graph whose BatchNorm layers the BN-statistics loss sees (``models.torchscript``).
-    Raises ``CheckpointError`` when the file does not fit, naming the wrong keys or shapes.
+    ``arch`` is ignored when ``weights`` is a .pt2 or TorchScript file (each carries its network); their
+    BatchNorm ops become modules that the BN-statistics loss hooks (``models.exported``,
+    ``models.torchscript``), and a .pt2 must have been exported for ``[B, in_channels, input_size,
+    input_size]`` with a free batch size.
+    Raises ``CheckpointError`` (``ExportedTeacherError`` for a .pt2) when the file does not fit, naming
+    the wrong keys or shapes.
     """
     num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError("a teacher needs at least two class names")
     weights = Path(weights)
-    if weights.is_file() and is_torchscript(weights):
+    origin = f"{arch} weights {weights.name}"
+    if weights.is_file() and is_exported_program(weights):
+        model, origin = load_exported(weights, in_channels=in_channels, input_size=input_size)
+    elif weights.is_file() and is_torchscript(weights):
         model: nn.Module = torch.jit.load(str(weights), map_location="cpu")
         probe = torch.rand(2, in_channels, input_size, input_size, generator=torch.Generator().manual_seed(0))
         model = with_visible_batchnorm(model, probe)
+        hooked = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        origin = f"TorchScript, {hooked} BatchNorm layers hooked"
     elif arch.startswith("timm:"):
         try:
             import timm
@@ -207,12 +224,18 @@ def load_teacher(
     else:
         model = load_weights(create_model(arch, num_classes=num_classes, in_channels=in_channels), weights)
     teacher = Teacher(
-        model, input_size=input_size, in_channels=in_channels, mean=mean, std=std, class_names=class_names
+        model,
+        input_size=input_size,
+        in_channels=in_channels,
+        mean=mean,
+        std=std,
+        class_names=class_names,
+        origin=origin,
     )
     try:
         with torch.no_grad():
             out = teacher(torch.zeros(1, in_channels, input_size, input_size))
-    except RuntimeError as error:
+    except (RuntimeError, AssertionError) as error:  # an exported program's shape guards assert
         raise CheckpointError(
             f"the teacher {weights} cannot take inputs of shape [1, {in_channels}, {input_size}, "
             f"{input_size}] (teacher.in_channels, teacher.input_size): {str(error).splitlines()[0]}"

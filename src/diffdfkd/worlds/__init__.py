@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from diffdfkd.config import ConfigError, ExperimentConfig
-from diffdfkd.models.teacher import TeacherSpec, is_torchscript
+from diffdfkd.models.teacher import TeacherSpec, carries_architecture
 from diffdfkd.registry import Registry, UnknownNameError
 from diffdfkd.worlds import digits
 from diffdfkd.worlds.looks import LOOKS
@@ -131,7 +131,7 @@ def list_worlds() -> list[str]:
 def teacher_spec(config: ExperimentConfig) -> TeacherSpec:
     """The configured teacher: the world's shipped one when ``teacher.weights`` is empty; else the
     given file, with the world's class names and arch where the config leaves them empty (a
-    TorchScript file carries its own arch).
+    TorchScript or torch.export file carries its own network).
 
     Raises ``ConfigError`` for a missing weights file, for class names that differ from the shipped
     teacher's, and for empty fields that a world which is not shipped cannot fill.
@@ -147,14 +147,14 @@ def teacher_spec(config: ExperimentConfig) -> TeacherSpec:
     names, arch = tuple(tc.class_names), tc.arch
     if not Path(tc.weights).is_file():
         raise ConfigError(f"teacher.weights: {tc.weights} does not exist")
-    # The world fills only what the teacher does not say itself (a TorchScript file has its arch).
-    if not names or not (arch or is_torchscript(Path(tc.weights))):
+    # The world fills only what the teacher does not say itself (a TorchScript or .pt2 file has its network).
+    if not names or not (arch or carries_architecture(Path(tc.weights))):
         if config.world not in list_worlds():
             missing = "teacher.class_names" if not names else "teacher.arch"
             raise ConfigError(
                 f"set {missing}: world {config.world!r} is not a shipped world that could fill it"
                 + (
-                    f" ({tc.weights} is not a TorchScript file, which would carry its architecture)"
+                    f" ({tc.weights} is not a TorchScript or torch.export (.pt2) file, which would carry its network)"
                     if names
                     else ""
                 )
