@@ -169,7 +169,7 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 def cmd_adapt_generator(args: argparse.Namespace) -> None:
     from diffdfkd.synth.adapt import AdaptSettings, adapt_generator
 
-    settings = AdaptSettings(steps=args.steps, lr=args.lr, anchor=args.anchor)
+    settings = AdaptSettings(steps=args.steps, lr=args.lr, anchor=args.anchor, lora_rank=args.lora_rank)
     info = adapt_generator(_config(args), args.out, settings)
     print(
         f"adapted generator: {args.out} ({info['seconds']:g} s; teacher p(target) at the last step "
@@ -363,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=150, help="adaptation steps, one mixing group each")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the UNet")
     p.add_argument("--anchor", type=float, default=1.0, help="weight of the term that keeps it a denoiser")
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="0: train the whole UNet; R > 0: a LoRA adapter of rank R on its attention (peft), merged into "
+        "the written UNet and also saved as pytorch_lora_weights.safetensors",
+    )
     p.set_defaults(func=cmd_adapt_generator)
 
     p = _add(sub, "distill", "distil a student from the teacher on a synthetic dataset")

@@ -11,6 +11,15 @@ DRaFT, Clark et al. 2024, on one-step predictions) and writes a new pipeline fol
 3. an anchor keeps it a denoiser: ``anchor * B * mean (eps_theta - eps_0)^2`` of the adapted and the
    original UNet on ``x0_hat`` re-noised at a random training timestep. Adam at ``lr``.
 
+What is trained: the whole UNet (``lora_rank=0``), or a LoRA adapter of rank ``r`` (Hu et al. 2022,
+through ``peft`` as diffusers integrates it: ``W' = W + B A``, ``A [r, in]``, ``B [out, r]`` zero at the
+start, alpha = r so the scale is 1) on every attention projection (``to_q``, ``to_k``, ``to_v``,
+``to_out.0``, self and cross), the original UNet then being the same one with its adapter off. A LoRA run
+writes the pipeline folder with the adapter merged into the UNet's weights (``generator.path=<out>``, or
+stock ``StableDiffusionPipeline.from_pretrained(<out>)``) and the adapter alone as diffusers'
+``pytorch_lora_weights.safetensors`` in the same folder (``pipe.load_lora_weights(<out>)`` on a pipeline
+of the base, the ``generator.path`` recorded in ``adapt_info.json``).
+
 Measured in the digits worlds (BENCHMARKS.md, the efficacy bench's ``diffdfkd_adapted`` row): +8.6 points
 for a generator that has never drawn the teacher's look or shapes (``digits-mnist``), -8.4 for one whose
 prior already holds them (``digits``), so it is off unless asked for.
@@ -22,7 +31,9 @@ an uninterrupted run; the finished folder, with ``adapt_info.json``, is renamed 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import io
 import json
 import shutil
@@ -45,22 +56,27 @@ from diffdfkd.synth.writer import atomic_write
 from diffdfkd.worlds import teacher_spec
 
 INFO, CHECKPOINT = "adapt_info.json", "adapt_checkpoint.pt"
+# Every attention projection of a diffusers UNet, self and cross (as diffusers' LoRA training scripts).
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 @dataclass(frozen=True)
 class AdaptSettings:
-    """``steps`` (one mixing group each), Adam ``lr``, ``anchor`` weight, ``checkpoint_every`` steps."""
+    """``steps`` (one mixing group each), Adam ``lr``, ``anchor`` weight, ``checkpoint_every`` steps,
+    ``lora_rank`` (0: the whole UNet; else the rank of a LoRA adapter on its attention)."""
 
     steps: int = 150
     lr: float = 1e-4
     anchor: float = 1.0
     checkpoint_every: int = 25
+    lora_rank: int = 0
 
     def __post_init__(self) -> None:
         for name, ok in (("steps", self.steps >= 1), ("checkpoint_every", self.checkpoint_every >= 1),
-                         ("lr", self.lr > 0), ("anchor", self.anchor >= 0)):  # fmt: skip
+                         ("lr", self.lr > 0), ("anchor", self.anchor >= 0),
+                         ("lora_rank", self.lora_rank >= 0)):  # fmt: skip
             if not ok:
-                bound = ">= 0" if name == "anchor" else "> 0"
+                bound = ">= 0" if name in ("anchor", "lora_rank") else "> 0"
                 value = getattr(self, name)
                 raise ConfigError(f"adapt-generator: --{name.replace('_', '-')} must be {bound}, got {value}")
 
@@ -96,8 +112,13 @@ def adapt_generator(
     components = load_components(gen.path, device=gen.device, dtype="fp32", scheduler=gen.scheduler)
     device = components.device
     unet = components.unet
-    original = copy.deepcopy(unet)
-    unet.requires_grad_(True)
+    unet.requires_grad_(not settings.lora_rank)
+    if settings.lora_rank:
+        add_lora(unet, settings.lora_rank, config.seed)
+        base_unet = functools.partial(_adapter_off, unet)
+    else:
+        base_unet = functools.partial(contextlib.nullcontext, copy.deepcopy(unet))
+    trained = {name: p for name, p in unet.named_parameters() if p.requires_grad}
     num_classes = len(teacher.class_names)
     classes = torch.arange(num_classes).repeat_interleave(config.synth.samples_per_class_in_group)
     targets = F.one_hot(classes, num_classes).float().to(device)
@@ -111,7 +132,7 @@ def adapt_generator(
         ce_weight=guidance.ce_weight,
         bn_weight=guidance.bn_weight,
     )
-    optimizer = torch.optim.Adam(unet.parameters(), lr=settings.lr)
+    optimizer = torch.optim.Adam(trained.values(), lr=settings.lr)
     rng = torch.Generator().manual_seed(config.seed)  # its own generator: no other stream draws from it
     scheduler = components.scheduler
     scheduler.set_timesteps(gen.num_steps, device=device)
@@ -127,7 +148,9 @@ def adapt_generator(
             raise ConfigError(
                 f"{partial} was begun with another config or settings; delete it or choose another --out"
             )
-        unet.load_state_dict(state["unet"])
+        with torch.no_grad():
+            for name, value in state["unet"].items():
+                trained[name].copy_(value)
         optimizer.load_state_dict(state["optimizer"])
         rng.set_state(state["rng"])
         start, seconds, last = state["step"], state["seconds"], state["last"]
@@ -147,8 +170,8 @@ def adapt_generator(
         loss, parts = guide.loss(x0_hat, targets)
         t = torch.randint(scheduler.config.num_train_timesteps, (len(classes),), generator=rng).to(device)
         noisy = scheduler.add_noise(x0_hat.detach(), torch.randn(shape, generator=rng).to(device), t)
-        with torch.no_grad(), components.autocast():
-            reference = original(noisy, t, encoder_hidden_states=denoiser.cond).sample.float()
+        with torch.no_grad(), components.autocast(), base_unet() as base:
+            reference = base(noisy, t, encoder_hidden_states=denoiser.cond).sample.float()
         with components.autocast():
             drift = (
                 (unet(noisy, t, encoder_hidden_states=denoiser.cond).sample.float() - reference).pow(2).mean()
@@ -164,25 +187,62 @@ def adapt_generator(
         bar.set_postfix({k: f"{last[k]:.3g}" for k in ("ce", "bn", "p_target", "drift")})
         done = it + 1
         if done % settings.checkpoint_every == 0 or done == settings.steps:
-            state = {"identity": identity, "unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
+            weights = {name: p.detach() for name, p in trained.items()}
+            state = {"identity": identity, "unet": weights, "optimizer": optimizer.state_dict(),
                      "rng": rng.get_state(), "step": done, "seconds": seconds + time.perf_counter() - clock,
                      "last": last}  # fmt: skip
             atomic_write(partial / CHECKPOINT, _to_bytes(state))
     bar.close()
     seconds += time.perf_counter() - clock
     info = {"identity": identity, "seconds": round(seconds, 1), "s_per_step": round(seconds / settings.steps, 3),
-            "last": last}  # fmt: skip
+            "trainable_params": sum(p.numel() for p in trained.values()), "last": last}  # fmt: skip
     for item in partial.iterdir():  # parts half-copied before a stop are copied again
         if item.name != CHECKPOINT:
             shutil.rmtree(item) if item.is_dir() else item.unlink()
     for item in Path(gen.path).iterdir():  # every part but the UNet unchanged
         if item.name != "unet":
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, partial / item.name)
+    if settings.lora_rank:
+        save_lora(unet, partial)
     unet.requires_grad_(False).save_pretrained(partial / "unet")
     atomic_write(partial / INFO, (json.dumps(info, indent=1) + "\n").encode())
     partial.rename(out)
     (out / CHECKPOINT).unlink()
     return info
+
+
+def add_lora(unet: torch.nn.Module, rank: int, seed: int) -> None:
+    """Add a LoRA adapter of ``rank`` on every attention projection of ``unet`` (alpha = rank), drawn
+    from ``seed`` (``A`` random, ``B`` zero). Only the adapter trains."""
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS), init_lora_weights=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet.add_adapter(lora)
+
+
+def save_lora(unet: torch.nn.Module, folder: Path) -> None:
+    """Write ``unet``'s adapter to ``folder / pytorch_lora_weights.safetensors`` (diffusers' LoRA file),
+    then merge it into the UNet's weights and remove the adapter layers."""
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    # No adapter metadata: safetensors writes a header of several metadata keys in a random order (the
+    # file would differ run to run); loaders read the rank from the shapes and alpha = rank is their default.
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet))
+    unet.fuse_lora()
+    unet.unload_lora()
+
+
+@contextlib.contextmanager
+def _adapter_off(unet: torch.nn.Module):
+    """``unet`` with its LoRA adapter switched off: the original UNet."""
+    unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.enable_adapters()
 
 
 def _to_bytes(state: dict[str, Any]) -> bytes:
