@@ -38,6 +38,7 @@ import io
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -112,13 +113,7 @@ def adapt_generator(
     components = load_components(gen.path, device=gen.device, dtype="fp32", scheduler=gen.scheduler)
     device = components.device
     unet = components.unet
-    unet.requires_grad_(not settings.lora_rank)
-    if settings.lora_rank:
-        add_lora(unet, settings.lora_rank, config.seed)
-        base_unet = functools.partial(_adapter_off, unet)
-    else:
-        base_unet = functools.partial(contextlib.nullcontext, copy.deepcopy(unet))
-    trained = {name: p for name, p in unet.named_parameters() if p.requires_grad}
+    trained, base_unet = prepare_unet(unet, settings.lora_rank, config.seed)
     num_classes = len(teacher.class_names)
     classes = torch.arange(num_classes).repeat_interleave(config.synth.samples_per_class_in_group)
     targets = F.one_hot(classes, num_classes).float().to(device)
@@ -134,9 +129,7 @@ def adapt_generator(
     )
     optimizer = torch.optim.Adam(trained.values(), lr=settings.lr)
     rng = torch.Generator().manual_seed(config.seed)  # its own generator: no other stream draws from it
-    scheduler = components.scheduler
-    scheduler.set_timesteps(gen.num_steps, device=device)
-    timesteps = scheduler.timesteps
+    components.scheduler.set_timesteps(gen.num_steps, device=device)
     size = (gen.resolution or components.native_resolution) // components.vae_scale_factor
     shape = (len(classes), components.latent_channels, size, size)
 
@@ -158,31 +151,15 @@ def adapt_generator(
     bar = tqdm(total=settings.steps, initial=start, unit="step", desc="adapt generator", disable=not progress)
     clock = time.perf_counter()
     for it in range(start, settings.steps):
-        z = torch.randn(shape, generator=rng).to(device)
-        stop = int(torch.randint(len(timesteps), (), generator=rng))
-        with torch.no_grad():
-            for i, t in enumerate(timesteps[:stop]):
-                eps = denoiser(z, Step(i, len(timesteps), t, alpha_bar(scheduler, i, t)))
-                z = scheduler.step(eps, t, z, generator=rng).prev_sample
-        step = Step(stop, len(timesteps), timesteps[stop], alpha_bar(scheduler, stop, timesteps[stop]))
-        z_in = denoiser.model_input(z, step)
-        x0_hat = denoiser.x0_at(z_in, denoiser.eps_at(z_in, step), step)
-        loss, parts = guide.loss(x0_hat, targets)
-        t = torch.randint(scheduler.config.num_train_timesteps, (len(classes),), generator=rng).to(device)
-        noisy = scheduler.add_noise(x0_hat.detach(), torch.randn(shape, generator=rng).to(device), t)
-        with torch.no_grad(), components.autocast(), base_unet() as base:
-            reference = base(noisy, t, encoder_hidden_states=denoiser.cond).sample.float()
-        with components.autocast():
-            drift = (
-                (unet(noisy, t, encoder_hidden_states=denoiser.cond).sample.float() - reference).pow(2).mean()
-            )
-        total = loss + settings.anchor * len(classes) * drift
+        total, parts = adaptation_loss(
+            components, unet, base_unet, denoiser, guide, targets, shape, rng, settings.anchor
+        )
         if not torch.isfinite(total):
             raise ConfigError(f"the adaptation's loss is not finite at step {it} ({parts}); lower --lr")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        last = {"step": it, "at_step": stop, "drift": drift.item(), **parts}
+        last = {"step": it, **parts}
         bar.update(1)
         bar.set_postfix({k: f"{last[k]:.3g}" for k in ("ce", "bn", "p_target", "drift")})
         done = it + 1
@@ -209,6 +186,56 @@ def adapt_generator(
     partial.rename(out)
     (out / CHECKPOINT).unlink()
     return info
+
+
+def prepare_unet(
+    unet: torch.nn.Module, lora_rank: int, seed: int
+) -> tuple[dict[str, torch.nn.Parameter], Callable[[], contextlib.AbstractContextManager]]:
+    """Make ``unet`` trainable, whole (``lora_rank`` 0) or through a LoRA adapter (``add_lora``); return
+    its trained parameters by name and a factory of context managers that give the original UNet (a
+    frozen copy, or ``unet`` with its adapter off)."""
+    unet.requires_grad_(not lora_rank)
+    if lora_rank:
+        add_lora(unet, lora_rank, seed)
+        base_unet = functools.partial(_adapter_off, unet)
+    else:
+        base_unet = functools.partial(contextlib.nullcontext, copy.deepcopy(unet).requires_grad_(False))
+    return {name: p for name, p in unet.named_parameters() if p.requires_grad}, base_unet
+
+
+def adaptation_loss(
+    components: Any,
+    unet: torch.nn.Module,
+    base_unet: Callable[[], contextlib.AbstractContextManager],
+    denoiser: CFGDenoiser,
+    guide: TeacherGuide,
+    targets: torch.Tensor,
+    shape: tuple[int, ...],
+    rng: torch.Generator,
+    anchor: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One adaptation step's loss (module docstring, 1-3) for one group of ``targets [B, K]`` with
+    latents of ``shape [B, C, h, w]``, all noise drawn from ``rng``; also its parts for the log.
+    ``components.scheduler`` holds the schedule (``set_timesteps``); ``denoiser`` runs ``unet``."""
+    scheduler, device = components.scheduler, components.device
+    timesteps = scheduler.timesteps
+    z = torch.randn(shape, generator=rng).to(device)
+    stop = int(torch.randint(len(timesteps), (), generator=rng))
+    with torch.no_grad():
+        for i, t in enumerate(timesteps[:stop]):
+            eps = denoiser(z, Step(i, len(timesteps), t, alpha_bar(scheduler, i, t)))
+            z = scheduler.step(eps, t, z, generator=rng).prev_sample
+    step = Step(stop, len(timesteps), timesteps[stop], alpha_bar(scheduler, stop, timesteps[stop]))
+    z_in = denoiser.model_input(z, step)
+    x0_hat = denoiser.x0_at(z_in, denoiser.eps_at(z_in, step), step)
+    loss, parts = guide.loss(x0_hat, targets)
+    t = torch.randint(scheduler.config.num_train_timesteps, (shape[0],), generator=rng).to(device)
+    noisy = scheduler.add_noise(x0_hat.detach(), torch.randn(shape, generator=rng).to(device), t)
+    with torch.no_grad(), components.autocast(), base_unet() as base:
+        reference = base(noisy, t, encoder_hidden_states=denoiser.cond).sample.float()
+    with components.autocast():
+        drift = (unet(noisy, t, encoder_hidden_states=denoiser.cond).sample.float() - reference).pow(2).mean()
+    return loss + anchor * shape[0] * drift, {"at_step": stop, "drift": drift.item(), **parts}
 
 
 def add_lora(unet: torch.nn.Module, rank: int, seed: int) -> None:
