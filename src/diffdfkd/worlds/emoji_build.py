@@ -425,6 +425,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     or not at all."""
     import zipfile
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
         for key in sorted(arrays):
