@@ -43,6 +43,7 @@ class World:
     generator: Path
     looks: tuple[str, ...]  # the looks (digits) or styles (emoji) the generator was trained on
     description: str
+    look_judge: str = "looks"  # the measuring classifier of those looks (diffdfkd.worlds.judge.JUDGES)
 
     def load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Load ``'public:<split>'`` or ``'private:<split>'``."""
@@ -135,6 +136,7 @@ def emoji_world() -> World:
             "the paper's DomainNet setting at CPU scale: 12 classes of emoji; the teacher knows only "
             "Twemoji (PRIVATE), the generator's prior six other openly licensed styles (PUBLIC)"
         ),
+        look_judge="emoji-styles",
     )
 
 

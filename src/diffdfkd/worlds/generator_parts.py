@@ -286,7 +286,7 @@ def load_generator(path: str | os.PathLike | None = None):
             f"no generator at {path} (model_index.json missing); build one with "
             "`diffdfkd world build-generator`"
         )
-    pipe = StableDiffusionPipeline.from_pretrained(path)
+    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32)  # fp16 files run in fp32
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
