@@ -248,8 +248,16 @@ def main(argv: list[str] | None = None) -> dict:
     only = args.only.split(",")
 
     def save() -> None:
-        path.write_text(json.dumps(results, indent=2) + "\n")
-        (args.out / "results.md").write_text(markdown(results))
+        # merge into what is on disk: two runs of this bench (say its KD rows and its prompt sets) may
+        # write the same file, each adding its own sections and rows
+        disk = json.loads(path.read_text()) if path.exists() else {}
+        for key in ("sets", "kd"):
+            results[key] = disk.get(key, {}) | results.get(key, {})
+        merged = disk | results
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(merged, indent=2) + "\n")
+        tmp.replace(path)
+        (args.out / "results.md").write_text(markdown(merged))
 
     teacher = build_teacher(world.teacher_spec())
     if "teacher" in only and "teacher" not in results:
