@@ -180,7 +180,7 @@ def teacher_spec(config: ExperimentConfig) -> TeacherSpec:
             raise ConfigError(
                 f"set {missing}: world {config.world!r} is not a shipped world that could fill it"
                 + (
-                    f" ({tc.weights} is not a TorchScript or torch.export (.pt2) file, which would carry its network)"
+                    f" ({tc.weights} is not a TorchScript file or a torch.export (.pt2) program, which would carry its network)"
                     if names
                     else ""
                 )
