@@ -54,7 +54,7 @@ def test_an_interrupted_adaptation_resumes_from_its_checkpoint_byte_identical(ad
         adapt_generator(CONFIG, out, SETTINGS, progress=False)
     monkeypatch.undo()
     partial = out.with_name(out.name + ".partial")
-    assert torch.load(partial / CHECKPOINT, weights_only=False)["step"] == 2 and not out.exists()
+    assert torch.load(partial / CHECKPOINT, weights_only=True)["step"] == 2 and not out.exists()
     info = adapt_generator(CONFIG, out, SETTINGS, progress=False)
     assert _unet_bytes(out) == _unet_bytes(adapted[0]), "the resumed run ends where the uninterrupted one did"
     assert info["last"] == adapted[1]["last"]
