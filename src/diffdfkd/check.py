@@ -37,7 +37,7 @@ from diffdfkd.guidance.modes import guided_steps
 from diffdfkd.guidance.teacher_loss import NoBatchNormError, batchnorm_layers
 from diffdfkd.models import build_teacher, create_model
 from diffdfkd.models.teacher import Teacher
-from diffdfkd.runtime import changed_keys, resolve_device
+from diffdfkd.runtime import changed_keys, describe_changes, resolve_device
 from diffdfkd.synth.dataset import (
     KINDS,
     class_image_files,
@@ -276,13 +276,13 @@ def _check_own_dataset(root: Path, config: ExperimentConfig, teacher: Teacher) -
     plan = SynthPlan.from_config(config, teacher.num_classes)
     save_size = config.synth.save_size or teacher.input_size
     signature = dataset_signature(config, plan, teacher.class_names, save_size)
-    try:
-        DatasetWriter(root, teacher.class_names).state(signature)
-    except ConfigError as error:
+    if DatasetWriter(root, teacher.class_names).state(signature, overwrite=True) != "same":
+        made_with = json.loads((root / "signature.json").read_text()).get("config", {})
         raise ConfigError(
-            f"distill without --data reads this config's dataset, but {error}. Rerun `diffdfkd synthesize` "
-            f"with this config (into another synth.out_dir), or give --data the dataset to distil on"
-        ) from None
+            f"distill without --data reads this config's dataset, but {root} was made with another "
+            f"config (differing keys: {describe_changes(made_with, signature) or '(unknown)'}); run `diffdfkd "
+            f"synthesize` with this config, or give --data the dataset to distil on"
+        )
 
 
 def _dataset_image_size(root: Path) -> int:

@@ -195,9 +195,9 @@ def summarise(root: Path, seconds: float) -> dict[str, Any]:
         "mean_teacher_prob_target": sum(r["teacher_prob_target"] for r in finals) / max(len(finals), 1),
         "teacher_accuracy": sum(r["teacher_pred"] == r["class"] for r in finals) / max(len(finals), 1),
         "seconds_last_process": round(seconds, 2),
-        # every process that made a batch (resumes and shards included), from parts/<batch>.seconds
+        # every process that made a batch (resumes and shards included), from seconds/<batch>.txt
         "seconds_all_processes": round(
-            sum(float(f.read_text()) for f in (root / "parts").glob("*.seconds")), 2
+            sum(float(f.read_text()) for f in (root / "seconds").glob("*.txt")), 2
         ),
     }
 

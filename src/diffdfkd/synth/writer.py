@@ -6,13 +6,14 @@ Layout of ``<out>``::
     images/<k:03d>_<class>/<index:07d>_s<step:03d>.png   intermediates (decoded x0_hat at CutMix steps)
     parts/<batch:06d>.jsonl                         one manifest part per finished batch
     manifest.jsonl                                  all parts in batch order, once every batch is done
+    seconds/<batch:06d>.txt                         the time its process spent on each batch
     classes.json  signature.json  config.yaml  run_info.json  summary.json
 
 A batch is done iff its part exists. Its PNGs are written first (each to a temp file, then
 ``os.replace``), the part last, so a run killed at any point and started again redoes exactly the
-unfinished batches and ends byte-identical to an uninterrupted run. Beside each part,
-``parts/<batch:06d>.seconds`` holds the time its process spent on it (loading included for its first
-batch), so that the dataset's cost counts every process that made it.
+unfinished batches and ends byte-identical to an uninterrupted run. ``seconds/<batch:06d>.txt``
+holds the time its process spent on a batch (loading included for its first one), so that the
+dataset's cost counts every process that made it (not part of the dataset's bytes).
 
 A folder is claimed by its first finished batch: one that holds another config's signature but no
 finished batch (a run that failed before its first batch) is replaced without ``--overwrite``. The
@@ -58,6 +59,7 @@ UNSIGNED_KEYS = (
 OWN_NAMES = (
     "images",
     "parts",
+    "seconds",
     "tmp",
     "manifest.jsonl",
     "summary.json",
@@ -244,7 +246,7 @@ class DatasetWriter:
         return dropped
 
     def _clear(self) -> None:
-        for name in ("images", "parts", "tmp"):
+        for name in ("images", "parts", "seconds", "tmp"):
             shutil.rmtree(self.root / name, ignore_errors=True)
         for name in ("manifest.jsonl", "summary.json", SIGNATURE_FILE, "classes.json"):
             (self.root / name).unlink(missing_ok=True)
@@ -265,9 +267,10 @@ class DatasetWriter:
                 os.replace(staged, target)
             lines = "".join(json.dumps(r.row, separators=(",", ":")) + "\n" for r in records)
             now = time.perf_counter()
-            staged = tmp_dir / "seconds"
+            staged = tmp_dir / "seconds.txt"
             staged.write_text(f"{now - self._clock:.3f}\n")
-            os.replace(staged, self.part_path(batch).with_suffix(".seconds"))
+            (self.root / "seconds").mkdir(exist_ok=True)
+            os.replace(staged, self.root / "seconds" / f"{batch:06d}.txt")
             staged = tmp_dir / "part.jsonl"
             staged.write_text(lines)
             os.replace(staged, self.part_path(batch))
