@@ -199,7 +199,7 @@ class DatasetWriter:
         afresh. Raises ``FolderBusyError`` while another process writes the folder with another config
         (or replaces it).
         """
-        state = self.state(signature, overwrite=overwrite)
+        self.state(signature, overwrite=overwrite)  # refuses before anything is created
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._lock = FolderLock(self.root)
