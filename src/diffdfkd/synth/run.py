@@ -110,11 +110,14 @@ def resolve_shard(shard: int | None, num_shards: int | None) -> tuple[int, int]:
 
 
 def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
-    """Fill an empty ``generator.path`` with the world's shipped generator."""
+    """Fill an empty ``generator.path`` with the world's shipped generator (where one is shipped; only
+    the diffusion source needs one)."""
     if config.generator.path:
         return config
     path = get_world(config.world).generator
     if not (path / "model_index.json").is_file():
+        if config.synth.source != "diffdfkd":
+            return config
         raise UserError(
             f"world {config.world!r} has no shipped generator at {path} yet; train it, or set generator.path"
         )
