@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from diffdfkd import __version__
@@ -445,8 +447,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is (as Ctrl-C raises KeyboardInterrupt), so that the same
+    cleanup runs and the same message is printed."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _run_command(args)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; user errors, a full disk and a stop (Ctrl-C, SIGTERM) end in one line."""
     try:
         args.func(args)
     except (UserError, FileNotFoundError) as error:
@@ -461,9 +483,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
-        print("diffdfkd: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        print(f"diffdfkd: {how}; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
     return 0
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from diffdfkd.errors import UserError
 from diffdfkd.models.exported import is_exported_program, load_exported
@@ -91,6 +91,12 @@ class Teacher(nn.Module):
         return self.model(self.preprocess(images))
 
 
+ACCEPTED = (
+    "accepted are torch.export programs (.pt2, torch.export.save) and TorchScript files (torch.jit.save) "
+    "as teachers, safetensors files and weights-only torch state dicts (torch.save(model.state_dict(), ...))"
+)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors or a weights-only torch checkpoint.
 
@@ -100,6 +106,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
+    if is_exported_program(path):  # load_teacher takes it before a state dict is ever read
+        raise CheckpointError(
+            f"{path} is a torch.export program (.pt2): it carries its own network, so it is a teacher "
+            f"(teacher.weights), not a state dict for a zoo model; {ACCEPTED}"
+        )
     if path.suffix == ".safetensors":
         try:
             state = load_file(str(path))
@@ -109,10 +120,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            if "Unsupported global" not in str(error):  # not code: bytes that are no pickle at all
+            if "unsupported global" not in str(error).lower():  # not code: bytes that are no pickle at all
                 raise CheckpointError(
-                    f"{path} is not a torch checkpoint (damaged, or another format); give a safetensors "
-                    f"file, a torch.save'd state_dict or a TorchScript file"
+                    f"{path} is not a torch checkpoint (damaged, or another format); {ACCEPTED}"
                 ) from None
             raise CheckpointError(
                 f"{path} is not a weights-only checkpoint (it pickles code, which is never loaded "
@@ -120,9 +130,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"Detail: {str(error).splitlines()[0]}"
             ) from None
         except Exception as error:  # torch.load raises many types on a file that is not a checkpoint
+            detail = (str(error).strip().splitlines() or [""])[0][:200]
             raise CheckpointError(
-                f"{path} is not a torch checkpoint ({type(error).__name__}: {error})"
-            ) from error
+                f"{path} is not a torch checkpoint ({type(error).__name__}: {detail}); {ACCEPTED}"
+            ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -164,7 +175,7 @@ def export_weights(model: torch.nn.Module, path: str | Path, half: bool = True) 
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path))
+    path.write_bytes(save(state))  # not save_file: it creates the file with mode 0600 whatever the umask
     return path
 
 

@@ -24,7 +24,8 @@ Measured in the digits worlds (BENCHMARKS.md, the efficacy bench's ``diffdfkd_ad
 for a generator that has never drawn the teacher's look or shapes (``digits-mnist``), -8.4 for one whose
 prior already holds them (``digits``), so it is off unless asked for.
 
-Crash-safe: the work goes to ``<out>.partial`` with a checkpoint (UNet, optimiser, random state, step)
+Crash-safe: the work goes to ``<out>.partial`` with a checkpoint (UNet, optimiser, random state, step;
+read back with ``weights_only=True``, so a planted file runs no code)
 every ``checkpoint_every`` steps; a rerun resumes from it and ends byte-identical (on the same device) to
 an uninterrupted run; the finished folder, with ``adapt_info.json``, is renamed into place last.
 """
@@ -34,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import io
 import json
 import shutil
 import time
@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from diffdfkd.config import ConfigError, ExperimentConfig
 from diffdfkd.diffusion.components import decode_latents, encode_prompts, load_components
 from diffdfkd.diffusion.denoiser import CFGDenoiser, Step, alpha_bar
+from diffdfkd.files import load_checkpoint, torch_bytes
 from diffdfkd.guidance.guide import TeacherGuide
 from diffdfkd.models.teacher import build_teacher
 from diffdfkd.synth.diffusion_source import class_prompts
@@ -107,6 +108,12 @@ def adapt_generator(
         return info
     if out.exists():
         raise ConfigError(f"{out} exists and is not an adapted generator; choose another --out")
+    partial = out.with_name(out.name + ".partial")
+    state = load_checkpoint(partial / CHECKPOINT) if (partial / CHECKPOINT).is_file() else None
+    if state is not None and (not isinstance(state, dict) or state.get("identity") != identity):
+        raise ConfigError(
+            f"{partial} was begun with another config or settings; delete it or choose another --out"
+        )
     gen, guidance = config.generator, config.guidance
     teacher = build_teacher(teacher_spec(config))
     # fp32 weights and compute whatever generator.dtype says: Adam on half-precision weights loses its updates
@@ -133,14 +140,8 @@ def adapt_generator(
     size = (gen.resolution or components.native_resolution) // components.vae_scale_factor
     shape = (len(classes), components.latent_channels, size, size)
 
-    partial = out.with_name(out.name + ".partial")
     start, seconds, last = 0, 0.0, {}
-    if (partial / CHECKPOINT).is_file():
-        state = torch.load(partial / CHECKPOINT, map_location=device, weights_only=False)  # our own file
-        if state["identity"] != identity:
-            raise ConfigError(
-                f"{partial} was begun with another config or settings; delete it or choose another --out"
-            )
+    if state is not None:
         with torch.no_grad():
             for name, value in state["unet"].items():
                 trained[name].copy_(value)
@@ -168,7 +169,7 @@ def adapt_generator(
             state = {"identity": identity, "unet": weights, "optimizer": optimizer.state_dict(),
                      "rng": rng.get_state(), "step": done, "seconds": seconds + time.perf_counter() - clock,
                      "last": last}  # fmt: skip
-            atomic_write(partial / CHECKPOINT, _to_bytes(state))
+            atomic_write(partial / CHECKPOINT, torch_bytes(state))
     bar.close()
     seconds += time.perf_counter() - clock
     info = {"identity": identity, "seconds": round(seconds, 1), "s_per_step": round(seconds / settings.steps, 3),
@@ -270,9 +271,3 @@ def _adapter_off(unet: torch.nn.Module):
         yield unet
     finally:
         unet.enable_adapters()
-
-
-def _to_bytes(state: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
