@@ -15,14 +15,14 @@ import torch
 
 from diffdfkd.config import ConfigError, ExperimentConfig
 from diffdfkd.runtime import derive_seed
-from diffdfkd.synthetic import SynthBatch
+from diffdfkd.synthetic import SynthBatch, SyntheticSource
 from diffdfkd.worlds import get_world, list_worlds
 
 # The random stream of the seeded order of each class's images (0 and 1 are the samples' and groups').
 ORDER_STREAM = 2
 
 
-class RealDataSource:
+class RealDataSource(SyntheticSource):
     """The world's PRIVATE ``train`` images, by class. Reading them breaks the data-free setting: this
     source exists only as the upper-bound baseline.
 
