@@ -129,7 +129,8 @@ def dataset_signature(
     """What identifies the dataset of ``config`` in its folder (see ``DatasetWriter.state``).
 
     The ``online.*`` keys count only with ``guidance.adv_weight > 0``: without ``L_adv`` there is no
-    online student, and datasets made before those keys existed keep their signature.
+    online student, and datasets made before those keys existed keep their signature. Likewise the
+    ``cmi.*`` keys count only for ``synth.source=cmi`` (added after the other sources' datasets).
     """
     adv = config.guidance.adv_weight > 0
     signature = config_signature(
@@ -139,7 +140,8 @@ def dataset_signature(
         save_size=save_size,
         **({"online_student": online_arch(config)} if adv else {}),
     )
-    return signature if adv else {k: v for k, v in signature.items() if not k.startswith("online.")}
+    unsigned = [p for p, used in (("online.", adv), ("cmi.", config.synth.source == "cmi")) if not used]
+    return {k: v for k, v in signature.items() if not k.startswith(tuple(unsigned))}
 
 
 def summarise(root: Path, seconds: float) -> dict[str, Any]:

@@ -7,6 +7,7 @@ adding its class and one line here.
 
 from __future__ import annotations
 
+from diffdfkd.baselines.cmi import CMISource
 from diffdfkd.baselines.deepinversion import DeepInversionSource
 from diffdfkd.baselines.fast import FastSource
 from diffdfkd.baselines.real import RealDataSource
@@ -20,6 +21,7 @@ SOURCES: Registry[SyntheticSource] = Registry(
         "diffdfkd": DiffusionSource,  # teacher-guided diffusion with Latent CutMix (mode none: plain CFG)
         "deepinversion": DeepInversionSource,  # pixels optimised from noise against the teacher
         "fast": FastSource,  # a generator meta-learned across synthesis rounds (Fang et al. 2022)
+        "cmi": CMISource,  # a generator per batch with a contrastive loss against a memory bank (Fang et al. 2021)
         "real": RealDataSource,  # the world's PRIVATE training images (upper bound, not data-free)
     },
 )
