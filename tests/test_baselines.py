@@ -1,5 +1,7 @@
 """The baseline sources behind the one source interface: DeepInversion, Fast, CMI and the real private images."""
 
+import copy
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from diffdfkd.models.teacher import build_teacher
 from diffdfkd.pipeline import DEMO_CONFIG, distill
 from diffdfkd.runtime import generators_for, sample_seed
 from diffdfkd.synth.dataset import load_synthetic
+from diffdfkd.synth.online_student import OnlineStudent
 from diffdfkd.synth.run import SynthPlan, synthesize
 from diffdfkd.synth.sources import SOURCES
 from diffdfkd.worlds import get_world, teacher_spec
@@ -206,6 +209,37 @@ def test_fast_meta_learned_generator_reaches_a_lower_loss_in_k_steps_than_a_fres
         source = FastSource(replace(config, **tiny, **{"fast.warmup_rounds": warmup}), teacher)
         best.append(min(log["total"] for log in source.generate(*_batch(config, 10)).logs))
     assert best[1] < 0.75 * best[0], f"meta-learnt {best[1]:.2f} vs fresh {best[0]:.2f}"
+
+
+def test_adversarial_term_lowers_the_online_students_agreement_on_the_next_batch(digits):
+    # One online student, trained on 3 warm-up rounds; each next round made against it with L_adv and,
+    # from the same source state and seeds, without: with L_adv the student agrees less with the teacher.
+    config, teacher = digits
+    config = replace(config, **{"synth.batch_size": 20, "synth.group_size": 20, "guidance.adv_weight": 3.0,
+                                "online.warmup_rounds": 3, "online.kd_steps": 100, "online.lr": 0.1,
+                                "online.temperature": 1.0, "fast.warmup_rounds": 4, "fast.steps": 5,
+                                "fast.width": 16, "fast.latent_dim": 32})  # fmt: skip
+    student = OnlineStudent(config, 10, 32, torch.device("cpu"))
+    source = FastSource(config, teacher, student=student)
+
+    def agreement(images: torch.Tensor) -> float:
+        with torch.no_grad():
+            return (student(images).argmax(dim=1) == teacher(images).argmax(dim=1)).float().mean().item()
+
+    for b in range(3):
+        images = source.generate(*_batch(config, 10, batch=b)).images
+        pixels = images.mul(255).round().to(torch.uint8)
+        with torch.no_grad():
+            logits = teacher(pixels.float() / 255)
+        student.learn(pixels, logits)
+    assert student.active
+    with_adv, without = [], []
+    for b in (3, 4, 5):
+        plain = copy.deepcopy(source)
+        plain.adv_weight = 0.0
+        without.append(agreement(plain.generate(*_batch(config, 10, batch=b)).images))
+        with_adv.append(agreement(source.generate(*_batch(config, 10, batch=b)).images))
+    assert sum(with_adv) < sum(without), (with_adv, without)
 
 
 # ----------------------------------------------------------------------------------------------------

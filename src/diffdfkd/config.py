@@ -349,8 +349,9 @@ class CMIConfig:
     from batch to batch. See ``diffdfkd.baselines.cmi``.
     """
 
-    # Adam steps per batch (the published CIFAR scripts: 200 at lr 1e-3).
-    iterations: int = 200
+    # Adam steps per batch. The published CIFAR scripts run 200 at lr 1e-3; 50 here, for cost (about
+    # 1 s per image on one CPU thread; benchmarks/results/tuning/cmi.md).
+    iterations: int = 50
     # Adam's learning rate for the generator, the latents and the projection head.
     lr: float = 1e-3
     latent_dim: int = 256
