@@ -349,8 +349,8 @@ class CMIConfig:
     from batch to batch. See ``diffdfkd.baselines.cmi``.
     """
 
-    # Adam steps per batch. The published CIFAR scripts run 200 at lr 1e-3; 50 here, for cost (about
-    # 1 s per image on one CPU thread; benchmarks/results/tuning/cmi.md).
+    # Adam steps per batch. The published CIFAR scripts run 200 at lr 1e-3; 50 here, for cost (2.6 s
+    # per digits image on one thread of the shared 2-core CPU; benchmarks/results/tuning/cmi.md).
     iterations: int = 50
     # Adam's learning rate for the generator, the latents and the projection head.
     lr: float = 1e-3
