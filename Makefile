@@ -33,10 +33,12 @@ test: install
 # Benchmarks write under benchmarks/results/ and are summarised in BENCHMARKS.md.
 bench: bench-world bench-synth bench-digits bench-baselines bench-speed bench-guidance-cost bench-demo bench-goals
 
-# Both digits worlds; the broad one with its two KD rows (each reads the PRIVATE test split once).
+# Both digits worlds (the broad one with its two KD rows) and the emoji world (its KD rows); each KD row
+# reads the PRIVATE test split once. The emoji world's PUBLIC arrays come from `diffdfkd world build-data`.
 bench-world: install
 	$(BIN)/python benchmarks/world_bench.py --world digits --kd
 	$(BIN)/python benchmarks/world_bench.py --world digits-mnist
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/emoji_world_bench.py
 
 bench-synth: install
 	$(BIN)/python benchmarks/synth_bench.py --threads 1 --images-per-class 10

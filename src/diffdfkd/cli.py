@@ -43,6 +43,19 @@ def cmd_world_list(args: argparse.Namespace) -> None:
         print(f"  teacher architecture: {world.teacher_arch}")
 
 
+def cmd_world_build_data(args: argparse.Namespace) -> None:
+    from diffdfkd.worlds.emoji_build import build_emoji_data
+
+    if args.world != "emoji":
+        raise UserError(
+            f"world {args.world!r} needs no data build (its data ships in Python packages); only emoji does"
+        )
+    summary = build_emoji_data(
+        Path(args.cache) if args.cache else None, ship_to=Path(args.out) if args.out else None
+    )
+    print(json.dumps(summary, indent=2))
+
+
 def cmd_world_build_generator(args: argparse.Namespace) -> None:
     from diffdfkd.worlds.generator import build_generator
 
@@ -77,12 +90,12 @@ def cmd_world_build_tiny_decoder(args: argparse.Namespace) -> None:
 def cmd_train_teacher(args: argparse.Namespace) -> None:
     from diffdfkd.config import DistillConfig, from_dict, parse_overrides, to_dict
     from diffdfkd.models import export_weights
-    from diffdfkd.train import TEACHER_RECIPE, train_classifier
+    from diffdfkd.train import teacher_recipe, train_classifier
     from diffdfkd.worlds import get_world
 
     world = get_world(args.world)
     arch = args.arch or world.teacher_arch
-    data = to_dict(TEACHER_RECIPE) | parse_overrides(args.overrides)
+    data = to_dict(teacher_recipe(args.world)) | parse_overrides(args.overrides)
     recipe = from_dict(DistillConfig, data)
     model, result = train_classifier(
         args.world, arch, split=args.split, recipe=recipe, out_dir=args.out, seed=args.seed, limit=args.limit
@@ -259,12 +272,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffdfkd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    world = _add(sub, "world", "the shipped worlds: list them, or build the digits generator")
+    world = _add(sub, "world", "the shipped worlds: list them, or build their data, generators and judges")
     world_sub = world.add_subparsers(dest="world_command", required=True, metavar="ACTION")
     p = _add(world_sub, "list", "list the shipped worlds and their parts")
     p.set_defaults(func=cmd_world_list)
-    p = _add(world_sub, "build-generator", "train a digits world's text-to-image generator on PUBLIC MNIST")
-    p.add_argument("--world", default="digits", help="whose generator: digits (six looks) or digits-mnist")
+    p = _add(
+        world_sub,
+        "build-data",
+        "fetch (npm pack, pinned, integrity-checked) and render the emoji world's data",
+    )
+    p.add_argument(
+        "--world", default="emoji", help="whose data: emoji (the digits worlds' ships in Python packages)"
+    )
+    p.add_argument(
+        "--cache", default="", help="folder for tarballs and PUBLIC arrays; empty: $DIFFDFKD_CACHE/emoji"
+    )
+    p.add_argument(
+        "--out", default="", help="PRIVATE splits file; empty: overwrite the shipped emoji_private.npz"
+    )
+    p.set_defaults(func=cmd_world_build_data)
+
+    p = _add(world_sub, "build-generator", "train a world's text-to-image generator on its PUBLIC data")
+    p.add_argument(
+        "--world", default="digits", help="whose generator: digits (six looks), digits-mnist or emoji"
+    )
     p.add_argument(
         "--out", default="", help="folder for the diffusers pipeline; empty: runs/<world>_generator"
     )
@@ -272,8 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny generator in under a minute (for tests)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.set_defaults(func=cmd_world_build_generator)
-    p = _add(world_sub, "build-judge", "train a measuring classifier on PUBLIC MNIST renderings")
-    p.add_argument("--name", default="digits", help="digits or digits-mnist (digit judges), or looks")
+    p = _add(world_sub, "build-judge", "train a measuring classifier on a world's PUBLIC data")
+    p.add_argument(
+        "--name",
+        default="digits",
+        help="digits or digits-mnist (digit judges), looks, emoji (class judge) or emoji-styles",
+    )
     p.add_argument("--out", default="", help="weights file; empty: overwrite the shipped one")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.set_defaults(func=cmd_world_build_judge)

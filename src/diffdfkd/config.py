@@ -242,8 +242,15 @@ class SynthConfig:
     save_size: int = 0
     # Empty: <out_dir>/synth of the experiment.
     out_dir: str = ""
+    # synth.source=real: the world split it serves; private:train (KD on real data, the upper bound) or a
+    # PUBLIC split (e.g. public:noto: KD on another style's real images).
+    real_split: str = "private:train"
 
     def __post_init__(self) -> None:
+        if not self.real_split.startswith(("private:", "public:")):
+            raise ConfigError(
+                f"synth.real_split={self.real_split!r} must name a world split: private:<name> or public:<name>"
+            )
         for name in ("images_per_class", "batch_size", "samples_per_class_in_group", "group_size"):
             _check_positive(f"synth.{name}", getattr(self, name))
         _check_positive("synth.save_size", self.save_size, allow_zero=True)
@@ -410,8 +417,10 @@ class DistillConfig:
     ce_weight: float = 0.0  # KD: + ce_weight * CE(student, labels)
     ema_decay: float = 0.0  # > 0: keep an EMA of the weights; evaluate and save the EMA weights
     holdout_fraction: float = 0.1
-    crop_padding: int = 4  # random crop with this zero padding; 0 turns it off
+    crop_padding: int = 4  # random crop with this padding; 0 turns it off
+    crop_fill: float = 0.0  # the padding's value in [0, 1]: 0 black (digits), 1 white (emoji)
     hflip: bool = False  # random horizontal flip; never for digits
+    color_jitter: float = 0.0  # brightness, contrast and saturation scaled by 1 +- this; 0 turns it off
     amp: bool = True  # bf16 autocast, on CUDA only
 
     def __post_init__(self) -> None:
@@ -421,10 +430,12 @@ class DistillConfig:
         _check_positive("distill.batch_size", self.batch_size)
         _check_positive("distill.lr", self.lr)
         _check_positive("distill.temperature", self.temperature)
-        for name in ("weight_decay", "ce_weight", "crop_padding", "warmup_epochs"):
+        for name in ("weight_decay", "ce_weight", "crop_padding", "warmup_epochs", "color_jitter"):
             _check_positive(f"distill.{name}", getattr(self, name), allow_zero=True)
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError("distill.momentum must lie in [0, 1)")
+        if not 0.0 <= self.crop_fill <= 1.0:
+            raise ConfigError(f"distill.crop_fill={self.crop_fill} must lie in [0, 1]")
         if self.warmup_epochs >= self.epochs:
             raise ConfigError(f"distill.warmup_epochs={self.warmup_epochs} must be < epochs={self.epochs}")
         if any(not 0.0 < m < 1.0 for m in self.milestones) or list(self.milestones) != sorted(

@@ -21,7 +21,7 @@ from diffdfkd.runinfo import write_run_info
 from diffdfkd.synth.dataset import SyntheticData, load_image_folder, load_synthetic
 from diffdfkd.synth.run import synthesize
 from diffdfkd.worlds import get_world, list_worlds, teacher_spec
-from diffdfkd.worlds.judge import load_look_classifier, look_fractions
+from diffdfkd.worlds.judge import JUDGES, load_judge, look_fractions
 
 
 def is_main_process() -> bool:
@@ -112,10 +112,14 @@ def load_test_data(
 
 
 def world_look_mix(world: str, images: torch.Tensor) -> dict[str, float] | None:
-    """The look classifier's mix of looks of ``images [N, 3, 32, 32]`` in a digits world, else None."""
+    """The world's look (digits) or style (emoji) classifier's mix of ``images [N, 3, 32, 32]``; None
+    outside a shipped world or where that classifier is not built."""
     if world not in list_worlds() or not get_world(world).looks:
         return None
-    return look_fractions(load_look_classifier(), images)
+    name = get_world(world).look_judge
+    if not JUDGES[name][2].is_file():
+        return None
+    return look_fractions(load_judge(name), images)
 
 
 def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progress: bool = True) -> dict:

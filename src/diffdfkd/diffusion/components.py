@@ -168,8 +168,9 @@ def load_components(
             model = _part_class(index, part, path).from_pretrained(path / part, local_files_only=True)
         except (OSError, ValueError) as error:
             raise ComponentsError(f"cannot load the {part} from {path / part}: {error}") from None
-        if param_dtype != torch.float32:
-            model = model.to(dtype=param_dtype)
+        # always cast: a folder saved in fp16 (as SD's fp16 variants and the emoji generator are) runs in
+        # fp32 on the CPU
+        model = model.to(dtype=param_dtype)
         models[part] = model.to(device).eval().requires_grad_(False)
     if gradient_checkpointing:
         models["unet"].enable_gradient_checkpointing()

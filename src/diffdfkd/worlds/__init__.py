@@ -11,7 +11,7 @@ import torch
 from diffdfkd.config import ConfigError, ExperimentConfig
 from diffdfkd.models.teacher import TeacherSpec, is_torchscript
 from diffdfkd.registry import Registry, UnknownNameError
-from diffdfkd.worlds import digits
+from diffdfkd.worlds import digits, emoji
 from diffdfkd.worlds.looks import LOOKS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -41,8 +41,9 @@ class World:
     teacher_std: tuple[float, ...]
     teacher_weights: Path
     generator: Path
-    looks: tuple[str, ...]  # the looks the generator was trained on (diffdfkd.worlds.looks)
+    looks: tuple[str, ...]  # the looks (digits) or styles (emoji) the generator was trained on
     description: str
+    look_judge: str = "looks"  # the measuring classifier of those looks (diffdfkd.worlds.judge.JUDGES)
 
     def load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Load ``'public:<split>'`` or ``'private:<split>'``."""
@@ -116,7 +117,32 @@ def digits_mnist_world() -> World:
     )
 
 
-WORLDS: Registry[World] = Registry("world", {"digits": digits_world, "digits-mnist": digits_mnist_world})
+def emoji_world() -> World:
+    return World(
+        name="emoji",
+        class_names=emoji.CLASS_NAMES,
+        image_size=emoji.IMAGE_SIZE,
+        public_splits=emoji.PUBLIC_SPLITS,
+        private_splits=emoji.PRIVATE_SPLITS,
+        load_public=emoji.load_public,
+        load_private=emoji.load_private,
+        teacher_arch="wrn_16_2",
+        teacher_mean=(0.0, 0.0, 0.0),  # trained on images in [0, 1], as every teacher diffdfkd trains
+        teacher_std=(1.0, 1.0, 1.0),
+        teacher_weights=WEIGHTS_DIR / "emoji_teacher.safetensors",
+        generator=WEIGHTS_DIR / "emoji_generator",
+        looks=emoji.PUBLIC_STYLES,
+        description=(
+            "the paper's DomainNet setting at CPU scale: 12 classes of emoji; the teacher knows only "
+            "Twemoji (PRIVATE), the generator's prior six other openly licensed styles (PUBLIC)"
+        ),
+        look_judge="emoji-styles",
+    )
+
+
+WORLDS: Registry[World] = Registry(
+    "world", {"digits": digits_world, "digits-mnist": digits_mnist_world, "emoji": emoji_world}
+)
 """The shipped worlds by name."""
 
 
