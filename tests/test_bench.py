@@ -63,7 +63,7 @@ def test_row_selection():
         select_rows(["nope"], quick=False)
 
 
-def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder):
+def test_run_bench_end_to_end_and_resume(make_config, make_tiny_pipeline, tmp_path, eval_folder):
     base = replace(
         make_config(tmp_path / "unused"),
         **{
@@ -71,6 +71,8 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder):
             "distill.student": "lenet5",
             "distill.holdout_fraction": 0.25,
             "generator.prompt_template": "a handwritten digit {label}",  # as shipped: class prompts
+            # a window that holds the look-naming prompts (the digits tokenizer's 12 tokens)
+            "generator.path": str(make_tiny_pipeline(tmp_path / "sd", max_length=12)),
         },
     )
     out = tmp_path / "bench"

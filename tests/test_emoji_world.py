@@ -194,3 +194,27 @@ def test_emoji_captions_name_class_always_emoji_and_style_by_their_shares():
     assert abs(named - EMOJI.p_name) < 0.03 and abs(styled - EMOJI.p_look) < 0.03
     unk = data.tokenizer.unk_token_id
     assert unk not in data.tokenizer("an emoji, mammal, black line art").input_ids  # prompts users write
+
+
+def test_emoji_config_runs_end_to_end(tmp_path):
+    """`diffdfkd run --config configs/emoji.yaml` with tiny budgets: guided synthesis with the shipped
+    generator, the online student, KD of the world's student, the PRIVATE test split, the style mix."""
+    from diffdfkd.bench import WORLD_CONFIGS
+    from diffdfkd.config import load_config
+    from diffdfkd.pipeline import run_experiment
+
+    config = load_config(
+        WORLD_CONFIGS["emoji"],
+        [
+            f"out_dir={tmp_path / 'run'}",
+            "synth.images_per_class=4",
+            "generator.num_steps=2",
+            "online.warmup_rounds=1",
+            "distill.epochs=1",
+        ],
+    )
+    summary = run_experiment(config, progress=False)
+    assert summary["synthetic_images"] == 48 and summary["test_data"] == "emoji private:test"
+    assert 0.0 <= summary["student_top1"] <= 1.0 and summary["teacher_top1"] > 0.5
+    assert set(summary["look_mix_of_synthetic"]) == set(emoji.PUBLIC_STYLES)
+    assert (tmp_path / "run" / "report.html").is_file()

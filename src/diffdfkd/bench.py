@@ -161,7 +161,7 @@ ROWS: tuple[Row, ...] = (
 
 WORLD_CONFIGS = {
     world: Path(__file__).resolve().parent / "configs" / f"{world}.yaml"
-    for world in ("digits", "digits-mnist")
+    for world in ("digits", "digits-mnist", "emoji")
 }
 
 # The shared budget of every row: images per class, sampler steps, DeepInversion iterations, KD recipe.

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from diffdfkd import __version__
@@ -182,7 +184,7 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 def cmd_adapt_generator(args: argparse.Namespace) -> None:
     from diffdfkd.synth.adapt import AdaptSettings, adapt_generator
 
-    settings = AdaptSettings(steps=args.steps, lr=args.lr, anchor=args.anchor)
+    settings = AdaptSettings(steps=args.steps, lr=args.lr, anchor=args.anchor, lora_rank=args.lora_rank)
     info = adapt_generator(_config(args), args.out, settings)
     print(
         f"adapted generator: {args.out} ({info['seconds']:g} s; teacher p(target) at the last step "
@@ -398,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=150, help="adaptation steps, one mixing group each")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the UNet")
     p.add_argument("--anchor", type=float, default=1.0, help="weight of the term that keeps it a denoiser")
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="0: train the whole UNet; R > 0: a LoRA adapter of rank R on its attention (peft), merged into "
+        "the written UNet and also saved as pytorch_lora_weights.safetensors",
+    )
     p.set_defaults(func=cmd_adapt_generator)
 
     p = _add(sub, "distill", "distil a student from the teacher on a synthetic dataset")
@@ -438,8 +447,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is (as Ctrl-C raises KeyboardInterrupt), so that the same
+    cleanup runs and the same message is printed."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _run_command(args)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; user errors, a full disk and a stop (Ctrl-C, SIGTERM) end in one line."""
     try:
         args.func(args)
     except (UserError, FileNotFoundError) as error:
@@ -454,9 +483,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
-        print("diffdfkd: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        print(f"diffdfkd: {how}; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
     return 0
 
 

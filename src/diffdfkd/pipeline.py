@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from diffdfkd.check import check, output_state
+from diffdfkd.check import REPORT_NAMES, check, output_state
 from diffdfkd.config import ConfigError, ExperimentConfig, load_config
 from diffdfkd.distill.trainer import FitResult, TensorData, checkpoint_run, fit, split_holdout
 from diffdfkd.evaluate import bn_statistics_distance, evaluate
@@ -41,7 +41,8 @@ def claim_output(config: ExperimentConfig, overwrite: bool, data_id: str | None 
 
     A folder made with another config is refused, naming the changed keys, unless ``overwrite``
     (see ``check.output_state``); so is, when ``data_id`` is given, a student trained on another
-    dataset. Overwriting deletes the stale student.
+    dataset. Overwriting deletes the stale student and the
+    results and reports made from it.
     """
     out = Path(config.out_dir)
     stale = output_state(config, overwrite) == "replaced"
@@ -56,6 +57,8 @@ def claim_output(config: ExperimentConfig, overwrite: bool, data_id: str | None 
             stale = True
     if stale and is_main_process():
         shutil.rmtree(out / "student", ignore_errors=True)
+        for name in REPORT_NAMES:
+            (out / name).unlink(missing_ok=True)
     if is_main_process():
         write_run_info(out, config)
     return out
@@ -153,7 +156,8 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
     look_mix = world_look_mix(config.world, data.images)
     bn_distance = bn_statistics_distance(teacher, data.images)
     bn_distance_test = bn_statistics_distance(teacher, test_images)
-    seconds_per_image = timings["synthesis"] / len(data)
+    # all processes' synthesis time (a resumed run's earlier ones too), not only this call's
+    seconds_per_image = synth_summary.get("seconds_all_processes", timings["synthesis"]) / len(data)
     summary = {
         "test_data": test_source,
         "teacher_top1": teacher_eval["top1"],
@@ -188,7 +192,7 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
             ),
             "BN-statistics distance to the teacher's running statistics (whole set)": _number(bn_distance),
             f"the same of the test images ({test_source}; for reference)": _number(bn_distance_test),
-            "synthesis seconds per image (this call's synthesis time / images)": f"{seconds_per_image:.3f}",
+            "synthesis seconds per image (all processes' synthesis time / images)": f"{seconds_per_image:.3f}",
             "student agreement with the teacher on held-out synthetic images (last epoch)": (
                 f"{distilled.fit.holdout_agreement:.3f}"
                 if distilled.fit.holdout_agreement is not None

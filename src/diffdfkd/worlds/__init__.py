@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from diffdfkd.config import ConfigError, ExperimentConfig
-from diffdfkd.models.teacher import TeacherSpec, is_torchscript
+from diffdfkd.config import ConfigError, ExperimentConfig, TeacherConfig
+from diffdfkd.models.teacher import TeacherSpec, carries_architecture
 from diffdfkd.registry import Registry, UnknownNameError
 from diffdfkd.worlds import digits, emoji
 from diffdfkd.worlds.looks import LOOKS
@@ -154,33 +154,45 @@ def list_worlds() -> list[str]:
     return WORLDS.names()
 
 
+def _value(value: object) -> str:
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
 def teacher_spec(config: ExperimentConfig) -> TeacherSpec:
     """The configured teacher: the world's shipped one when ``teacher.weights`` is empty; else the
     given file, with the world's class names and arch where the config leaves them empty (a
-    TorchScript file carries its own arch).
+    TorchScript or torch.export file carries its own network).
 
-    Raises ``ConfigError`` for a missing weights file, for class names that differ from the shipped
-    teacher's, and for empty fields that a world which is not shipped cannot fill.
+    Raises ``ConfigError`` for a missing weights file, for teacher keys (arch, class names, input size,
+    channels, mean, std) set to other values than the shipped teacher's beside an empty
+    ``teacher.weights`` (they would be ignored), and for empty fields that a world which is not shipped cannot fill.
     """
     tc = config.teacher
     if not tc.weights:
         spec = get_world(config.world).teacher_spec()
-        if tc.class_names and tuple(tc.class_names) != spec.class_names:
+        # the shipped teacher brings its own facts: a key set to others would be ignored, so it is refused
+        default = TeacherConfig()
+        keys = ("arch", "class_names", "input_size", "in_channels", "mean", "std")
+        ignored = [k for k in keys if getattr(tc, k) not in (getattr(default, k), getattr(spec, k))]
+        if ignored:
+            given = ", ".join(f"teacher.{k}={_value(getattr(tc, k))}" for k in ignored)
+            shipped = ", ".join(f"{k}={_value(getattr(spec, k))}" for k in ignored)
             raise ConfigError(
-                f"teacher.class_names {list(tc.class_names)} differ from the teacher's classes {list(spec.class_names)}"
+                f"{given} set with an empty teacher.weights, which means the {config.world} world's shipped "
+                f"teacher ({shipped}); set teacher.weights to the file these keys describe, or remove them"
             )
         return spec
     names, arch = tuple(tc.class_names), tc.arch
     if not Path(tc.weights).is_file():
         raise ConfigError(f"teacher.weights: {tc.weights} does not exist")
-    # The world fills only what the teacher does not say itself (a TorchScript file has its arch).
-    if not names or not (arch or is_torchscript(Path(tc.weights))):
+    # The world fills only what the teacher does not say itself (a TorchScript or .pt2 file has its network).
+    if not names or not (arch or carries_architecture(Path(tc.weights))):
         if config.world not in list_worlds():
             missing = "teacher.class_names" if not names else "teacher.arch"
             raise ConfigError(
                 f"set {missing}: world {config.world!r} is not a shipped world that could fill it"
                 + (
-                    f" ({tc.weights} is not a TorchScript file, which would carry its architecture)"
+                    f" ({tc.weights} is not a TorchScript file or a torch.export (.pt2) program, which would carry its network)"
                     if names
                     else ""
                 )

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffdfkd.distill.augment import RandomAffine, RandomHFlip
+from diffdfkd.distill.augment import RandomAffine, RandomCrop, RandomHFlip
 from diffdfkd.evaluate import evaluate
 from diffdfkd.models.teacher import Teacher, export_weights, load_teacher
 from diffdfkd.models.zoo import create_model
@@ -150,11 +150,13 @@ def train_judge(
 
 
 def _emoji_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The emoji judges' augmentation: the digits' affine with white fill, then a horizontal flip."""
-    return RandomHFlip()(1 - AUGMENT(1 - images, generator), generator)
+    """The emoji judges' augmentation: a 1-pixel shift (white padding) and a horizontal flip. No
+    rotation or scaling: their resampling blurs the very texture that tells the styles apart (the style
+    classifier reached 0.79 on held-out stems with the digits' affine, 0.94 with this)."""
+    return RandomHFlip()(RandomCrop(1, fill=1.0)(images, generator), generator)
 
 
-def train_emoji_judge(target: str, *, epochs: int = 30, seed: int = 0) -> Teacher:
+def train_emoji_judge(target: str, *, epochs: int = 40, seed: int = 0) -> Teacher:
     """Train the emoji world's class judge (``target`` "class") or style classifier ("style") on the
     PUBLIC "train" stems of every PUBLIC style."""
     images, labels, styles = emoji.load_public_styled("train")
