@@ -81,6 +81,7 @@ bench-baselines: install
 bench-tune-baselines: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/tune_baselines.py deepinversion --per-class 4
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/tune_baselines.py fast --per-class 20
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/tune_baselines.py cmi --per-class 20
 
 # The cost of each guidance option and its student (quality-cost front), in both digits worlds.
 GUIDANCE_COST_ARGS ?= --seeds 3

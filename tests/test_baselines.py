@@ -1,17 +1,23 @@
-"""The baseline sources behind the one source interface: DeepInversion, Fast and the real private images."""
+"""The baseline sources behind the one source interface: DeepInversion, Fast, CMI and the real private images."""
+
+import copy
 
 import pytest
 import torch
 
+from diffdfkd.baselines.cmi import CMISource, instance_contrast, local_view
 from diffdfkd.baselines.deepinversion import DeepInversionSource, jitter_view
 from diffdfkd.baselines.fast import FastSource
 from diffdfkd.baselines.real import RealDataSource
-from diffdfkd.config import DeepInversionConfig, load_config, replace
+from diffdfkd.config import ConfigError, DeepInversionConfig, load_config, replace
+from diffdfkd.models.teacher import build_teacher
 from diffdfkd.pipeline import DEMO_CONFIG, distill
+from diffdfkd.runtime import generators_for, sample_seed
 from diffdfkd.synth.dataset import load_synthetic
+from diffdfkd.synth.online_student import OnlineStudent
 from diffdfkd.synth.run import SynthPlan, synthesize
 from diffdfkd.synth.sources import SOURCES
-from diffdfkd.worlds import get_world
+from diffdfkd.worlds import get_world, teacher_spec
 
 
 def _batch(config, num_classes=3, batch=0):
@@ -26,7 +32,7 @@ def _target_prob(teacher, images, targets):
 
 
 def test_sources_are_registered():
-    assert {"diffdfkd", "deepinversion", "fast", "real"} <= set(SOURCES.names())
+    assert {"diffdfkd", "deepinversion", "fast", "cmi", "real"} <= set(SOURCES.names())
 
 
 def test_deepinversion_lowers_its_loss_and_raises_the_target_probability(make_config, make_teacher, tmp_path):
@@ -183,3 +189,143 @@ def test_fast_writes_a_dataset_the_distiller_reads(make_config, tmp_path):
     assert torch.equal(data.images[:, 0], data.images[:, 2])  # grey teacher: one channel, replicated
     result = distill(config, data, progress=False)
     assert len(result.fit.history) == 1
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The digits world's shipped teacher (a trained one: a random tiny teacher is nearly blind to its
+    input) and a config of small rounds of 10 for it, without the adversarial term."""
+    config = load_config(DEMO_CONFIG, ["guidance.adv_weight=0", "synth.batch_size=10", "synth.group_size=10"])
+    return config, build_teacher(teacher_spec(config))
+
+
+def test_fast_meta_learned_generator_reaches_a_lower_loss_in_k_steps_than_a_fresh_one(digits):
+    # The same round (batch 0, same seeds, k = 3 inner steps) from the generator after 8 meta-training
+    # rounds and from a fresh one: what meta-learning buys is a better start for the few steps.
+    config, teacher = digits
+    tiny = {"fast.steps": 3, "fast.width": 8, "fast.latent_dim": 16}
+    best = []
+    for warmup in (0, 8):
+        source = FastSource(replace(config, **tiny, **{"fast.warmup_rounds": warmup}), teacher)
+        best.append(min(log["total"] for log in source.generate(*_batch(config, 10)).logs))
+    assert best[1] < 0.75 * best[0], f"meta-learnt {best[1]:.2f} vs fresh {best[0]:.2f}"
+
+
+def test_adversarial_term_lowers_the_online_students_agreement_on_the_next_batch(digits):
+    # One online student, trained on 3 warm-up rounds; each next round made against it with L_adv and,
+    # from the same source state and seeds, without: with L_adv the student agrees less with the teacher.
+    config, teacher = digits
+    config = replace(config, **{"synth.batch_size": 20, "synth.group_size": 20, "guidance.adv_weight": 3.0,
+                                "online.warmup_rounds": 3, "online.kd_steps": 100, "online.lr": 0.1,
+                                "online.temperature": 1.0, "fast.warmup_rounds": 4, "fast.steps": 5,
+                                "fast.width": 16, "fast.latent_dim": 32})  # fmt: skip
+    student = OnlineStudent(config, 10, 32, torch.device("cpu"))
+    source = FastSource(config, teacher, student=student)
+
+    def agreement(images: torch.Tensor) -> float:
+        with torch.no_grad():
+            return (student(images).argmax(dim=1) == teacher(images).argmax(dim=1)).float().mean().item()
+
+    for b in range(3):
+        images = source.generate(*_batch(config, 10, batch=b)).images
+        pixels = images.mul(255).round().to(torch.uint8)
+        with torch.no_grad():
+            logits = teacher(pixels.float() / 255)
+        student.learn(pixels, logits)
+    assert student.active
+    with_adv, without = [], []
+    for b in (3, 4, 5):
+        plain = copy.deepcopy(source)
+        plain.adv_weight = 0.0
+        without.append(agreement(plain.generate(*_batch(config, 10, batch=b)).images))
+        with_adv.append(agreement(source.generate(*_batch(config, 10, batch=b)).images))
+    assert sum(with_adv) < sum(without), (with_adv, without)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CMI: a generator per batch, CE + BN (+ L_adv) + the contrastive loss against a memory bank.
+
+CMI_TINY = {"synth.source": "cmi", "cmi.iterations": 6, "cmi.width": 8, "cmi.latent_dim": 16,
+            "cmi.head_dim": 8, "cmi.negatives": 6, "cmi.bank_size": 10, "cmi.lr": 0.05}  # fmt: skip
+
+
+def test_cmi_makes_images_deterministically_and_keeps_its_bank(make_config, make_teacher, tmp_path):
+    config = make_config(tmp_path, **CMI_TINY)
+    source = CMISource(config, make_teacher())
+    batches = [source.generate(*_batch(config, batch=b)) for b in range(3)]
+    assert source.rounds == 3 and source.bank.shape[0] == 10, "the bank keeps the newest bank_size rows"
+    for batch in batches:
+        assert batch.images.shape == (4, 3, 32, 32) and torch.isfinite(batch.images).all()
+        assert 0.0 <= batch.images.min() and batch.images.max() <= 1.0
+        assert {"ce", "bn", "contrast", "total", "p_target"} <= set(batch.logs[-1])
+    again = CMISource(config, make_teacher()).generate(*_batch(config, batch=0))
+    assert torch.equal(again.images, batches[0].images), "same seed, same images"
+    # A fresh source asked for batch 2 (a resume without the online student) redoes rounds 0-1.
+    resumed = CMISource(config, make_teacher()).generate(*_batch(config, batch=2))
+    assert torch.allclose(resumed.images, batches[2].images, atol=1e-6)
+    with pytest.raises(ValueError, match="in order"):
+        source.generate(*_batch(config, batch=1))
+    grey = CMISource(replace(config, **{"teacher.grayscale": True}), make_teacher()).generate(*_batch(config))
+    assert torch.equal(grey.images[:, 0], grey.images[:, 2]), "grey teacher: one channel, replicated"
+    with pytest.raises(ConfigError, match="needs the online student"):
+        CMISource(replace(config, **{"guidance.adv_weight": 1.0}), make_teacher())
+
+
+def test_contrastive_loss_finds_each_views_partner_and_trains_the_local_side():
+    g = torch.Generator().manual_seed(0)
+    views = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1)
+    matched = instance_contrast(views, views, 4, 0.1)
+    shuffled = instance_contrast(views, views.roll(1, dims=0), 4, 0.1)
+    assert matched < 0.1 < 2.0 < shuffled, (matched, shuffled)
+    # The batch's rows and the bank's rows are averaged apart: the batch keeps its share.
+    per_row = torch.nn.functional.cross_entropy(views @ views.T / 0.1, torch.arange(6), reduction="none")
+    assert torch.isclose(matched, per_row[:4].mean() + per_row[4:].mean())
+    assert torch.isclose(instance_contrast(views, views, 6, 0.1), per_row.mean()), "no bank: one mean"
+    # Gradient steps on the local side (the global side is a fixed target) lower it.
+    local = torch.randn(6, 8, generator=g).requires_grad_(True)
+    optimizer = torch.optim.SGD([local], lr=0.5)
+    losses = []
+    for _ in range(30):
+        global_ = torch.nn.functional.normalize(views.clone().requires_grad_(True), dim=1)
+        loss = instance_contrast(torch.nn.functional.normalize(local, dim=1), global_, 4, 0.1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_local_view_is_a_random_crop_of_the_image():
+    image = torch.arange(64.0).view(1, 1, 8, 8).repeat(3, 1, 1, 1)
+
+    def crop(scale: float) -> torch.Tensor:
+        return local_view(image, [torch.Generator().manual_seed(i) for i in range(3)], scale, False)
+
+    assert torch.equal(crop(0.25), crop(0.25)), "drawn from the samples' own generators"
+    views = crop(0.25)
+    assert views.shape == image.shape and not torch.allclose(views[0], views[1])
+    assert image.min() <= views.min() and views.max() <= image.max(), "inside the image"
+    # a smaller area is a stronger zoom: neighbouring pixels differ less
+    assert views.diff(dim=3).abs().mean() < image.diff(dim=3).abs().mean()
+
+
+def test_cmi_raises_the_teachers_target_probability(digits):
+    config, teacher = digits
+    config = replace(config, **{"cmi.iterations": 30, "cmi.width": 8, "cmi.latent_dim": 16, "cmi.lr": 0.05})
+    source = CMISource(config, teacher)
+    indices, targets = _batch(config, 10)
+    with torch.no_grad():  # the round's generator and latents as they start
+        seeds = generators_for([sample_seed(config.seed, int(i)) for i in indices])
+        initial = source.fresh_generator(0)(torch.stack([torch.randn(16, generator=g) for g in seeds]))
+    batch = source.generate(indices, targets)
+    before, after = _target_prob(teacher, initial, targets), _target_prob(teacher, batch.images, targets)
+    assert before.mean() < 0.2 and after.mean() > before.mean() + 0.25, (before, after)
+    assert (after > before).float().mean() >= 0.8, (before, after)
+
+
+def test_cmi_writes_a_dataset_the_distiller_reads(make_config, tmp_path):
+    config = make_config(tmp_path / "cmi", **{**CMI_TINY, "distill.epochs": 1, "distill.batch_size": 4})
+    config = replace(config, out_dir=str(tmp_path / "run"))
+    data = load_synthetic(synthesize(config, progress=False))
+    assert len(data) == 8 and data.labels.tolist() == [0, 0, 1, 1, 2, 2, 0, 0]
+    assert len(distill(config, data, progress=False).fit.history) == 1

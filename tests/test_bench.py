@@ -29,6 +29,8 @@ TINY_BUDGET = {
     "deepinversion.iterations": 3,
     "fast.steps": 2,
     "fast.width": 8,
+    "cmi.iterations": 2,
+    "cmi.width": 8,
     "distill.epochs": 1,
     "distill.batch_size": 4,
 }

@@ -352,12 +352,18 @@ def test_adversarial_term_is_off_before_the_warmup_and_on_after(
     config = make_config(tmp_path, **ADV)
     teacher = build_teacher(teacher_spec(config))
 
-    def student(images: torch.Tensor) -> torch.Tensor:  # the teacher's decisions, surer: KL > 0 everywhere
-        return 3 * teacher(images)
+    class Student:  # the teacher's decisions, surer: KL > 0 everywhere; active as the rounds say
+        active = False
 
+        def __call__(self, images: torch.Tensor) -> torch.Tensor:
+            return 3 * teacher(images)
+
+    student = Student()
     source = DiffusionSource(config, teacher, components=tiny_components, student=student)
     plan = SynthPlan.from_config(config, 3)
-    warmup, adversarial = (source.generate(plan.indices(b), plan.targets(plan.indices(b))) for b in (0, 1))
+    warmup = source.generate(plan.indices(0), plan.targets(plan.indices(0)))
+    student.active = True
+    adversarial = source.generate(plan.indices(1), plan.targets(plan.indices(1)))
     assert warmup.logs and all("adv" not in log for log in warmup.logs), "round 0: no L_adv"
     assert adversarial.logs and all(log["adv"] < 0 for log in adversarial.logs)
 
@@ -417,6 +423,33 @@ def test_fast_takes_the_adversarial_term_and_a_resume_replays_its_rounds_beside_
     part.unlink()
     synthesize(replace(config, **{"synth.out_dir": str(resumed)}), progress=False)
     assert dataset_files(resumed) == dataset_files(full)
+
+
+CMI_ADV = {**ADV, "synth.source": "cmi", "cmi.iterations": 3, "cmi.width": 8, "cmi.latent_dim": 16,
+           "cmi.head_dim": 8, "cmi.negatives": 6}  # fmt: skip
+
+
+def test_cmi_with_the_online_student_resumes_byte_identical_after_sigkill(make_config, tmp_path) -> None:
+    full = synthesize(make_config(tmp_path / "full", **CMI_ADV), progress=False)
+    plain = synthesize(
+        make_config(tmp_path / "plain", **{**CMI_ADV, "guidance.adv_weight": 0.0}), progress=False
+    )
+    assert batch_images(full, 0) == batch_images(plain, 0), "the warm-up round: no L_adv"
+    assert batch_images(full, 2) != batch_images(plain, 2), "L_adv changed round 2"
+    out = tmp_path / "killed"
+    config = make_config(out, **CMI_ADV)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(to_dict(config)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # die writing the 4th PNG of batch 2: the rerun replays CMI's rounds 0-1 (its head and memory
+    # bank) beside the student it rebuilds from the saved images
+    result = subprocess.run(
+        [sys.executable, "-c", KILLER, str(config_file), "20"], env=env, capture_output=True, timeout=300
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+    assert (out / "parts" / "000001.jsonl").is_file() and not (out / "parts" / "000002.jsonl").exists()
+    synthesize(config, progress=False)
+    assert dataset_files(out) == dataset_files(full)
 
 
 def test_adversarial_term_refuses_what_it_cannot_do(make_config, tmp_path, tiny_components) -> None:

@@ -114,6 +114,14 @@ ROWS: tuple[Row, ...] = (
         "CE + BN statistics, without its online adversarial term",
         {**NO_ADV, "synth.source": "fast"},
     ),
+    Row(
+        "cmi",
+        BASELINE,
+        "CMI (Fang et al. 2021, config.cmi): a generator per batch with CE + BN statistics, the adversarial "
+        "term against the online student (weight 0.5, as published) and the contrastive loss against a "
+        "memory bank of earlier images' teacher features",
+        {"synth.source": "cmi", "guidance.adv_weight": 0.5},
+    ),
     Row("kd_real", UPPER_BOUND, "KD on real PRIVATE training images", {**NO_ADV, "synth.source": "real"}),
     Row(
         "scratch_real",
@@ -170,6 +178,7 @@ QUICK_BUDGET: dict[str, Any] = {
     "generator.num_steps": 3,
     "deepinversion.iterations": 5,
     "fast.steps": 2,
+    "cmi.iterations": 2,
     "distill.epochs": 1,
     "distill.batch_size": 8,
 }

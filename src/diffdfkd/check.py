@@ -130,9 +130,9 @@ def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool
     if config.synth.source in GENERATOR_SOURCES:
         lines += _check_generator(config, teacher.class_names)
     _check_batchnorm(config, teacher)
-    if config.synth.source == "fast" and teacher.input_size % 4:
+    if config.synth.source in ("fast", "cmi") and teacher.input_size % 4:
         raise ConfigError(
-            f"synth.source=fast makes images whose side is a multiple of 4; the teacher takes {teacher.input_size}"
+            f"synth.source={config.synth.source} makes images whose side is a multiple of 4; the teacher takes {teacher.input_size}"
         )
     save_size = config.synth.save_size or teacher.input_size
     out = output_dir(config)
@@ -207,7 +207,7 @@ def _check_batchnorm(config: ExperimentConfig, teacher: Teacher) -> None:
     """A BN-statistics loss with a weight needs BatchNorm layers it can hook in the teacher."""
     guided = config.synth.source in GENERATOR_SOURCES and config.guidance.mode != "none"
     key, weight = ("guidance.bn_weight", config.guidance.bn_weight)
-    if config.synth.source in ("deepinversion", "fast"):  # image-space baselines: their own BN weight
+    if config.synth.source in ("deepinversion", "fast", "cmi"):  # image-space baselines: their own BN weight
         name = config.synth.source
         guided, key, weight = True, f"{name}.bn_weight", getattr(config, name).bn_weight
     if not guided or weight == 0:

@@ -151,7 +151,7 @@ class GuidanceConfig:
     ``z_t -= step_size * sigma_t * grad L / rms(grad L)`` (per image; ``step_norm``).
 
     ``adv_weight``: the weight of ``L_adv`` against the online student (``online.*``), which also
-    weights that term in Fast's generator loss (``synth.source=fast``).
+    weights that term in Fast's and CMI's generator losses (``synth.source=fast`` or ``cmi``).
     ``bn_per``: the units of ``L_bn`` (``group``: one distance per mixing group's pooled statistics;
     ``sample``: one per image, the paper's batch of one, about ``group_size`` times stronger per image at
     the same weight). ``step_norm``: ``none`` steps along the raw gradient (``step_size`` in loss units);
@@ -342,6 +342,57 @@ class FastConfig:
 
 
 @dataclass(frozen=True)
+class CMIConfig:
+    """The CMI baseline source (Fang et al., IJCAI 2021, "Contrastive Model Inversion for Data-Free
+    Knowledge Distillation"; ``synth.source=cmi``). Per batch a freshly initialised generator and
+    per-sample latents are optimised for ``iterations`` Adam steps on::
+
+        ce * CE + bn * L_bn + guidance.adv_weight * L_adv + contrastive * L_cr
+
+    CE, BN statistics and ``L_adv`` (against the online student) per batch, and ``L_cr`` CMI's
+    instance discrimination: a projection head over the teacher's per-image feature means at its
+    BatchNorm inputs tells each image's local view (a random resized crop) from the global views of the
+    batch and of ``negatives`` earlier images held in a memory bank. The head and the bank carry over
+    from batch to batch. See ``diffdfkd.baselines.cmi``.
+    """
+
+    # Adam steps per batch. The published CIFAR scripts run 200 at lr 1e-3; 50 here, for cost (2.6 s
+    # per digits image on one thread of the shared 2-core CPU; benchmarks/results/tuning/cmi.md).
+    iterations: int = 50
+    # Adam's learning rate for the generator, the latents and the projection head.
+    lr: float = 1e-3
+    latent_dim: int = 256
+    # The generator's base channel count (ngf; the same DCGAN generator as Fast's).
+    width: int = 64
+    # The weights of the inversion terms (published: CE 0.5, BN 1).
+    ce_weight: float = 0.5
+    bn_weight: float = 1.0
+    # The weight of the contrastive term L_cr (published: 0.8) and its softmax temperature (0.1).
+    contrastive_weight: float = 0.8
+    temperature: float = 0.1
+    # Output size of the projection head (an MLP on the teacher's features, L2-normalised).
+    head_dim: int = 128
+    # Earlier images whose teacher features the memory bank keeps (the oldest dropped first) ...
+    bank_size: int = 4096
+    # ... and how many of them each step draws as negatives (published: 4096 of 40960 for 50k images).
+    negatives: int = 256
+    # The local view: a random resized crop covering this fraction of the image area or more.
+    local_scale: float = 0.25
+    # The global view: random shifts of up to this many pixels (the published crop with padding 4).
+    jitter: int = 4
+    # Random horizontal flips of both views; only where the world allows them (never for digits).
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "lr", "latent_dim", "width", "temperature", "head_dim", "bank_size"):
+            _check_positive(f"cmi.{name}", getattr(self, name))
+        for name in ("ce_weight", "bn_weight", "contrastive_weight", "negatives", "jitter"):
+            _check_positive(f"cmi.{name}", getattr(self, name), allow_zero=True)
+        if not 0.0 < self.local_scale <= 1.0:
+            raise ConfigError(f"cmi.local_scale={self.local_scale} must lie in (0, 1]")
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """Stage 2 training recipe: KD of a student on the fixed synthetic set (also used, without a
     teacher, to train a teacher with cross-entropy on real data). See ``diffdfkd.distill.fit``.
@@ -419,6 +470,7 @@ class ExperimentConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     deepinversion: DeepInversionConfig = field(default_factory=DeepInversionConfig)
     fast: FastConfig = field(default_factory=FastConfig)
+    cmi: CMIConfig = field(default_factory=CMIConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:

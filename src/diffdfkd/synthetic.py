@@ -1,9 +1,15 @@
 """The one interface of every synthetic-data source, ours and the baselines'.
 
     source.generate(indices: LongTensor [B], targets: FloatTensor [B, K]) -> SynthBatch
+    source.replay(indices, targets) -> None
 
 ``indices`` are global sample indices (they fix every seed: ``runtime.sample_seed``) and ``targets``
-one-hot or soft class targets. The sources by name are the table ``diffdfkd.synth.sources.SOURCES``.
+one-hot or soft class targets. ``replay`` redoes, on a resume, what making an already written batch
+did to the source's own state (a source whose rounds build on each other: Fast, CMI); the sources
+without such state inherit the protocol's no-op. The sources by name are the table
+``diffdfkd.synth.sources.SOURCES``; the rounds that call them, ``diffdfkd.synth.rounds``.
+
+A source that takes the adversarial term is also handed the online student as an ``Adversary``.
 """
 
 from __future__ import annotations
@@ -40,9 +46,28 @@ class SynthBatch:
 
 
 class SyntheticSource(Protocol):
-    """The one interface of every synthetic-data source."""
+    """The one interface of every synthetic-data source (sources subclass it for ``replay``'s no-op)."""
 
-    def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch: ...
+    def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch:
+        """Make the batch of samples ``indices [B]`` with ``targets [B, K]``."""
+        ...
+
+    def replay(self, indices: torch.Tensor, targets: torch.Tensor) -> None:  # noqa: B027 (a default)
+        """Redo what making the already written batch ``indices`` did to the source's state, without
+        keeping its images: called on a resume, in batch order, for every batch written before the
+        first one to make, when the batches are rounds (``guidance.adv_weight > 0``). Default: nothing
+        (a batch depends on its seeds alone)."""
+
+
+class Adversary(Protocol):
+    """The online student as the sources of ``L_adv`` see it (``diffdfkd.synth.online_student``):
+    ``student(images [B, 3, H, W] in [0, 1]) -> logits [B, K]``, differentiable in the images, and
+    ``active``: whether ``L_adv`` is on for the round being made (from round ``online.warmup_rounds``)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 def check_groups(indices: torch.Tensor, group_size: int) -> torch.Tensor:

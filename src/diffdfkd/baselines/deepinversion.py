@@ -32,7 +32,7 @@ import torch
 from diffdfkd.config import DeepInversionConfig, ExperimentConfig
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units, cross_entropy, l2_prior, tv_l1, tv_l2
 from diffdfkd.runtime import generators_for, sample_seed
-from diffdfkd.synthetic import SynthBatch, check_groups
+from diffdfkd.synthetic import SynthBatch, SyntheticSource, check_groups
 
 LOG_EVERY = 10
 ADAM_BETAS = (0.5, 0.9)
@@ -69,7 +69,7 @@ def to_rgb(images: torch.Tensor) -> torch.Tensor:
     return images.expand(-1, 3, -1, -1).contiguous() if images.shape[1] == 1 else images
 
 
-class DeepInversionSource:
+class DeepInversionSource(SyntheticSource):
     """Teacher inversion by pixel optimisation (the DeepInversion baseline, without its competition term).
 
     ``teacher``: a ``Teacher`` (images in [0, 1] -> logits; ``input_size``, ``mean``/``std`` and the

@@ -15,8 +15,8 @@ In round ``r`` with targets ``y``:
    published method does, since a round is a batch and the generator is shared by its samples
    (:mod:`diffdfkd.guidance.teacher_loss` decides the units). ``L_adv`` (``guidance.adv_weight > 0``,
    averaged over the batch): Fast's adversarial term against the student trained online between
-   rounds (:mod:`diffdfkd.synth.online_student`, the same student and term as DiffDFKD's), from
-   written round ``online.warmup_rounds`` on;
+   rounds (:mod:`diffdfkd.synth.online_student`, the same student and term as DiffDFKD's), in the
+   written rounds where that student is ``active`` (from round ``online.warmup_rounds``);
 2. the round's images are those of the lowest ``L`` seen during the inner steps;
 3. meta step (first-order MAML): ``theta <- Adam(theta, sum_steps grad_phi L)`` with learning rate
    ``lr_generator * steps``.
@@ -32,14 +32,14 @@ memory and knows how many rounds it has done; asked for batch ``b`` it first rep
 the rounds it lacks, so a resumed or sharded run gives the same images as one uninterrupted run,
 at the cost of redoing the earlier rounds. ``warmup_rounds`` meta-train before batch 0 and are not
 written; their latents come from their own seed stream. With ``L_adv`` a round also depends on the
-online student as it was then: ``synthesize`` replays each written round (``replay``) in step with the
-student it rebuilds, so a resumed run still ends byte-identical.
+online student as it was then: the synthesis rounds (:mod:`diffdfkd.synth.rounds`) replay each
+written round (``replay``) in step with the student they rebuild, so a resumed run still ends
+byte-identical; asked for a later round before the earlier written ones, the source refuses.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ from diffdfkd.baselines.deepinversion import image_channels, jitter_view, to_rgb
 from diffdfkd.config import ConfigError, ExperimentConfig, FastConfig
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units, adversarial, cross_entropy
 from diffdfkd.runtime import derive_seed, generators_for, sample_seed
-from diffdfkd.synthetic import SynthBatch, layout_targets
+from diffdfkd.synthetic import Adversary, SynthBatch, SyntheticSource, layout_targets
 
 # Random streams of the meta-generator's initial weights and of the warm-up rounds' samples
 # (0, 1, 2 are the samples', the groups' and the real source's order).
@@ -88,19 +88,19 @@ class FastGenerator(nn.Module):
         return self.body(x.view(len(z), -1, self.start, self.start))
 
 
-class FastSource:
+class FastSource(SyntheticSource):
     """The Fast baseline: a meta-learned generator, one round per batch (module docstring).
 
     ``teacher``: a ``Teacher`` (images in [0, 1] -> logits; ``input_size``, ``mean``/``std`` and the
-    inner ``model`` whose BatchNorm layers ``L_bn`` hooks). ``student``: images in [0, 1] -> logits,
-    for ``L_adv`` (``guidance.adv_weight > 0``; the online student ``synthesize`` trains).
+    inner ``model`` whose BatchNorm layers ``L_bn`` hooks). ``student``: the online student, for
+    ``L_adv`` (``guidance.adv_weight > 0``; the one the synthesis rounds train).
     """
 
     def __init__(
         self,
         config: ExperimentConfig,
         teacher: torch.nn.Module,
-        student: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        student: Adversary | None = None,
     ) -> None:
         if config.guidance.adv_weight > 0 and student is None:
             raise ConfigError(
@@ -110,7 +110,6 @@ class FastSource:
         self.options: FastConfig = config.fast
         self.student = student
         self.adv_weight = config.guidance.adv_weight
-        self.adv_from = config.online.warmup_rounds  # written rounds before L_adv is on
         self.teacher = teacher
         self.seed = config.seed
         self.per_class = config.synth.samples_per_class_in_group
@@ -147,6 +146,11 @@ class FastSource:
                 earlier = torch.arange(self.rounds * batch, (self.rounds + 1) * batch)
                 seeds = [derive_seed(self.seed, WARMUP_STREAM, int(i)) for i in earlier]
             else:
+                if self.student is not None:  # its state at that round is gone: replay in order
+                    raise ValueError(
+                        f"with the online student Fast's written rounds are made or replayed in order: "
+                        f"round {self.rounds - self.options.warmup_rounds} was skipped"
+                    )
                 earlier = torch.arange(first, first + batch)
                 seeds = [sample_seed(self.seed, int(i)) for i in earlier]
             self.round(seeds, layout_targets(earlier, self.per_class, num_classes))
@@ -161,7 +165,7 @@ class FastSource:
         """One synthesis round (module docstring, steps 1-3) on the samples of ``seeds [B]``."""
         o = self.options
         written = self.rounds - o.warmup_rounds  # this round's batch number (negative: warm-up)
-        adv = self.adv_weight > 0 and written >= self.adv_from
+        adv = self.adv_weight > 0 and written >= 0 and self.student is not None and self.student.active
         generators = generators_for(seeds)
         z = torch.stack([torch.randn(o.latent_dim, generator=g) for g in generators])
         z = z.to(self.device).requires_grad_(True)

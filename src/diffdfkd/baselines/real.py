@@ -17,7 +17,7 @@ import torch
 
 from diffdfkd.config import ConfigError, ExperimentConfig
 from diffdfkd.runtime import derive_seed
-from diffdfkd.synthetic import SynthBatch
+from diffdfkd.synthetic import SynthBatch, SyntheticSource
 from diffdfkd.worlds import get_world, list_worlds
 
 # The random stream of the seeded order of each class's images (0 and 1 are the samples' and groups').
@@ -25,7 +25,7 @@ ORDER_STREAM = 2
 NOISE_STREAM = 3
 
 
-class RealDataSource:
+class RealDataSource(SyntheticSource):
     """The world's PRIVATE ``train`` images, by class. Reading them breaks the data-free setting: this
     source exists only as the upper-bound baseline.
 
@@ -73,7 +73,7 @@ class RealDataSource:
         return SynthBatch(images=torch.stack(images), targets=targets)
 
 
-class NoiseSource:
+class NoiseSource(SyntheticSource):
     """Gaussian noise images ``clamp(0.5 + 0.25 n)``, ``n ~ N(0, I)`` seeded per sample index."""
 
     def __init__(self, config: ExperimentConfig, teacher: torch.nn.Module) -> None:

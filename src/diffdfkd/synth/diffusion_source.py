@@ -7,7 +7,7 @@ generator seeded by ``runtime.sample_seed(seed, i)``, each mixing group's CutMix
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -28,7 +28,7 @@ from diffdfkd.diffusion.speed import apply_speed_settings
 from diffdfkd.guidance.guide import TeacherGuide
 from diffdfkd.guidance.modes import build_mode
 from diffdfkd.runtime import generators_for, group_seed, sample_seed
-from diffdfkd.synthetic import SynthBatch, SynthExtra, check_groups
+from diffdfkd.synthetic import Adversary, SynthBatch, SyntheticSource, SynthExtra, check_groups
 
 
 def class_prompts(generator: GeneratorConfig, class_names: Sequence[str]) -> list[str]:
@@ -38,12 +38,12 @@ def class_prompts(generator: GeneratorConfig, class_names: Sequence[str]) -> lis
     return [template.format(label=n.replace("_", " ")) if template else generator.prompt for n in class_names]
 
 
-class DiffusionSource:
+class DiffusionSource(SyntheticSource):
     """DiffDFKD: teacher-guided latent diffusion with Latent CutMix (or plain CFG with mode ``none``).
 
     Seeds come from ``config.seed`` and the indices only. Prompts are encoded once per class, so a
     sample's conditioning does not depend on its batch. With ``guidance.adv_weight > 0`` the samples
-    from round ``online.warmup_rounds`` on also depend on the ``student`` as it is when they are made.
+    of the rounds where the ``student`` is active also depend on it as it is when they are made.
     """
 
     def __init__(
@@ -51,12 +51,12 @@ class DiffusionSource:
         config: ExperimentConfig,
         teacher: torch.nn.Module,
         components: DiffusionComponents | None = None,
-        student: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        student: Adversary | None = None,
     ) -> None:
         """``teacher``: a ``Teacher`` (images in [0, 1] -> logits, ``class_names``); ``components``:
-        already loaded parts (else loaded from ``config.generator``); ``student``: images in [0, 1]
-        -> logits, for ``L_adv`` (``guidance.adv_weight > 0``), used from sample index
-        ``online.warmup_rounds * synth.batch_size`` on (``diffdfkd.synth.online_student``)."""
+        already loaded parts (else loaded from ``config.generator``); ``student``: the online student,
+        for ``L_adv`` (``guidance.adv_weight > 0``) in the rounds where it is ``active``
+        (``diffdfkd.synth.online_student``)."""
         gen, g = config.generator, config.guidance
         if g.adv_weight > 0 and student is None:
             raise ConfigError(
@@ -93,8 +93,7 @@ class DiffusionSource:
         self.negative_embeds = encode_prompts(components, [gen.negative_prompt])  # [1, L, D]
         self.group_size = config.synth.group_size
         self.guide = self.warmup_guide = None
-        # L_adv from the first sample of round online.warmup_rounds on (one round per batch).
-        self.adv_from = config.online.warmup_rounds * config.synth.batch_size
+        self.student = student
         if g.mode != "none":
             folder = guidance_decoder_folder(gen.path, gen.guidance_decoder)
             guidance_vae = None if folder is None else load_guidance_decoder(folder, components)
@@ -123,7 +122,7 @@ class DiffusionSource:
         denoiser = CFGDenoiser(
             self.components, self.class_embeds[classes], self.negative_embeds, gen.cfg_scale
         )
-        guide = self.guide if int(indices[0]) >= self.adv_from else self.warmup_guide
+        guide = self.guide if self.student is not None and self.student.active else self.warmup_guide
         out = sample(
             self.components,
             build_mode(self.config.guidance, denoiser, guide),

@@ -42,7 +42,7 @@ STUDENT_STREAM, DRAW_STREAM = 5, 6
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
 
 
-ADVERSARIAL_SOURCES = ("diffdfkd", "fast")  # the sources whose loss takes L_adv against the student
+ADVERSARIAL_SOURCES = ("diffdfkd", "fast", "cmi")  # the sources whose loss takes L_adv against the student
 
 
 def check_online(config: ExperimentConfig, num_shards: int = 1) -> None:
@@ -53,8 +53,8 @@ def check_online(config: ExperimentConfig, num_shards: int = 1) -> None:
         return
     if config.synth.source not in ADVERSARIAL_SOURCES:
         raise ConfigError(
-            f"guidance.adv_weight={weight} is a term of DiffDFKD's teacher guidance and of Fast's generator "
-            f"loss; synth.source={config.synth.source} does not use it: set guidance.adv_weight=0"
+            f"guidance.adv_weight={weight} is a term of DiffDFKD's teacher guidance and of Fast's and CMI's "
+            f"generator loss; synth.source={config.synth.source} does not use it: set guidance.adv_weight=0"
         )
     if config.synth.source == "diffdfkd" and config.guidance.mode == "none":
         raise ConfigError(
@@ -88,7 +88,9 @@ class OnlineStudent:
 
     ``student(images [B, 3, H, W] in [0, 1], any size) -> logits [B, K]`` is the guide's student:
     the images resized to the dataset's ``size`` and the model in eval mode, differentiable with
-    respect to the images. ``learn(pixels, teacher_logits)`` is one round's KD (step 2).
+    respect to the images; ``active`` says whether ``L_adv`` is on for the round being made (the
+    ``synthetic.Adversary`` the sources see). ``learn(pixels, teacher_logits)`` is one round's KD
+    (step 2); ``diffdfkd.synth.rounds`` calls it after each batch.
     """
 
     def __init__(self, config: ExperimentConfig, num_classes: int, size: int, device: torch.device) -> None:
@@ -106,6 +108,12 @@ class OnlineStudent:
         self.pixels = torch.zeros(0, 3, size, size, dtype=torch.uint8)  # every image saved so far
         self.teacher_logits = torch.zeros(0, num_classes)
         self.rounds = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether ``L_adv`` is on for the round being made: after ``online.warmup_rounds`` rounds of
+        learning (the round being made is the number of rounds learnt so far)."""
+        return self.rounds >= self.options.warmup_rounds
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         self.model.eval()

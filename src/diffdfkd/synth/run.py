@@ -10,8 +10,9 @@ shard or restart (byte-identical) or batch size (equal up to float rounding).
 
 With the adversarial term (``guidance.adv_weight > 0``) a batch also depends on the online student,
 trained between batches on the images written so far (``diffdfkd.synth.online_student``): the batches
-are then rounds made in order by one process; a resumed run rebuilds the student from the batches
-already written (KD steps only) and still ends byte-identical.
+are then rounds made in order by one process (``diffdfkd.synth.rounds``); a resumed run replays the
+rounds already written (the student's KD steps, and the source's own state) and still ends
+byte-identical.
 """
 
 from __future__ import annotations
@@ -26,26 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from diffdfkd.config import ConfigError, ExperimentConfig, replace
 from diffdfkd.errors import UserError
 from diffdfkd.models.teacher import build_teacher
-from diffdfkd.runtime import resolve_device, sample_seed
 from diffdfkd.synth.dataset import read_rows
-from diffdfkd.synth.online_student import OnlineStudent, check_online, online_arch, resize
-from diffdfkd.synth.sources import SOURCES
+from diffdfkd.synth.online_student import check_online, online_arch
+from diffdfkd.synth.rounds import Rounds
 from diffdfkd.synth.writer import (
     DatasetWriter,
-    Record,
     atomic_write,
     config_signature,
     merge_manifest,
     missing_batches,
 )
-from diffdfkd.synthetic import SynthBatch, layout_targets
+from diffdfkd.synthetic import layout_targets
 from diffdfkd.worlds import get_world, teacher_spec
 
 logger = logging.getLogger(__name__)
@@ -135,7 +132,8 @@ def dataset_signature(
     """What identifies the dataset of ``config`` in its folder (see ``DatasetWriter.state``).
 
     The ``online.*`` keys count only with ``guidance.adv_weight > 0``: without ``L_adv`` there is no
-    online student, and datasets made before those keys existed keep their signature.
+    online student, and datasets made before those keys existed keep their signature. Likewise the
+    ``cmi.*`` keys count only for ``synth.source=cmi`` (added after the other sources' datasets).
     """
     adv = config.guidance.adv_weight > 0
     signature = config_signature(
@@ -145,44 +143,8 @@ def dataset_signature(
         save_size=save_size,
         **({"online_student": online_arch(config)} if adv else {}),
     )
-    return signature if adv else {k: v for k, v in signature.items() if not k.startswith("online.")}
-
-
-@torch.no_grad()
-def make_records(
-    writer: DatasetWriter,
-    teacher: torch.nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    indices: torch.Tensor,
-    *,
-    seed: int,
-    save_size: int,
-    steps: torch.Tensor | None = None,
-) -> list[Record]:
-    """Quantise ``images [B, 3, H, W]`` to uint8 at ``save_size`` and describe each in a manifest row,
-    with the teacher's logits on the image as saved."""
-    pixels = resize(images, save_size).clamp(0, 1).mul(255).round().to(torch.uint8)
-    device = next(iter(teacher.state_dict().values())).device
-    logits = teacher(pixels.to(device).float() / 255).float().cpu()
-    probs = logits.softmax(dim=1)
-    classes = targets.argmax(dim=1)
-    records = []
-    for j in range(len(indices)):
-        index, k = int(indices[j]), int(classes[j])
-        step = None if steps is None else int(steps[j])
-        row: dict[str, Any] = {"index": index, "file": writer.file_for(index, k, step), "class": k}
-        if not torch.equal(targets[j], F.one_hot(classes[j], targets.shape[1]).to(targets.dtype)):
-            row["target"] = [round(float(v), 6) for v in targets[j]]
-        row["seed"] = sample_seed(seed, index)
-        row["kind"] = "final" if step is None else "intermediate"
-        if step is not None:
-            row["step"] = step
-        row["teacher_logits"] = [round(float(v), 5) for v in logits[j]]
-        row["teacher_prob_target"] = round(float(probs[j, k]), 6)
-        row["teacher_pred"] = int(logits[j].argmax())
-        records.append(Record(row["file"], pixels[j].permute(1, 2, 0).numpy(), row))
-    return records
+    unsigned = [p for p, used in (("online.", adv), ("cmi.", config.synth.source == "cmi")) if not used]
+    return {k: v for k, v in signature.items() if not k.startswith(tuple(unsigned))}
 
 
 def summarise(root: Path, seconds: float) -> dict[str, Any]:
@@ -239,16 +201,7 @@ def synthesize(
     batches = plan.shard_batches(shard, num_shards)
     todo = [b for b in batches if not writer.is_done(b)]
     if todo:
-        online = None
-        if config.guidance.adv_weight > 0:
-            device = resolve_device(config.generator.device)
-            online = OnlineStudent(config, len(class_names), save_size, device)
-        source = SOURCES.create(
-            config.synth.source,
-            config=resolve_config(config),
-            teacher=teacher,
-            **({"student": online} if online is not None else {}),
-        )
+        rounds = Rounds(resolve_config(config), plan, writer, teacher, save_size)
         bar = tqdm(
             total=len(batches) * plan.batch_size,
             initial=(len(batches) - len(todo)) * plan.batch_size,
@@ -256,24 +209,10 @@ def synthesize(
             desc=f"synthesize {shard + 1}/{num_shards}" if num_shards > 1 else "synthesize",
             disable=not progress,
         )
-        # With L_adv every batch up to the last one to make is a round of the online student, in
-        # order; the batches already written are replayed (it learns from them again, nothing is
-        # sampled), and a source whose rounds build on each other (Fast) redoes their rounds beside it.
-        rounds = todo if online is None else [b for b in batches if b <= todo[-1]]
-        replay = getattr(source, "replay", None) if online is not None else None
-        for b in rounds:
-            logs: dict[str, float] = {}
-            indices = plan.indices(b)
-            if writer.is_done(b) and replay is not None:
-                replay(indices, plan.targets(indices))
-            if not writer.is_done(b):
-                batch = source.generate(indices, plan.targets(indices))
-                records = batch_records(writer, teacher, batch, indices, config.seed, save_size)
-                writer.write_batch(b, records)
-                bar.update(len(indices))
-                logs = batch.logs[-1] if batch.logs else {}
-            if online is not None:
-                logs = logs | online.learn(*saved_batch(writer, b))
+        for b in rounds.schedule(batches):
+            made, logs = rounds.play(b)
+            if made:
+                bar.update(plan.batch_size)
             if logs:
                 bar.set_postfix({k: f"{logs[k]:.3g}" for k in POSTFIX if k in logs})
         bar.close()
@@ -286,37 +225,3 @@ def synthesize(
         logger.info("shard %d/%d done; other batches are still missing in %s", shard, num_shards, out)
     writer.release()
     return out
-
-
-def saved_batch(writer: DatasetWriter, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A written batch read back from its folder, as a resumed run finds it: the images
-    ``[N, 3, S, S]`` uint8 (finals, then intermediates) and the teacher's logits on them ``[N, K]``."""
-    from PIL import Image
-
-    rows = [json.loads(line) for line in writer.part_path(batch).read_text().splitlines() if line.strip()]
-    pixels = []
-    for row in rows:
-        with Image.open(writer.root / row["file"]) as image:
-            pixels.append(np.asarray(image.convert("RGB")))
-    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor([row["teacher_logits"] for row in rows])
-
-
-def batch_records(
-    writer: DatasetWriter,
-    teacher: torch.nn.Module,
-    batch: SynthBatch,
-    indices: torch.Tensor,
-    seed: int,
-    save_size: int,
-) -> list[Record]:
-    """Records of a batch's final images, then of its extra (intermediate) images."""
-    records = make_records(
-        writer, teacher, batch.images, batch.targets, indices, seed=seed, save_size=save_size
-    )
-    if batch.extra is not None:
-        e = batch.extra
-        records += make_records(
-            writer, teacher, e.images, e.targets, e.indices, seed=seed, save_size=save_size, steps=e.steps
-        )
-    return records

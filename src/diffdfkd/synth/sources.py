@@ -7,6 +7,7 @@ adding its class and one line here.
 
 from __future__ import annotations
 
+from diffdfkd.baselines.cmi import CMISource
 from diffdfkd.baselines.deepinversion import DeepInversionSource
 from diffdfkd.baselines.fast import FastSource
 from diffdfkd.baselines.real import NoiseSource, RealDataSource
@@ -20,6 +21,7 @@ SOURCES: Registry[SyntheticSource] = Registry(
         "diffdfkd": DiffusionSource,  # teacher-guided diffusion with Latent CutMix (mode none: plain CFG)
         "deepinversion": DeepInversionSource,  # pixels optimised from noise against the teacher
         "fast": FastSource,  # a generator meta-learned across synthesis rounds (Fang et al. 2022)
+        "cmi": CMISource,  # a generator per batch with a contrastive loss against a memory bank (Fang et al. 2021)
         "real": RealDataSource,  # a world split's real images (PRIVATE train: the upper bound, not data-free)
         "noise": NoiseSource,  # Gaussian noise images (the floor)
     },
