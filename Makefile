@@ -52,16 +52,16 @@ bench-digits: install
 bench-baselines: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3 --only diffdfkd_raw_step,diffdfkd_look_prompt
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits-mnist --seeds 3 --only diffdfkd_adv,diffdfkd
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits-mnist --seeds 3 --only diffdfkd,diffdfkd_no_adv
 	for w in digits digits-mnist; do \
 	  test -f benchmarks/results/baselines/$$w-100/adapted_generator/adapt_info.json || \
 	    OMP_NUM_THREADS=1 $(BIN)/python benchmarks/adapt_generator.py --world $$w --json benchmarks/results/tuning/adapt-$$w-150.json \
 	      --save benchmarks/results/baselines/$$w-100/adapted_generator || exit 1; \
 	  OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world $$w --seeds 3 --only diffdfkd_adapted || exit 1; \
 	done
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 200 --seeds 3 --only diffdfkd_adv,fast
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 3 --only diffdfkd_adv,fast,kd_real
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 1 --only diffdfkd
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 200 --seeds 3 --only diffdfkd,fast
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 3 --only diffdfkd,fast,kd_real
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 1 --only diffdfkd_no_adv
 
 # How the baselines' settings were chosen (synthetic-data signals only).
 bench-tune-baselines: install
