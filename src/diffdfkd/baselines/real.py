@@ -14,12 +14,11 @@ from __future__ import annotations
 import torch
 
 from diffdfkd.config import ConfigError, ExperimentConfig
-from diffdfkd.runtime import derive_seed
+from diffdfkd.runtime import stream_seed
 from diffdfkd.synthetic import SynthBatch
 from diffdfkd.worlds import get_world, list_worlds
 
 # The random stream of the seeded order of each class's images (0 and 1 are the samples' and groups').
-ORDER_STREAM = 2
 
 
 class RealDataSource:
@@ -50,7 +49,7 @@ class RealDataSource:
                 raise ConfigError(f"world {world.name!r} split {split!r} has no image of class {name!r}")
             order = torch.randperm(
                 len(members),
-                generator=torch.Generator().manual_seed(derive_seed(config.seed, ORDER_STREAM, k)),
+                generator=torch.Generator().manual_seed(stream_seed("real_order", config.seed, k)),
             )
             self.pools.append(images[members[order]])
         self.per_group = config.synth.samples_per_class_in_group
