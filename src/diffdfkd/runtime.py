@@ -52,7 +52,9 @@ STREAMS: dict[str, Stream] = {
     "online_draws": Stream(6, ("round",), "the online student's draws from the pool in a round"),
     "train_order": Stream(7, ("epoch",), "the trainer's data order in an epoch (the same on every rank)"),
     "train_augment": Stream(8, ("epoch", "rank"), "the trainer's augmentation in an epoch, per rank"),
-    "train_torch": Stream(9, ("epoch", "rank"), "the trainer's global torch RNG (dropout) in an epoch, per rank"),
+    "train_torch": Stream(
+        9, ("epoch", "rank"), "the trainer's global torch RNG (dropout) in an epoch, per rank"
+    ),
     "student_init": Stream(10, (), "the distilled student's initial weights"),
 }
 
