@@ -42,7 +42,7 @@ bench-synth: install
 	$(BIN)/python benchmarks/synth_bench.py --threads 1 --images-per-class 10
 
 bench-digits: install
-	$(BIN)/diffdfkd bench --world digits --seeds 3 --out benchmarks/results/digits
+	$(BIN)/python benchmarks/digits_bench.py --seeds 3 --out benchmarks/results/digits
 
 # Issue 14's comparison (benchmarks/baselines_digits.py, one torch thread, resumable per (row, seed)): every
 # row at 1,000 images in `digits` (3 seeds; Fast with and without its adversarial term), the levers, the

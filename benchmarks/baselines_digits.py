@@ -38,12 +38,13 @@ import json  # noqa: E402
 from diffdfkd.bench import (  # noqa: E402
     ABLATION,
     BASELINE,
+    NO_ADV,
     ROW_NAMES_VERSION,
     ROWS,
     WORLD_CONFIGS,
     Row,
     aggregate,
-    goal_check,
+    comparison,
     machine,
     overrides_hold,
     read_results,
@@ -53,6 +54,7 @@ from diffdfkd.bench import (  # noqa: E402
 )
 from diffdfkd.check import saved_config  # noqa: E402
 from diffdfkd.config import load_config, to_dict  # noqa: E402
+from diffdfkd.worlds.looks import LOOK_PROMPTS  # noqa: E402
 
 ROW_NAMES = [
     "diffdfkd",
@@ -69,11 +71,13 @@ LEVER_ROWS = ["diffdfkd_raw_step", "diffdfkd_look_prompt", "diffdfkd_adapted"]
 ADAPTED_GENERATOR = "adapted_generator"  # in the out folder: adapt_generator.py --save
 # Fast's adversarial weight, chosen on public signals like DiffDFKD's (tuning/guidance_step.md).
 FAST_ADV_WEIGHT = 1.0
+LOOK_PROMPT = LOOK_PROMPTS["scan"].replace("{name}", "{label}")  # the teacher's look, named
 
 
 def script_rows(out: Path) -> tuple[Row, ...]:
-    """This bench's rows beside ``diffdfkd.bench.ROWS``: Fast with its adversarial term, and DiffDFKD
-    on the generator adapted to the teacher (made beforehand in ``out``)."""
+    """This bench's rows beside ``diffdfkd.bench.ROWS``: Fast with its adversarial term, DiffDFKD with
+    prompts naming the teacher's look (digits only), and DiffDFKD on the generator adapted to the
+    teacher (made beforehand in ``out``)."""
     fast_adv = Row(
         "fast_adv",
         BASELINE,
@@ -89,7 +93,14 @@ def script_rows(out: Path) -> tuple[Row, ...]:
         "one-step predictions, seed 0, used by every seed)",
         {"guidance.adv_weight": 1.0, "generator.path": str(out / ADAPTED_GENERATOR)},
     )
-    return fast_adv, adapted
+    look_prompt = Row(
+        "diffdfkd_look_prompt",
+        ABLATION,
+        "DiffDFKD without the adversarial term, with look-naming class prompts (a user who knows the "
+        "teacher's domain: low-resolution scans)",
+        {**NO_ADV, "generator.prompt_template": LOOK_PROMPT},
+    )
+    return fast_adv, look_prompt, adapted
 
 
 BUDGET_NOTE = """\
@@ -140,7 +151,7 @@ def saved_report(out: Path, names: list[str], world: str, per_class: int, commit
         "base_config": to_dict(load_config(WORLD_CONFIGS[world])),
         "machine": machine(1),
         "wall_seconds_this_call": 0.0,
-        "goal": goal_check(rows),
+        "comparison": comparison(rows),
         "row_names": ROW_NAMES_VERSION,
         "rows": rows,
     }

@@ -108,7 +108,8 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder):
     assert len(set(prints.values())) == len(prints) - 1
     students = [(out / "runs" / n / "seed0" / "student" / "student.safetensors").read_bytes() for n in ("kd_real", "scratch_real")]  # fmt: skip
     assert students[0] != students[1]
-    assert set(saved["goal"]) >= {"margin_over_best_baseline", "gap_to_kd_real"}
+    assert set(saved["comparison"]) >= {"margin_over_best_baseline", "gap_to_kd_real"}
+    assert "## Comparison" in md and "minus the strongest data-free baseline" in md
 
     # A run folder made before the look mix and the BN distance were recorded: measured from the folder.
     run = out / "runs" / "deepinversion" / "seed0"
