@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # CPU smoke run by default; on a GPU: make bench-speed SPEED_ARGS="--device cuda"
 SPEED_ARGS ?= --tiny --threads 1
 
-.PHONY: install demo test bench bench-demo bench-goals bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed bench-guidance-cost lint format clean
+.PHONY: install demo test test-all docs bench bench-demo bench-goals bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed bench-guidance-cost lint format clean
 
 install: $(STAMP)
 
@@ -27,8 +27,13 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/diffdfkd demo
 
+# The fast tests (pyproject's addopts leave out `slow` and `gpu`); `make test-all` adds the slow ones
+# (SIGKILLed subprocesses, DDP under torchrun, headless Chromium, the quick demo), as CI runs them.
 test: install
 	$(BIN)/python -m pytest
+
+test-all: install
+	$(BIN)/python -m pytest -m "not gpu"
 
 # Benchmarks write under benchmarks/results/ and are summarised in BENCHMARKS.md.
 bench: bench-world bench-synth bench-digits bench-baselines bench-speed bench-guidance-cost bench-demo bench-goals

@@ -20,7 +20,7 @@ from diffdfkd.bench import (
     run_record,
     select_rows,
 )
-from diffdfkd.config import ConfigError, load_config, replace
+from diffdfkd.config import ConfigError, load_config, replace, to_dict
 from diffdfkd.pipeline import DEMO_CONFIG
 
 TINY_BUDGET = {
@@ -34,15 +34,25 @@ TINY_BUDGET = {
 }
 
 
-def test_every_row_shares_the_budget_and_the_recipe(tmp_path):
+def test_every_row_is_its_own_experiment_on_one_budget_and_one_recipe(tmp_path):
+    """No two rows run the same config (a row whose overrides were lost or repeat another's would), every
+    row keeps the shared budget, and the KD recipe is one for all (the from-scratch row only drops KD)."""
     base = load_config(DEMO_CONFIG)
-    assert len({r.name for r in ROWS}) == len(ROWS)
-    recipe = row_config(base, ROWS[0], 2, FULL_BUDGET, tmp_path).distill
+    configs = {row.name: row_config(base, row, 2, FULL_BUDGET, tmp_path) for row in ROWS}
+    experiments = {json.dumps({**to_dict(c), "out_dir": ""}, sort_keys=True) for c in configs.values()}
+    assert len(experiments) == len(ROWS)
+    recipe = configs["diffdfkd"].distill
     for row in ROWS:
-        config = row_config(base, row, 2, FULL_BUDGET, tmp_path)
-        assert config.seed == 2 and config.out_dir == str(tmp_path / "runs" / row.name / "seed2")
-        assert config.synth.images_per_class == FULL_BUDGET["synth.images_per_class"]
-        assert dataclasses.replace(config.distill, kd=True) == recipe  # one recipe for every row
+        config = configs[row.name]
+        assert all(str(budget) == str(_get(config, key)) for key, budget in FULL_BUDGET.items()), row.name
+        assert all(str(value) == str(_get(config, key)) for key, value in row.overrides.items()), row.name
+        assert dataclasses.replace(config.distill, kd=True) == recipe, row.name
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def synthesis_fingerprint(run: Path) -> str:

@@ -6,9 +6,6 @@ Expected values are computed by hand in the tests (``math``, plain Python), not 
 from __future__ import annotations
 
 import math
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch

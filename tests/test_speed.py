@@ -87,7 +87,6 @@ def test_throughput_smoke(tmp_path: Path):
     bench.main([*argv, "--modes", *modes])
     result = json.loads((tmp_path / "cpu_tiny.json").read_text())
     assert [r["mode"] for r in result["rows"]] == modes
-    assert "STILL TO BE MEASURED" in (tmp_path / "cpu_tiny.md").read_text()
     for r in result["rows"]:
         assert "error" not in r, r
         for key in ("s_per_guided_step", "s_per_image", "images_per_s", "mfu", "speedup_vs_reference"):
