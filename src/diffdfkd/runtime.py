@@ -12,6 +12,8 @@
   unlike ``seed + index``), each integer written as a self-delimiting run of 31-bit words so that
   different tuples of one length never give the same entropy (``SeedSequence`` alone reads ``2**32`` as
   the words ``(0, 1)`` and ignores trailing zero words).
+- ``BatchNormBase`` / ``batchnorm_modules(model)``: torch's base class of every BatchNorm layer (a
+  private name of torch's, named here once) and the BatchNorm layers of a model.
 - ``changed_keys`` / ``describe_changes``: the dotted keys in which two (nested) configs differ, used
   wherever a folder made with another config is refused.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from diffdfkd.errors import UserError
 
@@ -135,6 +138,16 @@ def sample_seed(seed: int, index: int) -> int:
 def group_seed(seed: int, group: int) -> int:
     """Seed of mixing group ``group``'s generator (Latent CutMix boxes and partners)."""
     return stream_seed("group", seed, group)
+
+
+# The base of BatchNorm1d/2d/3d, SyncBatchNorm and the layers of converted TorchScript teachers; torch
+# keeps it private, so it is named once, here.
+BatchNormBase = nn.modules.batchnorm._BatchNorm
+
+
+def batchnorm_modules(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``model`` (any dimension), in ``model.modules()`` order."""
+    return [m for m in model.modules() if isinstance(m, BatchNormBase)]
 
 
 def generators_for(seeds: list[int]) -> list[torch.Generator]:

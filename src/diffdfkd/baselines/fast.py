@@ -177,7 +177,7 @@ class FastSource:
         for step in range(o.steps):
             images = fast(z)
             view = jitter_view(images, generators, o.jitter, o.flip)
-            with BNStatistics(self.teacher.model, per_batch, o.first_bn_weight) as bn:
+            with BNStatistics(self.teacher.network, per_batch, o.first_bn_weight) as bn:
                 logits = self.teacher(view).float()
                 bn_loss = bn.loss()
             ce = cross_entropy(logits, targets_dev, per_batch)

@@ -16,10 +16,12 @@ import logging
 import torch
 from torch import fx, nn
 
+from diffdfkd.runtime import BatchNormBase
+
 logger = logging.getLogger(__name__)
 
 
-class GraphBatchNorm(nn.modules.batchnorm._BatchNorm):
+class GraphBatchNorm(BatchNormBase):
     """A BatchNorm layer lifted out of a converted graph: eval-mode ``batch_norm`` of ``[B, C, ...]``."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
