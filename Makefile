@@ -89,6 +89,10 @@ bench-goals: install
 bench-speed: install
 	$(BIN)/python benchmarks/synth_throughput.py $(SPEED_ARGS)
 
+# The config reference, generated from the schema (a test fails when docs/config.md is out of date).
+docs: install
+	$(BIN)/python -m diffdfkd.config.reference docs/config.md
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks

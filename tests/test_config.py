@@ -145,3 +145,20 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     for key, value in tree.items():
         out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
     return out
+
+
+def test_the_config_reference_is_generated_from_the_schema_and_current():
+    """``docs/config.md`` is ``make docs``'s output: every key of the schema, with its default and the
+    comment written beside it; run ``make docs`` after changing the schema."""
+    from pathlib import Path
+
+    from diffdfkd.config.reference import config_reference, field_comments
+    from diffdfkd.config.schema import GuidanceConfig
+    from diffdfkd.runtime import flatten
+
+    text = config_reference()
+    for key, value in flatten(to_dict(ExperimentConfig())).items():
+        assert f"| `{key}` |" in text and f"`{json.dumps(value)}`" in text, key
+    assert "Guide only on steps whose fraction" in field_comments(GuidanceConfig)["window_start"]
+    current = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert current == text, "docs/config.md is out of date: run `make docs`"

@@ -1,55 +1,22 @@
 """The config schema: frozen dataclasses per component, nested in one ``ExperimentConfig``, each
 checking its own values (a bad value is a ``ConfigError`` saying what is accepted).
 
-The field comments and docstrings here are the config reference: ``docs/config.md`` is generated from
+The sections of the baselines and the distillation recipe are in ``config.methods``. The field
+comments and docstrings are the config reference: ``docs/config.md`` is generated from
 them (``make docs``)."""
 
 from __future__ import annotations
 
-import math
-import string
 from dataclasses import dataclass, field
 
-from diffdfkd.errors import UserError
+from diffdfkd.config.checks import ConfigError, check_choice, check_positive, check_prompt_template
+from diffdfkd.config.methods import BN_UNITS, DeepInversionConfig, DistillConfig, FastConfig
 
 DTYPES = ("fp32", "bf16", "fp16")
 GUIDANCE_MODES = ("none", "full", "detach_unet", "one_pass")
-BN_UNITS = ("sample", "group")  # guidance.bn_per and deepinversion.bn_per
 STEP_NORMS = ("none", "sample")
 # Samplers whose noise comes from per-sample generators (see diffdfkd.diffusion.components.SCHEDULER_CLASSES).
 SCHEDULERS = ("ddpm", "ddim", "euler_ancestral", "euler", "dpmpp_2m")
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration that cannot be used, with a message saying what was wrong."""
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not valid; choose from {', '.join(choices)}")
-
-
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        finite = "a finite number " if isinstance(value, float) else ""
-        raise ConfigError(f"{name}={value!r} must be {finite}{'>= 0' if allow_zero else '> 0'}")
-
-
-def _check_prompt_template(template: str) -> None:
-    """A class template names ``{label}`` and no other placeholder (``{{``/``}}`` are literal braces)."""
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as error:
-        raise ConfigError(
-            f"generator.prompt_template={template!r} is not a valid template: {error}"
-        ) from None
-    if fields != {"label"}:
-        unknown = sorted(fields - {"label"})
-        raise ConfigError(
-            f"generator.prompt_template={template!r} "
-            + (f"has unknown placeholders {unknown}" if unknown else "must contain '{label}'")
-            + "; the only placeholder is {label} (the class name), e.g. 'a photo of a {label}'"
-        )
 
 
 @dataclass(frozen=True)
@@ -60,20 +27,31 @@ class TeacherConfig:
     (0.4914, 0.4822, 0.4465) / (0.2023, 0.1994, 0.2010) as in the CMI/Fast-Datafree checkpoints); the default is none, as for models trained here.
     """
 
+    # A zoo model (diffdfkd.models.list_models(): CIFAR ResNet-18/34, WRN-16-1/16-2/40-1/40-2, VGG-11-BN,
+    # small CNNs; the CMI / Fast-Datafree checkpoints load unchanged), timm:<name> (pip install
+    # 'diffdfkd[timm]'), or empty with a TorchScript file.
     arch: str = ""
+    # A safetensors or weights-only torch file (a TorchScript file with BatchNorm layers is converted to an
+    # eager graph so that the BN-statistics loss sees them).
     weights: str = ""
+    # The teacher's classes in logit order (empty: the world's); eval_folder's sub-folders are matched to them
+    # by name.
     class_names: tuple[str, ...] = ()
+    # The side the teacher takes: images are resized to it (bicubic, antialiased).
     input_size: int = 32
+    # 1 or 3: RGB is averaged to grey, grey copied to RGB, as the teacher needs.
     in_channels: int = 3
+    # Input normalisation of [0, 1] images, one value per channel.
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    # (see mean)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     # The teacher was trained on grey images replicated to RGB: image-space methods (DeepInversion,
     # Fast) then optimise ONE channel and save it replicated, instead of colour the teacher never saw.
     grayscale: bool = False
 
     def __post_init__(self) -> None:
-        _check_positive("teacher.input_size", self.input_size)
-        _check_positive("teacher.in_channels", self.in_channels)
+        check_positive("teacher.input_size", self.input_size)
+        check_positive("teacher.in_channels", self.in_channels)
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise ConfigError(
                 f"teacher.mean and teacher.std need one value per input channel (teacher.in_channels="
@@ -81,7 +59,7 @@ class TeacherConfig:
                 f"teacher.mean=[{', '.join(['0.5'] * self.in_channels)}] teacher.std=[{', '.join(['0.5'] * self.in_channels)}]"
             )
         for i, value in enumerate(self.std):
-            _check_positive(f"teacher.std[{i}]", value)
+            check_positive(f"teacher.std[{i}]", value)
         if self.class_names:
             if len(self.class_names) < 2:
                 raise ConfigError(
@@ -98,36 +76,48 @@ class TeacherConfig:
 class GeneratorSettings:
     """The latent diffusion model and its sampler. Empty ``path``: the world's shipped generator."""
 
+    # A local Stable Diffusion 1.x/2.x folder in the diffusers layout (model_index.json, unet/, vae/,
+    # text_encoder/, tokenizer/, scheduler/); nothing is downloaded.
     path: str = ""
+    # ddpm | ddim | euler_ancestral | euler | dpmpp_2m (each sample's noise from its own generator).
     scheduler: str = "ddpm"
+    # Sampling steps (the paper: 50; 70 for DomainNet).
     num_steps: int = 50
+    # Classifier-free guidance scale s: eps = eps_u + s (eps_c - eps_u) (the paper: 3 for CIFAR, 7 for
+    # DomainNet).
     cfg_scale: float = 3.0
+    # The class-free prompt (the paper's figure: the teacher alone carries the class).
     prompt: str = "a realistic photo"
     # A class template such as "a realistic photo of a {label}"; empty means the class-free prompt.
     prompt_template: str = ""
+    # The unconditional prompt of CFG.
     negative_prompt: str = ""
     resolution: int = 0  # 0: the pipeline's native resolution
+    # fp32 | bf16 | fp16 (on CPU the weights stay fp32 and bf16 is autocast).
     dtype: str = "fp32"
+    # auto (CUDA when available, cuda:$LOCAL_RANK under torchrun) | cpu | cuda | cuda:<n>.
     device: str = "auto"
     # Recompute UNet / VAE-decoder activations in the backward pass of guidance: less memory, ~30% slower.
     gradient_checkpointing: bool = False
     # Speed settings that keep the mathematics (CUDA): NHWC convolutions, torch.compile of the UNet,
     # VAE decoder and teacher (compiled on the first batch).
     channels_last: bool = False
+    # (see channels_last)
     compile: bool = False
     # The decoder the guidance gradient goes through: "" the full VAE; "pipeline" the pipeline folder's
-    # vae_tiny/ (an AutoencoderTiny, shipped with the digits generators); or an AutoencoderTiny folder.
-    # The saved images are always decoded by the full VAE.
+    # vae_tiny/ (an AutoencoderTiny, shipped with the digits generators); or an AutoencoderTiny folder
+    # (TAESD for SD 1.x: a guided image's FLOPs 0.53x at SD 1.5 scale, BENCHMARKS.md). The saved images
+    # are always decoded by the full VAE.
     guidance_decoder: str = ""
 
     def __post_init__(self) -> None:
-        _check_choice("generator.scheduler", self.scheduler, SCHEDULERS)
-        _check_choice("generator.dtype", self.dtype, DTYPES)
-        _check_positive("generator.num_steps", self.num_steps)
-        _check_positive("generator.cfg_scale", self.cfg_scale, allow_zero=True)
-        _check_positive("generator.resolution", self.resolution, allow_zero=True)
+        check_choice("generator.scheduler", self.scheduler, SCHEDULERS)
+        check_choice("generator.dtype", self.dtype, DTYPES)
+        check_positive("generator.num_steps", self.num_steps)
+        check_positive("generator.cfg_scale", self.cfg_scale, allow_zero=True)
+        check_positive("generator.resolution", self.resolution, allow_zero=True)
         if self.prompt_template:
-            _check_prompt_template(self.prompt_template)
+            check_prompt_template(self.prompt_template)
 
 
 @dataclass(frozen=True)
@@ -145,27 +135,43 @@ class GuidanceConfig:
     (``diffdfkd.guidance.modes``).
     """
 
+    # none (plain CFG) | full (the paper: gradient through UNet, decoder and teacher) | detach_unet (no UNet
+    # Jacobian) | one_pass (classifier guidance, one UNet pass).
     mode: str = "full"
+    # Weight of the cross-entropy to the target class.
     ce_weight: float = 1.0
+    # Weight of the BatchNorm-statistics term L_bn (the paper: 0.1, per image).
     bn_weight: float = 0.1
+    # group (one distance per mixing group) | sample (one per image: the paper's batch of one, about
+    # group_size times stronger per image).
     bn_per: str = "group"
+    # Weight of the adversarial term against the online student (online.*); 0 turns it and the student
+    # off. Its batches are rounds made in order by one process (shards are refused); a resumed run
+    # rebuilds the student from the saved images. With synth.source=fast it weights Fast's own
+    # adversarial term; deepinversion and real refuse it.
     adv_weight: float = 0.0
+    # The guidance step eta: in noise levels of z_t per guided step with step_norm=sample, in loss units with
+    # none (the paper: 1.0, raw).
     step_size: float = 0.1
+    # sample (each image's gradient at unit RMS: one step_size means the same for any teacher, loss or
+    # generator) | none (the paper's raw step z_t - step_size * grad L).
     step_norm: str = "sample"
     # Guide only on steps whose fraction of the schedule lies in [window_start, window_end).
     window_start: float = 0.0
+    # (see window_start)
     window_end: float = 1.0
+    # Guide every k-th step only.
     every: int = 1
 
     def __post_init__(self) -> None:
-        _check_choice("guidance.mode", self.mode, GUIDANCE_MODES)
-        _check_choice("guidance.bn_per", self.bn_per, BN_UNITS)
-        _check_choice("guidance.step_norm", self.step_norm, STEP_NORMS)
+        check_choice("guidance.mode", self.mode, GUIDANCE_MODES)
+        check_choice("guidance.bn_per", self.bn_per, BN_UNITS)
+        check_choice("guidance.step_norm", self.step_norm, STEP_NORMS)
         for name in ("ce_weight", "bn_weight", "adv_weight", "step_size"):
-            _check_positive(f"guidance.{name}", getattr(self, name), allow_zero=True)
+            check_positive(f"guidance.{name}", getattr(self, name), allow_zero=True)
         if not 0.0 <= self.window_start < self.window_end <= 1.0:
             raise ConfigError("guidance window must satisfy 0 <= window_start < window_end <= 1")
-        _check_positive("guidance.every", self.every)
+        check_positive("guidance.every", self.every)
 
 
 @dataclass(frozen=True)
@@ -187,23 +193,30 @@ class OnlineConfig:
     warmup_rounds: int = 5
     # 20 steps of 64 images: about 0.3 s per round on one CPU thread (lenet5), 4 % of a guided digits batch.
     kd_steps: int = 20
+    # Images per KD step, drawn from every image saved so far.
     batch_size: int = 64
+    # SGD learning rate (constant).
     lr: float = 0.05
+    # KD temperature of the online student.
     temperature: float = 4.0
 
     def __post_init__(self) -> None:
-        _check_positive("online.warmup_rounds", self.warmup_rounds, allow_zero=True)
+        check_positive("online.warmup_rounds", self.warmup_rounds, allow_zero=True)
         for name in ("kd_steps", "batch_size", "lr", "temperature"):
-            _check_positive(f"online.{name}", getattr(self, name))
+            check_positive(f"online.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
 class CutMixConfig:
     """Latent CutMix at fractions of the schedule; pairs samples of the same class by default."""
 
+    # Latent CutMix between samples of a mixing group.
     enabled: bool = True
+    # Fractions of the schedule at which boxes are mixed (the paper: N/5 .. 4N/5).
     at: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    # Mix across classes with mixed soft targets (default: same-class partners, label unchanged).
     cross_class: bool = False
+    # Also save the decoded x0_hat at the CutMix steps (up to 5 images per trajectory).
     keep_intermediates: bool = False
 
     def __post_init__(self) -> None:
@@ -215,9 +228,12 @@ class CutMixConfig:
 class SynthConfig:
     """How many images, in which batches, written where."""
 
+    # diffdfkd (teacher-guided diffusion; guidance.mode=none: unguided) | deepinversion | fast | real (the
+    # PRIVATE training images: an upper bound, not data-free).
     source: str = "diffdfkd"
     # Total images: images_per_class * K rounded UP to whole batches (so the last classes may get a few more).
     images_per_class: int = 100
+    # Samples per batch: a multiple of group_size.
     batch_size: int = 20
     # Sample i has class (i // samples_per_class_in_group) % K: consecutive samples share a class.
     samples_per_class_in_group: int = 2
@@ -230,8 +246,8 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         for name in ("images_per_class", "batch_size", "samples_per_class_in_group", "group_size"):
-            _check_positive(f"synth.{name}", getattr(self, name))
-        _check_positive("synth.save_size", self.save_size, allow_zero=True)
+            check_positive(f"synth.{name}", getattr(self, name))
+        check_positive("synth.save_size", self.save_size, allow_zero=True)
         if self.group_size % self.samples_per_class_in_group:
             raise ConfigError(
                 f"synth.group_size={self.group_size} must be a multiple of "
@@ -244,146 +260,20 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
-class DeepInversionConfig:
-    """The DeepInversion baseline source (Yin et al. 2020; ``synth.source=deepinversion``) by its
-    published recipe: images initialised N(0, 1) in the teacher's normalised space, optimised with Adam
-    under a cosine-decaying learning rate on a freshly jittered (and, where allowed, flipped) view::
-
-        L = ce * CE + bn * L_bn + tv_l1 * TV_1 + tv_l2 * TV_2 + l2 * L2
-
-    every term per sample and summed over the batch, each weight a pull per image (``bn_per=group``:
-    ``L_bn`` on each mixing group's pooled statistics, each image charged its group's distance;
-    ``sample``: each image's own statistics), the first BatchNorm layer's distance multiplied by
-    ``first_bn_weight``. See ``diffdfkd.baselines.deepinversion``. The original runs 2k
-    iterations per batch; the default here was chosen on the BN-statistics distance and cost
-    (``benchmarks/results/tuning/deepinversion.md``).
-    """
-
-    iterations: int = 200
-    lr: float = 0.1  # Adam's initial learning rate, decayed to 0 by a cosine over the iterations
-    ce_weight: float = 1.0
-    bn_weight: float = 1.0
-    bn_per: str = "group"
-    first_bn_weight: float = 10.0
-    tv_l1_weight: float = 0.0
-    tv_l2_weight: float = 1.0
-    l2_weight: float = 0.01
-    # Random shifts of up to this many pixels at every iteration; 0 turns it off.
-    jitter: int = 2
-    # Random horizontal flips at every iteration; only where the world allows them (never for digits).
-    flip: bool = False
-
-    def __post_init__(self) -> None:
-        _check_positive("deepinversion.iterations", self.iterations)
-        _check_positive("deepinversion.lr", self.lr)
-        _check_choice("deepinversion.bn_per", self.bn_per, BN_UNITS)
-        for name in ("ce_weight", "bn_weight", "first_bn_weight", "tv_l1_weight", "tv_l2_weight",
-                     "l2_weight", "jitter"):  # fmt: skip
-            _check_positive(f"deepinversion.{name}", getattr(self, name), allow_zero=True)
-
-
-@dataclass(frozen=True)
-class FastConfig:
-    """The Fast baseline source (Fang et al., AAAI 2022, "Up to 100x Faster Data-free Knowledge
-    Distillation"; ``synth.source=fast``): one small generator meta-learned across synthesis rounds.
-    Each batch is a round: a copy of the meta-generator and per-sample latents ``z`` are optimised for
-    ``steps`` Adam steps on ``ce * CE + bn * L_bn`` (BN statistics of the round's batch, with the
-    first layer's distance multiplied by ``first_bn_weight``), and the copy's gradients update the
-    meta-generator (first-order MAML). See ``diffdfkd.baselines.fast``.
-    """
-
-    # Inner steps per round (the paper's Fast-2 / Fast-5 / Fast-10).
-    steps: int = 10
-    # Meta-training rounds before the first kept round; their images are not written (cost counted).
-    # 20 as the published warm-up; chosen with bn_weight on the BN-statistics distance
-    # (benchmarks/results/tuning/fast.md).
-    warmup_rounds: int = 20
-    latent_dim: int = 256
-    width: int = 64  # the generator's base channel count (ngf)
-    lr_generator: float = 2e-3  # inner Adam on the generator copy; the meta step uses lr * steps
-    lr_latent: float = 0.01
-    ce_weight: float = 0.5
-    # Published: 10 (batches of 256); at our rounds of 20 it drowns CE (teacher accuracy 0.2).
-    bn_weight: float = 1.0
-    first_bn_weight: float = 1.0
-    # Random shifts of up to this many pixels before the teacher (the published random crop with
-    # padding 4, here wrapping around as DeepInversion's jitter); 0 turns it off.
-    jitter: int = 4
-    # Random horizontal flips; only where the world allows them (never for digits).
-    flip: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "latent_dim", "width", "lr_generator", "lr_latent"):
-            _check_positive(f"fast.{name}", getattr(self, name))
-        for name in ("warmup_rounds", "ce_weight", "bn_weight", "first_bn_weight", "jitter"):
-            _check_positive(f"fast.{name}", getattr(self, name), allow_zero=True)
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Stage 2 training recipe: KD of a student on the fixed synthetic set (also used, without a
-    teacher, to train a teacher with cross-entropy on real data). See ``diffdfkd.distill.fit``.
-    """
-
-    student: str = "lenet5"
-    # False: cross-entropy on the dataset's labels without the teacher (the from-scratch baseline).
-    kd: bool = True
-    epochs: int = 60
-    # The global batch: under torchrun each of the W processes takes batch_size / W of it.
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd (momentum, no nesterov) or adamw
-    lr: float = 0.05
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine to 0, or multistep
-    # multistep: multiply the lr by lr_decay at these fractions of the epochs (0.625 of 240 = 150).
-    milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
-    lr_decay: float = 0.1
-    warmup_epochs: int = 0  # linear warmup from 0, per step, before the schedule
-    temperature: float = 4.0  # KD: T^2 * KL(softmax(t/T) || softmax(s/T))
-    ce_weight: float = 0.0  # KD: + ce_weight * CE(student, labels)
-    ema_decay: float = 0.0  # > 0: keep an EMA of the weights; evaluate and save the EMA weights
-    holdout_fraction: float = 0.1
-    crop_padding: int = 4  # random crop with this zero padding; 0 turns it off
-    hflip: bool = False  # random horizontal flip; never for digits
-    amp: bool = True  # bf16 autocast, on CUDA only
-
-    def __post_init__(self) -> None:
-        _check_choice("distill.optimizer", self.optimizer, ("sgd", "adamw"))
-        _check_choice("distill.schedule", self.schedule, ("cosine", "multistep"))
-        _check_positive("distill.epochs", self.epochs)
-        _check_positive("distill.batch_size", self.batch_size)
-        _check_positive("distill.lr", self.lr)
-        _check_positive("distill.temperature", self.temperature)
-        for name in ("weight_decay", "ce_weight", "crop_padding", "warmup_epochs"):
-            _check_positive(f"distill.{name}", getattr(self, name), allow_zero=True)
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError("distill.momentum must lie in [0, 1)")
-        if self.warmup_epochs >= self.epochs:
-            raise ConfigError(f"distill.warmup_epochs={self.warmup_epochs} must be < epochs={self.epochs}")
-        if any(not 0.0 < m < 1.0 for m in self.milestones) or list(self.milestones) != sorted(
-            set(self.milestones)
-        ):
-            raise ConfigError(
-                f"distill.milestones must be increasing fractions of the epochs in (0, 1), got {self.milestones}"
-            )
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise ConfigError("distill.lr_decay must lie in (0, 1]")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ConfigError("distill.holdout_fraction must lie in [0, 1)")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError("distill.ema_decay must lie in [0, 1)")
-
-
-@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one run needs. ``world`` names the shipped world whose parts fill empty fields."""
 
+    # A shipped world (`diffdfkd world list`: digits, digits-mnist) whose teacher, generator and private test
+    # split fill the empty fields; any other name needs its own teacher, generator and eval_folder.
     world: str = "digits"
+    # The run seed: every random stream (noise, CutMix, data order, initial weights) derives from it
+    # (runtime.STREAMS).
     seed: int = 0
+    # The run's folder: synth/, student/, the report, config.yaml and run_info.json.
     out_dir: str = "runs/default"
-    # Labelled test images (ImageFolder layout) for the final report; empty: the world's PRIVATE test
-    # split when the world is a shipped one, else no test evaluation.
+    # Labelled test images (ImageFolder layout) for the final report, used once; sub-folders are matched
+    # to teacher.class_names by name (cat/ or 003_cat/), never by position; empty: the world's PRIVATE
+    # test split when the world is a shipped one, else no test evaluation.
     eval_folder: str = ""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
@@ -400,3 +290,23 @@ class ExperimentConfig:
             raise ConfigError(f"seed={self.seed} must lie in [0, 2**63)")
         if not self.out_dir:
             raise ConfigError("out_dir must name a folder")
+
+
+__all__ = [
+    "BN_UNITS",
+    "DTYPES",
+    "GUIDANCE_MODES",
+    "SCHEDULERS",
+    "STEP_NORMS",
+    "ConfigError",
+    "CutMixConfig",
+    "DeepInversionConfig",
+    "DistillConfig",
+    "ExperimentConfig",
+    "FastConfig",
+    "GeneratorSettings",
+    "GuidanceConfig",
+    "OnlineConfig",
+    "SynthConfig",
+    "TeacherConfig",
+]
