@@ -74,7 +74,15 @@ def test_row_selection():
         select_rows(["nope"], quick=False)
 
 
-def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder):
+# Fast: the rows whose images pair up (L_adv inside its warm-up; KD vs CE on the same real images) and two
+# others; slow: every row makes its own images.
+SOME_ROWS = ("diffdfkd", "diffdfkd_no_adv", "unguided", "deepinversion", "kd_real", "scratch_real")
+
+
+@pytest.mark.parametrize(
+    "names", [SOME_ROWS, pytest.param(None, marks=pytest.mark.slow, id="every-row")], ids=["some-rows", None]
+)
+def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder, names):
     base = replace(
         make_config(tmp_path / "unused"),
         **{
@@ -85,8 +93,9 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder):
         },
     )
     out = tmp_path / "bench"
-    report = run_bench(seeds=1, out=out, base=base, budget=TINY_BUDGET, progress=False)
-    assert [r["name"] for r in report["rows"]] == [r.name for r in ROWS]
+    report = run_bench(seeds=1, out=out, base=base, budget=TINY_BUDGET, progress=False, only=names)
+    rows = select_rows(names, quick=False)
+    assert [r["name"] for r in report["rows"]] == [r.name for r in rows]
     for name in ("results.json", "results.md", "accuracy.png"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "results.json").read_text())
@@ -111,7 +120,7 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder):
     # The adversarial row is the exception: this budget's two rounds lie inside the online student's
     # warm-up, so L_adv is off and its images are diffdfkd_no_adv's (tests/test_synth.py shows L_adv at
     # work); here it must at least have run with its override.
-    prints = {row.name: synthesis_fingerprint(out / "runs" / row.name / "seed0") for row in ROWS}
+    prints = {row.name: synthesis_fingerprint(out / "runs" / row.name / "seed0") for row in rows}
     assert prints.pop("diffdfkd") == prints["diffdfkd_no_adv"]
     assert load_config(out / "runs" / "diffdfkd" / "seed0" / "config.yaml").guidance.adv_weight == 1.0
     assert prints["kd_real"] == prints["scratch_real"]
