@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# Every other package at the exact version the tests ran on (constraints.txt, refreshed by `make lock`);
+# `make install UNPINNED=1` resolves the newest versions the lower bounds in pyproject.toml allow instead.
+CONSTRAINTS ?= constraints.txt
+UNPINNED ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -12,17 +16,25 @@ export TOKENIZERS_PARALLELISM := false
 # CPU smoke run by default; on a GPU: make bench-speed SPEED_ARGS="--device cuda"
 SPEED_ARGS ?= --tiny --threads 1
 
-.PHONY: install demo test test-all docs bench bench-demo bench-goals bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed bench-guidance-cost lint format clean
+.PHONY: install lock demo test test-all docs bench bench-demo bench-goals bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed bench-guidance-cost lint format clean
 
 install: $(STAMP)
 
-# Re-runs only when the package metadata changes; a second `make install` does nothing.
-$(STAMP): pyproject.toml
+# Re-runs only when the package metadata or the pins change; a second `make install` does nothing.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" $(if $(UNPINNED),,-c $(CONSTRAINTS))
 	touch $(STAMP)
+
+# Pin what the venv holds now (after `make install UNPINNED=1` and a green `make test`): every package but
+# this one, pip and torch (and its CUDA wheels), which TORCH_SPEC chooses per machine.
+lock: install
+	{ echo "# The tested dependency set: make install uses it, make lock writes it (pip list of .venv)."; \
+	  $(BIN)/python -m pip list --format=freeze --exclude-editable --disable-pip-version-check \
+	    | grep -viE '^(pip|torch|triton|nvidia-[a-z0-9-]+)=='; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 demo: install
 	$(BIN)/diffdfkd demo
@@ -38,10 +50,12 @@ test-all: install
 # Benchmarks write under benchmarks/results/ and are summarised in BENCHMARKS.md.
 bench: bench-world bench-synth bench-digits bench-baselines bench-speed bench-guidance-cost bench-demo bench-goals
 
-# Both digits worlds; the broad one with its two KD rows (each reads the PRIVATE test split once).
+# Both digits worlds (the broad one with its two KD rows) and the emoji world (its KD rows); each KD row
+# reads the PRIVATE test split once. The emoji world's PUBLIC arrays come from `diffdfkd world build-data`.
 bench-world: install
 	$(BIN)/python benchmarks/world_bench.py --world digits --kd
 	$(BIN)/python benchmarks/world_bench.py --world digits-mnist
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/emoji_world_bench.py
 
 bench-synth: install
 	$(BIN)/python benchmarks/synth_bench.py --threads 1 --images-per-class 10

@@ -8,7 +8,7 @@ shipped guidance and unguided. ``--save DIR`` keeps the adapted pipeline (``base
 ``diffdfkd_adapted`` row reads it from ``<its out folder>/adapted_generator``); a rerun resumes it.
 
 Usage: python benchmarks/adapt_generator.py --world digits [--steps 150] [--lr 1e-4] [--anchor 1]
-[--per-class 30] [--json F] [--save DIR]
+[--lora-rank 0] [--per-class 30] [--json F] [--save DIR]
 """
 
 from __future__ import annotations
@@ -38,19 +38,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="adaptation steps (one mixing group each)")
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the UNet")
     parser.add_argument("--anchor", type=float, default=1.0, help="weight of the denoiser anchor")
+    parser.add_argument(
+        "--lora-rank", type=int, default=0, help="0: the whole UNet; R: a LoRA adapter of rank R"
+    )
     parser.add_argument("--per-class", type=int, default=30, help="images per class per scored candidate")
     parser.add_argument("--json", default="", help="also write the rows here")
     parser.add_argument("--save", default="", help="keep the adapted pipeline in this folder (resumable)")
     args = parser.parse_args()
     config = load_config(WORLD_CONFIGS[args.world], [])
-    settings = AdaptSettings(steps=args.steps, lr=args.lr, anchor=args.anchor)
+    settings = AdaptSettings(steps=args.steps, lr=args.lr, anchor=args.anchor, lora_rank=args.lora_rank)
     judge = load_judge(args.world)
     looks = load_look_classifier() if len(get_world(args.world).looks) > 1 else None
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         path = Path(args.save or Path(folder) / "generator")
         info = adapt_generator(config, path, settings, progress=False)
-        adapt = {"steps": args.steps, "lr": args.lr, "anchor": args.anchor, "seconds": info["seconds"],
+        adapt = {"steps": args.steps, "lr": args.lr, "anchor": args.anchor, "lora_rank": args.lora_rank,
+                 "trainable_params": info["trainable_params"], "seconds": info["seconds"],
                  "s_per_step": info["s_per_step"], "last": info["last"]}  # fmt: skip
         for guided in ([], UNGUIDED):
             row = score(args.world, [f"generator.path={path}"], guided, args.per_class, judge, looks, kd=True)

@@ -21,6 +21,11 @@ the guided steps of the 50 (the library's own ``guided_steps``). FLOPs: counted 
 (eager, no checkpointing) and scaled the same way. MFU: achieved FLOP/s over a MEASURED matmul peak
 (bf16 on CUDA, fp32 on CPU). Weights are random: speed does not depend on them.
 
+LoRA rows (``--adapt-ranks``, after the synthesis rows): one timed step of ``diffdfkd adapt-generator`` at
+each rank (0: the whole UNet) on the same SD 1.5 parts, at the native resolution, a group of
+``--adapt-group`` images (``benchmarks/lora_adapt.py``'s ``real_step``): seconds per step, trainable
+parameters, Adam state and peak memory, with the meta-device memory count beside them.
+
 ``--full-arch-check`` instead builds the full SD 1.5 architecture on the CPU, runs ONE guided step at
 batch 1 at a reduced resolution through the real path (FLOPs counted, time taken), and counts the
 FLOPs of every row at 512 px on the meta device, checked against the real count at the reduced size.
@@ -573,6 +578,36 @@ def notes(args: argparse.Namespace, device: torch.device) -> list[str]:
     return out
 
 
+def adapt_rows(args: argparse.Namespace, device: torch.device) -> dict:
+    """The LoRA rows: adapt-generator steps at ``--adapt-ranks`` (``lora_adapt.py``), if any."""
+    if not args.adapt_ranks:
+        return {}
+    from lora_adapt import sd15_meta_rows, sd15_real_rows
+    from sd15 import SD15_VAE, TINY_VAE
+
+    resolution = int((TINY_VAE if args.tiny else SD15_VAE)["sample_size"])
+    print(f"[speed] adapt-generator steps at ranks {args.adapt_ranks}, {resolution} px", flush=True)
+    real = sd15_real_rows(args.adapt_ranks, str(device), args.adapt_group, resolution, tiny=args.tiny)
+    return {"adapt_rows": real, "adapt_memory_sd15_meta": sd15_meta_rows(args.adapt_ranks)}
+
+
+def adapt_markdown(result: dict) -> list[str]:
+    """The LoRA rows' table (empty without them)."""
+    if not result.get("adapt_rows"):
+        return []
+    memory = {r["row"]: r for r in result["adapt_memory_sd15_meta"]}
+    lines = ["", "## adapt-generator: LoRA against the whole UNet (one step; benchmarks/lora_adapt.py)", "",
+             "| row | trainable params | px | group | s/step | Adam state GiB (measured) | peak GiB | SD 1.5 "
+             "training memory GiB (grads + Adam + frozen copy, counted) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in result["adapt_rows"]:
+        m = memory[r["row"]]
+        counted = m["grad_gib"] + m["adam_state_gib"] + m["frozen_copy_gib"]
+        lines.append(f"| {r['row']} | {r['trainable_params']:,} | {r['resolution_px']} | {r['group']} "
+                     f"| {r['s_per_step']:.3g} | {r['adam_state_gib_measured']:.3g} | "
+                     f"{fmt(r.get('peak_mem_gib'), '.2f')} | {counted:.3g} |")  # fmt: skip
+    return lines
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -612,6 +647,7 @@ def markdown(result: dict) -> str:
         cells = [r["mode"], "yes" if r["exact"] else "no", *flags, r["resolution_px"], r["guided_steps_of_50"],
                  *timing, f"{r['flops']['per_image'] / 1e9:.4g}", mfu, r["accuracy_effect"]]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += adapt_markdown(result)
     return "\n".join(lines) + "\n"
 
 
@@ -622,6 +658,7 @@ def benchmark(args: argparse.Namespace, device: torch.device, argv: list[str]) -
     rows = run_rows(args, device)
     add_derived(rows, peak)
     return {
+        **adapt_rows(args, device),
         "kind": "throughput",
         "tiny": args.tiny,
         "schedule_steps": SCHEDULE_STEPS,
@@ -829,6 +866,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-grad-ckpt", dest="grad_ckpt", action="store_false", help="no gradient checkpointing in our rows"
     )
     parser.add_argument("--pipeline", default="", help="a local SD pipeline folder instead of random weights")
+    parser.add_argument(
+        "--adapt-ranks",
+        type=int,
+        nargs="*",
+        default=[0, 4, 16],
+        help="LoRA rows: adapt-generator ranks (0: full)",
+    )
+    parser.add_argument(
+        "--adapt-group", type=int, default=2, help="images per adapt-generator step (LoRA rows)"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument(
         "--full-arch-check", action="store_true", help="only the full SD 1.5 CPU check (see top)"

@@ -43,12 +43,12 @@ import torch  # noqa: E402
 from diffdfkd.models.teacher import build_teacher  # noqa: E402
 from diffdfkd.worlds import get_world  # noqa: E402
 from diffdfkd.worlds.digits import CLASS_NAMES, load_public  # noqa: E402
-from diffdfkd.worlds.generator import (  # noqa: E402
+from diffdfkd.worlds.generator_parts import (  # noqa: E402
     BUILD_INFO,
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     load_generator,
-    sample_digits,
+    sample_images,
 )
 from diffdfkd.worlds.judge import (  # noqa: E402
     judge_accuracy,
@@ -108,7 +108,7 @@ def sample_many(pipe, prompts: list[str], seeds: list[int], steps: int, guidance
     out = []
     for i in range(0, len(prompts), BATCH):
         out.append(
-            sample_digits(
+            sample_images(
                 pipe, prompts[i : i + BATCH], seeds[i : i + BATCH], steps=steps, guidance_scale=guidance
             )
         )
@@ -118,11 +118,11 @@ def sample_many(pipe, prompts: list[str], seeds: list[int], steps: int, guidance
 def sampling_speed(pipe, steps: int, guidance: float, repeats: int = 3) -> float:
     """Images per second at batch ``BATCH`` (after one warm-up batch), best of ``repeats``."""
     prompts = [look_prompt(i % 10) for i in range(BATCH)]
-    sample_digits(pipe, prompts[:4], list(range(4)), steps=2, guidance_scale=guidance)  # warm-up
+    sample_images(pipe, prompts[:4], list(range(4)), steps=2, guidance_scale=guidance)  # warm-up
     best = float("inf")
     for r in range(repeats):
         start = time.perf_counter()
-        sample_digits(
+        sample_images(
             pipe, prompts, list(range(r * BATCH, (r + 1) * BATCH)), steps=steps, guidance_scale=guidance
         )
         best = min(best, time.perf_counter() - start)

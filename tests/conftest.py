@@ -3,6 +3,7 @@
 - ``tiny_pipeline_dir`` (session): a ``StableDiffusionPipeline.save_pretrained`` folder with a random
   UNet (latents 4 x 8 x 8), VAE (32 x 32 RGB images, factor 4), CLIP text encoder, the digits world's
   word-level tokenizer and an SD-like DDPM scheduler. Loads offline in about a second.
+- ``make_tiny_pipeline(path, seed=0, max_length=8)``: another such folder (``max_length``: the tokenizer's window).
 - ``tiny_components`` (session): that folder loaded with ``load_components`` (CPU, fp32, DDPM).
 - ``make_teacher(class_names=..., arch="lenet5", seed=0)``: a random-weight ``Teacher`` (32 x 32 RGB
   input in [0, 1], BatchNorm running statistics 0 / 1); ``tiny_teacher`` (session): one with ``TINY_CLASSES``.
@@ -34,8 +35,9 @@ torch.set_num_threads(int(os.environ.get("DIFFDFKD_TEST_THREADS", "1")))
 TINY_CLASSES = ("zero", "one", "two")
 
 
-def build_tiny_pipeline(path: Path, seed: int = 0) -> Path:
-    """Save a tiny random SD-style pipeline (UNet, VAE, CLIP text encoder, tokenizer, DDPM) to ``path``."""
+def build_tiny_pipeline(path: Path, seed: int = 0, max_length: int = 8) -> Path:
+    """Save a tiny random SD-style pipeline (UNet, VAE, CLIP text encoder, tokenizer, DDPM) to ``path``;
+    ``max_length``: the tokenizer's window (prompts longer than it are refused)."""
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -65,7 +67,7 @@ def build_tiny_pipeline(path: Path, seed: int = 0) -> Path:
         norm_num_groups=8,
         sample_size=32,
     )
-    tokenizer = build_tokenizer(max_length=8)
+    tokenizer = build_tokenizer(max_length=max_length)
     # the text encoder draws from its own seed (not from what the UNet and VAE left of the stream)
     torch.manual_seed(seed + 1)
     text_encoder = CLIPTextModel(
@@ -75,7 +77,7 @@ def build_tiny_pipeline(path: Path, seed: int = 0) -> Path:
             intermediate_size=37,
             num_hidden_layers=2,
             num_attention_heads=4,
-            max_position_embeddings=8,
+            max_position_embeddings=max_length,
             pad_token_id=0,
             bos_token_id=2,
             eos_token_id=3,
@@ -118,6 +120,11 @@ def build_tiny_teacher(class_names: Sequence[str] = TINY_CLASSES, arch: str = "l
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def make_tiny_pipeline() -> Callable[..., Path]:
+    return build_tiny_pipeline
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from diffdfkd.bench import WORLD_CONFIGS
 from diffdfkd.cli import main
 from diffdfkd.config import ConfigError, load_config
 from diffdfkd.diffusion.components import load_components
-from diffdfkd.synth.adapt import CHECKPOINT, INFO, AdaptSettings, adapt_generator
+from diffdfkd.synth.adapt import CHECKPOINT, INFO, LORA_TARGETS, AdaptSettings, adapt_generator
 from diffdfkd.synth.run import resolve_config
 
 # The far world's shipped generator with a 3-step schedule: a few adaptation steps take seconds.
@@ -38,8 +38,8 @@ def test_adaptation_moves_the_unet_and_writes_a_whole_pipeline(adapted):
     assert not (out / CHECKPOINT).exists() and not out.with_name(out.name + ".partial").exists()
 
 
-def test_an_interrupted_adaptation_resumes_from_its_checkpoint_byte_identical(adapted, tmp_path, monkeypatch):
-    out = tmp_path / "generator"
+def _interrupt_then_resume(out, settings, monkeypatch):
+    """Adapt to ``out``, killed at the third optimiser step, then rerun: the rerun's info."""
     calls = {"n": 0}
     real_step = torch.optim.Adam.step
 
@@ -51,14 +51,70 @@ def test_an_interrupted_adaptation_resumes_from_its_checkpoint_byte_identical(ad
 
     monkeypatch.setattr(torch.optim.Adam, "step", dies_at_the_third_step)
     with pytest.raises(KeyboardInterrupt):
-        adapt_generator(CONFIG, out, SETTINGS, progress=False)
+        adapt_generator(CONFIG, out, settings, progress=False)
     monkeypatch.undo()
     partial = out.with_name(out.name + ".partial")
-    assert torch.load(partial / CHECKPOINT, weights_only=False)["step"] == 2 and not out.exists()
-    info = adapt_generator(CONFIG, out, SETTINGS, progress=False)
+    assert torch.load(partial / CHECKPOINT, weights_only=True)["step"] == 2 and not out.exists()
+    return adapt_generator(CONFIG, out, settings, progress=False)
+
+
+def test_an_interrupted_adaptation_resumes_from_its_checkpoint_byte_identical(adapted, tmp_path, monkeypatch):
+    out = tmp_path / "generator"
+    info = _interrupt_then_resume(out, SETTINGS, monkeypatch)
     assert _unet_bytes(out) == _unet_bytes(adapted[0]), "the resumed run ends where the uninterrupted one did"
     assert info["last"] == adapted[1]["last"]
     assert adapt_generator(CONFIG, out, SETTINGS, progress=False) == info, "a finished folder is kept"
+
+
+LORA = AdaptSettings(steps=4, lr=1e-2, checkpoint_every=2, lora_rank=4)
+
+
+@pytest.fixture(scope="module")
+def lora_adapted(tmp_path_factory):
+    """An uninterrupted rank-4 LoRA adaptation: (folder, info)."""
+    out = tmp_path_factory.mktemp("lora") / "generator"
+    return out, adapt_generator(CONFIG, out, LORA, progress=False)
+
+
+def test_lora_trains_only_the_attention_adapter_and_merges_it(lora_adapted):
+    out, info = lora_adapted
+    base = load_components(CONFIG.generator.path).unet
+    before, after = base.state_dict(), load_components(out).unet.state_dict()
+    assert before.keys() == after.keys(), "the written UNet is a plain one, the adapter merged"
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    projections = {f"{name}.{proj}.weight" for name, m in base.named_modules() if hasattr(m, "to_q")
+                   for proj in LORA_TARGETS}  # fmt: skip
+    assert moved == projections, "exactly the attention projections' weights change"
+    # W + B A per projection: r * (in + out) parameters each
+    lora_params = sum(LORA.lora_rank * sum(after[k].shape) for k in projections)
+    assert info["trainable_params"] == lora_params < sum(v.numel() for v in before.values()) // 10
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_a_lora_adapted_generator_loads_with_stock_diffusers(lora_adapted):
+    from diffusers import StableDiffusionPipeline
+
+    out, _ = lora_adapted
+    merged = StableDiffusionPipeline.from_pretrained(out).unet
+    pipe = StableDiffusionPipeline.from_pretrained(CONFIG.generator.path)
+    pipe.load_lora_weights(out)  # the adapter file onto the base pipeline
+    z = torch.randn(2, merged.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(2, 5, merged.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = merged(z, 500, encoder_hidden_states=cond).sample
+        got = pipe.unet(z, 500, encoder_hidden_states=cond).sample
+        pipe.unet.disable_lora()
+        base = pipe.unet(z, 500, encoder_hidden_states=cond).sample
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(base, want, atol=1e-4), "the adapter changes the UNet"
+
+
+def test_an_interrupted_lora_adaptation_resumes_byte_identical(lora_adapted, tmp_path, monkeypatch):
+    out = tmp_path / "generator"
+    info = _interrupt_then_resume(out, LORA, monkeypatch)
+    assert _unet_bytes(out) == _unet_bytes(lora_adapted[0]) and info["last"] == lora_adapted[1]["last"]
+    lora_file = "pytorch_lora_weights.safetensors"
+    assert (out / lora_file).read_bytes() == (lora_adapted[0] / lora_file).read_bytes()
 
 
 def test_adaptation_refuses_what_it_cannot_do(adapted, tmp_path, capsys):

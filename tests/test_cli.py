@@ -33,7 +33,7 @@ def leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ())
 def test_every_command_lists_each_flag_with_its_help_and_default(capsys):
     commands = dict(leaf_commands(build_parser()))
     assert {" ".join(c) for c in commands} == {
-        "world list", "world build-generator", "world build-judge", "world build-tiny-decoder", "train-teacher",
+        "world list", "world build-data", "world build-generator", "world build-judge", "world build-tiny-decoder", "train-teacher",
         "evaluate", "check", "synthesize", "adapt-generator", "distill", "run", "demo", "bench",
     }  # fmt: skip
     for command, parser in commands.items():

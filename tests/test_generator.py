@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from diffdfkd.worlds import captions as C  # noqa: E402
 from diffdfkd.worlds import generator as G  # noqa: E402
+from diffdfkd.worlds import generator_parts as P  # noqa: E402
 from diffdfkd.worlds.judge import SHIPPED_JUDGE, judge_accuracy, judge_outputs, load_judge  # noqa: E402
 from diffdfkd.worlds.tokenizer import build_tokenizer  # noqa: E402
 
@@ -53,14 +55,14 @@ def test_tokenizer_rejects_bad_length():
 
 
 def test_class_prompts_and_captions():
-    assert G.class_prompt(3) == "a handwritten digit three"
+    assert C.class_prompt(3) == "a handwritten digit three"
     with pytest.raises(ValueError):
-        G.class_prompt(10)
+        C.class_prompt(10)
     tok = build_tokenizer(8)
-    table = G.prompt_table(tok)
+    table = C.prompt_table(tok)
     labels = torch.arange(4000) % 10
     looks = torch.zeros_like(labels)
-    ids = G.caption_ids(labels, looks, G.FULL, table, torch.Generator().manual_seed(0))
+    ids = C.caption_ids(labels, looks, P.FULL, table, torch.Generator().manual_seed(0))
     empty = (ids == table[11]).all(1).float().mean()
     free = (ids == table[10]).all(1).float().mean()
     matches_class = (ids == table[labels]).all(1)
@@ -73,10 +75,10 @@ def test_class_prompts_and_captions():
 
 def test_random_affine_identity_and_no_flip():
     images = torch.rand(4, 3, 32, 32)
-    still = replace(G.FULL, max_rotation_deg=0.0, max_shift_px=0.0, max_scale=0.0)
-    out = G.random_affine(still)(images, torch.Generator().manual_seed(0))
+    still = replace(P.FULL, max_rotation_deg=0.0, max_shift_px=0.0, max_scale=0.0)
+    out = C.random_affine(still)(images, torch.Generator().manual_seed(0))
     assert torch.allclose(out, images, atol=1e-5)
-    moved = G.random_affine(G.FULL)(images, torch.Generator().manual_seed(0))
+    moved = C.random_affine(P.FULL)(images, torch.Generator().manual_seed(0))
     assert moved.shape == images.shape and not torch.allclose(moved, images)
 
 
@@ -94,9 +96,9 @@ def test_quick_build_loads_offline_and_samples_deterministically(quick_generator
     pipe.set_progress_bar_config(disable=True)
     assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 8
     assert pipe.vae.config.scaling_factor != 1.0  # measured from the latents
-    assert pipe.tokenizer.model_max_length == G.BROAD_QUICK.max_length
-    info = json.loads((quick_generator / G.BUILD_INFO).read_text())
-    assert info["world"] == "digits" and info["config"]["looks"] == list(G.BROAD.looks)
+    assert pipe.tokenizer.model_max_length == P.BROAD_QUICK.max_length
+    info = json.loads((quick_generator / P.BUILD_INFO).read_text())
+    assert info["world"] == "digits" and info["config"]["looks"] == list(P.BROAD.looks)
 
     def draw():
         return pipe(
@@ -115,20 +117,20 @@ def test_quick_build_loads_offline_and_samples_deterministically(quick_generator
     ).exists() is False  # default work dir cleaned
 
 
-def test_sample_digits_is_independent_of_batch_layout(quick_generator):
-    pipe = G.load_generator(quick_generator)
-    prompts = [G.class_prompt(c) for c in range(4)]
-    together = G.sample_digits(pipe, prompts, [10, 11, 12, 13], steps=3)
-    alone = G.sample_digits(pipe, prompts[2:3], [12], steps=3)
+def test_sample_images_is_independent_of_batch_layout(quick_generator):
+    pipe = P.load_generator(quick_generator)
+    prompts = [C.class_prompt(c) for c in range(4)]
+    together = P.sample_images(pipe, prompts, [10, 11, 12, 13], steps=3)
+    alone = P.sample_images(pipe, prompts[2:3], [12], steps=3)
     assert together.shape == (4, 3, 32, 32)
     assert torch.allclose(together[2:3], alone, atol=1e-6)
     with pytest.raises(ValueError, match="one seed per prompt"):
-        G.sample_digits(pipe, prompts, [0], steps=3)
+        P.sample_images(pipe, prompts, [0], steps=3)
 
 
 def test_load_generator_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_index.json"):
-        G.load_generator(tmp_path)
+        P.load_generator(tmp_path)
 
 
 def test_build_rejects_unknown_world(tmp_path):
@@ -165,34 +167,35 @@ def _kill_after_first_checkpoint(monkeypatch):
 
 def test_vae_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):
     images = torch.rand(64, 3, 32, 32)
-    cfg = replace(G.BROAD_QUICK, vae_steps=6, checkpoint_every=3)
+    cfg = replace(P.BROAD_QUICK, vae_steps=6, checkpoint_every=3)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    straight, _ = G.train_vae(cfg, images, tmp_path / "a", 0, resume=True)
+    data = C.DigitsTrainingSet(cfg, images, torch.arange(64) % 10)
+    straight, _ = G.train_vae(cfg, data, tmp_path / "a", 0, resume=True)
     with monkeypatch.context() as patch:
         _kill_after_first_checkpoint(patch)
         with pytest.raises(_Killed):
-            G.train_vae(cfg, images, tmp_path / "b", 0, resume=True)
+            G.train_vae(cfg, data, tmp_path / "b", 0, resume=True)
     assert torch.load(tmp_path / "b" / "vae_ckpt.pt", weights_only=True)["step"] == 3
-    resumed, _ = G.train_vae(cfg, images, tmp_path / "b", 0, resume=True)
+    resumed, _ = G.train_vae(cfg, data, tmp_path / "b", 0, resume=True)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
 def test_unet_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):
-    cfg = replace(G.BROAD_QUICK, unet_steps=4, checkpoint_every=2, unet_batch=4)
+    cfg = replace(P.BROAD_QUICK, unet_steps=4, checkpoint_every=2, unet_batch=4)
     gen = torch.Generator().manual_seed(0)
     latents = (torch.randn(20, 4, 8, 8, generator=gen), torch.rand(20, 4, 8, 8, generator=gen) * 0.1)
-    labels = torch.arange(20) % 10
+    data = C.DigitsTrainingSet(cfg, torch.zeros(20, 3, 32, 32), torch.arange(20) % 10)
     looks = torch.arange(20) % 3
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    unet_a, text_a, _, _ = G.train_unet(cfg, latents, labels, looks, 1.0, tmp_path / "a", 0, resume=True)
+    unet_a, text_a, _, _ = G.train_unet(cfg, latents, data, looks, 1.0, tmp_path / "a", 0, resume=True)
     with monkeypatch.context() as patch:
         _kill_after_first_checkpoint(patch)
         with pytest.raises(_Killed):
-            G.train_unet(cfg, latents, labels, looks, 1.0, tmp_path / "b", 0, resume=True)
-    unet_b, text_b, _, _ = G.train_unet(cfg, latents, labels, looks, 1.0, tmp_path / "b", 0, resume=True)
+            G.train_unet(cfg, latents, data, looks, 1.0, tmp_path / "b", 0, resume=True)
+    unet_b, text_b, _, _ = G.train_unet(cfg, latents, data, looks, 1.0, tmp_path / "b", 0, resume=True)
     for a, b in ((unet_a, unet_b), (text_a, text_b)):
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(x, y), name
@@ -202,15 +205,15 @@ def test_unet_resume_after_kill_matches_uninterrupted(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(
-    not (G.SHIPPED_GENERATOR / "model_index.json").exists(),
+    not (P.SHIPPED_GENERATOR / "model_index.json").exists(),
     reason="no shipped generator yet (weights/digits_generator); build it with `diffdfkd world build-generator`",
 )
 def test_shipped_generator_loads_and_samples():
-    pipe = G.load_generator()
-    images = G.sample_digits(pipe, [G.class_prompt(7), G.CLASS_FREE_PROMPT], [0, 1], steps=3)
+    pipe = P.load_generator()
+    images = P.sample_images(pipe, [C.class_prompt(7), C.CLASS_FREE_PROMPT], [0, 1], steps=3)
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
     assert images.min() >= 0 and images.max() <= 1
-    size = sum(p.stat().st_size for p in G.SHIPPED_GENERATOR.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in P.SHIPPED_GENERATOR.rglob("*") if p.is_file())
     assert size < 12.5e6, f"shipped generator is {size / 1e6:.1f} MB"
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from diffdfkd.worlds import generator as G  # noqa: E402
+from diffdfkd.worlds import captions as C  # noqa: E402
+from diffdfkd.worlds import generator_parts as P  # noqa: E402
 from diffdfkd.worlds import looks as L  # noqa: E402
 from diffdfkd.worlds.digits import load_public, render_8x8  # noqa: E402
 from diffdfkd.worlds.tokenizer import build_tokenizer  # noqa: E402
@@ -87,23 +88,23 @@ def test_look_prompts_name_the_digit_and_the_look_in_known_words():
     assert L.look_prompt(0, "thick") == "a handwritten digit zero in thick strokes"
     with pytest.raises(ValueError):
         L.look_prompt(10, "scan")
-    tok = build_tokenizer(G.BROAD.max_length)
+    tok = build_tokenizer(P.BROAD.max_length)
     for look in L.LOOKS:
-        ids = tok(L.look_prompt(3, look), truncation=True, max_length=G.BROAD.max_length).input_ids
+        ids = tok(L.look_prompt(3, look), truncation=True, max_length=P.BROAD.max_length).input_ids
         assert tok.unk_token_id not in ids and ids[-1] == tok.eos_token_id  # fits, nothing truncated
 
 
 def test_broad_captions_always_name_the_digit_and_half_the_look():
-    tok = build_tokenizer(G.BROAD.max_length)
-    table = G.prompt_table(tok, G.BROAD.looks)
-    assert table.shape == (12 + 10 * len(G.BROAD.looks), G.BROAD.max_length)
+    tok = build_tokenizer(P.BROAD.max_length)
+    table = C.prompt_table(tok, P.BROAD.looks)
+    assert table.shape == (12 + 10 * len(P.BROAD.looks), P.BROAD.max_length)
     n = 6000
     labels = torch.arange(n) % 10
-    looks = torch.arange(n) % len(G.BROAD.looks)
-    ids = G.caption_ids(labels, looks, G.BROAD, table, torch.Generator().manual_seed(0))
+    looks = torch.arange(n) % len(P.BROAD.looks)
+    ids = C.caption_ids(labels, looks, P.BROAD, table, torch.Generator().manual_seed(0))
     texts = tok.batch_decode(ids, skip_special_tokens=True)
     empty = sum(t == "" for t in texts) / n
-    named = [L.look_prompt(int(c), G.BROAD.looks[int(k)]) for c, k in zip(labels, looks, strict=True)]
+    named = [L.look_prompt(int(c), P.BROAD.looks[int(k)]) for c, k in zip(labels, looks, strict=True)]
     plain = [L.look_prompt(int(c)) for c in labels]
     with_look = sum(t == m for t, m in zip(texts, named, strict=True)) / n
     look_free = sum(t == p for t, p in zip(texts, plain, strict=True)) / n
@@ -112,17 +113,17 @@ def test_broad_captions_always_name_the_digit_and_half_the_look():
 
 
 def test_draw_looks_is_seeded_and_single_look_draws_nothing(digits):
-    a, looks_a = G.draw_looks(digits, G.BROAD, torch.Generator().manual_seed(1))
-    b, looks_b = G.draw_looks(digits, G.BROAD, torch.Generator().manual_seed(1))
+    a, looks_a = C.draw_looks(digits, P.BROAD, torch.Generator().manual_seed(1))
+    b, looks_b = C.draw_looks(digits, P.BROAD, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and torch.equal(looks_a, looks_b) and len(looks_a.unique()) > 1
     gen = torch.Generator().manual_seed(1)
     state = gen.get_state()
-    same, looks = G.draw_looks(digits, G.FULL, gen)
+    same, looks = C.draw_looks(digits, P.FULL, gen)
     assert torch.equal(same, digits) and (looks == 0).all() and torch.equal(gen.get_state(), state)
 
 
 @pytest.mark.skipif(
-    not G.SHIPPED_GENERATOR.parent.joinpath("digits_looks.safetensors").is_file(), reason="no look classifier"
+    not P.SHIPPED_GENERATOR.parent.joinpath("digits_looks.safetensors").is_file(), reason="no look classifier"
 )
 def test_shipped_look_classifier_tells_the_looks_apart_on_held_out_public_images():
     from diffdfkd.worlds.judge import load_look_classifier, look_fractions
@@ -135,16 +136,16 @@ def test_shipped_look_classifier_tells_the_looks_apart_on_held_out_public_images
         assert mix[look] >= 0.9, (look, mix)
 
 
-BROAD_GENERATOR = G.SHIPPED_GENERATOR.parent / "digits_broad_generator"
+BROAD_GENERATOR = P.SHIPPED_GENERATOR.parent / "digits_broad_generator"
 
 
 @pytest.mark.skipif(not (BROAD_GENERATOR / "model_index.json").is_file(), reason="no broad generator")
 def test_shipped_broad_generator_takes_look_prompts():
-    pipe = G.load_generator(BROAD_GENERATOR)
+    pipe = P.load_generator(BROAD_GENERATOR)
     tok = pipe.tokenizer
-    assert tok.model_max_length == G.BROAD.max_length
+    assert tok.model_max_length == P.BROAD.max_length
     assert tok.unk_token_id not in tok(L.look_prompt(7, "scan")).input_ids  # its own vocabulary
-    images = G.sample_digits(pipe, [L.look_prompt(7, "scan"), L.look_prompt(2)], [0, 1], steps=3)
+    images = P.sample_images(pipe, [L.look_prompt(7, "scan"), L.look_prompt(2)], [0, 1], steps=3)
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
 
 

@@ -91,6 +91,7 @@ def test_a_run_folder_from_an_older_config_schema_counts_as_changed(make_config,
     written = to_dict(config)
     written["deepinversion"]["tv_weight"] = 0.5  # a key of an older DeepInversion recipe
     (out / "config.yaml").write_text(yaml.safe_dump(written))
+    (out / "results.json").write_text("{}")  # a result: the folder is claimed (else it counts as new)
     with pytest.raises(ConfigError, match=r"changed: deepinversion\.tv_weight"):
         output_state(config, overwrite=False)
     assert output_state(config, overwrite=True) == "replaced"

@@ -85,9 +85,15 @@ def test_throughput_smoke(tmp_path: Path):
     # Every kind of setting once (the combination rows only combine these).
     modes = ["reference", "ours", "one_pass", "detach_unet", "every2", "window", "half_res", "tiny_decoder"]
     argv = ["--tiny", "--steps", "2", "--batch-size", "2", "--threads", "1", "--out", str(tmp_path)]
-    bench.main([*argv, "--modes", *modes])
+    bench.main([*argv, "--modes", *modes, "--adapt-ranks", "0", "4"])
     result = json.loads((tmp_path / "cpu_tiny.json").read_text())
     assert [r["mode"] for r in result["rows"]] == modes
+    full, lora = result["adapt_rows"]  # the LoRA rows: one adapt-generator step each
+    assert (full["row"], lora["row"]) == ("full", "lora4") and 0 < lora["trainable_params"] < full[
+        "trainable_params"
+    ] / 10
+    assert 0 < lora["adam_state_gib_measured"] < full["adam_state_gib_measured"] and lora["s_per_step"] > 0
+    assert "LoRA against the whole UNet" in (tmp_path / "cpu_tiny.md").read_text()
     for r in result["rows"]:
         assert "error" not in r, r
         for key in ("s_per_guided_step", "s_per_image", "images_per_s", "mfu", "speedup_vs_reference"):

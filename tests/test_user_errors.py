@@ -1,18 +1,24 @@
-"""Every user mistake of issue 10 ends in a clear error with exit code 2 (no traceback) before the work,
-and the silent wrong results it found give the right result or a refusal.
+"""Every user mistake of issues 10 and 22 ends in a clear error with exit code 2 (no traceback) before
+the work, and the silent wrong results they found give the right result or a refusal.
 
 The user is the careful new one of the issue: their own TorchScript teacher with BatchNorm layers
 (7 classes, 24 px input, class names whose alphabetical order is not class order), their own small
 diffusers folder with its own tokenizer (``tiny_pipeline_dir``), their own labelled test folder and a
 world name of their own. The table runs ``diffdfkd`` commands; most cases fail in the check, before
-any sampling or training.
+any sampling or training. ``CASES`` is the contract: each row is the input, the words the message must
+hold and the exit code (2 unless given), and no row changes anything outside its output folder.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +31,7 @@ from PIL import Image
 
 from diffdfkd.cli import main
 from diffdfkd.config import load_config
+from diffdfkd.synth.dataset import load_image_folder
 from diffdfkd.synth.run import synthesize
 
 CLASSES = ("owl", "cat", "emu", "ant", "yak", "fox", "bee")  # sorted: ant, bee, cat, emu, fox, owl, yak
@@ -150,6 +157,90 @@ def _foreign_folder(tmp: Path) -> Path:
     return tmp / "mine"
 
 
+class Planted:
+    """A pickle whose loading would run a shell command (and leave a marker file): never loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _planted(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": Planted(path.parent / "PLANTED_CODE_RAN")}, path)
+    return path
+
+
+def _adapt_with_planted_checkpoint(user: User, tmp: Path) -> list:
+    _planted(tmp / "out.partial" / "adapt_checkpoint.pt")  # where a resumed adaptation reads its state
+    return ["adapt-generator", "--config", user.config, "--out", tmp / "out", "--steps", "2"]
+
+
+def _exported_teacher(tmp: Path) -> Path:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, len(CLASSES), 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    torch.export.save(torch.export.export(model.eval(), (torch.zeros(2, 3, 24, 24),)), tmp / "teacher.pt2")
+    return tmp / "teacher.pt2"
+
+
+def _truncated_generator(user: User, tmp: Path) -> Path:
+    folder = tmp / "generator"
+    shutil.copytree(yaml.safe_load(user.config.read_text())["generator"]["path"], folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    return folder
+
+
+def _edited_dataset(user: User, tmp: Path, edit: Callable[[Path, list[dict]], None]) -> Path:
+    """A copy of dataset "a" whose manifest rows ``edit(folder, rows)`` changed in place."""
+    folder = tmp / "edited"
+    shutil.copytree(user.datasets["a"], folder)
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    edit(folder, rows)
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def _point_first_row_at(name: str) -> Callable[[Path, list[dict]], None]:
+    def edit(folder: Path, rows: list[dict]) -> None:
+        rows[0]["file"] = name
+
+    return edit
+
+
+def _other_size_image(folder: Path, rows: list[dict]) -> None:
+    """The last image replaced by a 16 x 16 one, its row's size and sha256 updated to match."""
+    path = folder / rows[-1]["file"]
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(path)
+    data = path.read_bytes()
+    rows[-1] |= {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _truncated_manifest(user: User, tmp: Path) -> Path:
+    folder = tmp / "truncated"
+    shutil.copytree(user.datasets["a"], folder)
+    manifest = folder / "manifest.jsonl"
+    manifest.write_bytes(manifest.read_bytes()[:-40])  # a copy cut in the last line
+    return folder
+
+
+def _read_only_folder(tmp: Path) -> Path:
+    """A folder this process cannot write into (root writes through a chmod, not into sysfs)."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    (tmp / "ro").mkdir()
+    (tmp / "ro").chmod(0o555)
+    return tmp / "ro"
+
+
+def _a_file(tmp: Path) -> Path:
+    (tmp / "a_file").write_text("not a folder")
+    return tmp / "a_file"
+
+
 def _check(*overrides: str) -> Callable[[User, Path], list]:
     return lambda u, tmp: ["check", "--config", u.config, f"out_dir={tmp / 'out'}", *overrides]
 
@@ -166,7 +257,7 @@ def _distill(data: Callable[[User, Path], Path], *args: str) -> Callable[[User, 
     ]
 
 
-# (case, argv(user, tmp_path), words the message must hold)
+# (case, argv(user, tmp_path), words the message must hold[, exit code, 2 unless given])
 CASES = [
     ("lr-nan", _check("distill.lr=.nan"), ["distill.lr", "finite"]),
     ("temperature-nan", _check("distill.temperature=.nan"), ["distill.temperature", "finite"]),
@@ -331,17 +422,136 @@ CASES = [
         ["unknown model 'resnet1000'"],
     ),
     ("online-kd-steps-0", _check("online.kd_steps=0"), ["online.kd_steps=0 must be > 0"]),
+    # --- issue 22 ---
+    (
+        "planted-adaptation-checkpoint",  # its pickle would run a shell command: it is never unpickled
+        lambda u, tmp: _adapt_with_planted_checkpoint(u, tmp),
+        ["adapt_checkpoint.pt cannot be read as a diffdfkd checkpoint", "never run", "delete it"],
+    ),
+    (
+        "prompt-longer-than-the-tokenizer-window",
+        _check("generator.prompt_template=a b c d e f g {label}"),
+        ["'a b c d e f g owl' is 10 tokens long", "more than the 8", "generator.prompt_template"],
+    ),
+    (
+        "truncated-unet-weights",
+        lambda u, tmp: _check(f"generator.path={_truncated_generator(u, tmp)}")(u, tmp),
+        ["unet/diffusion_pytorch_model.safetensors is not a complete safetensors file"],
+    ),
+    (
+        "teacher-keys-beside-the-shipped-teacher",
+        _check(
+            "world=digits",
+            "eval_folder=",
+            "teacher.weights=",
+            "teacher.class_names=[]",
+            "teacher.arch=wrn_16_2",
+        ),
+        ["teacher.arch=wrn_16_2, teacher.input_size=24 set with an empty teacher.weights", "shipped teacher"],
+    ),
+    (
+        "evaluate-an-empty-class-folder",
+        lambda u, tmp: [
+            "evaluate",
+            "--config",
+            u.config,
+            "--folder",
+            _eval_copy(u, tmp, lambda f: [p.unlink() for p in (f / "owl").iterdir()]),
+        ],  # fmt: skip
+        ["class folder(s) ['owl']", "hold no images"],
+    ),
+    (
+        "distill-the-configs-dataset-made-with-another-config",  # no --data: the config's synth output
+        lambda u, tmp: [
+            "distill",
+            "--config",
+            u.config,
+            f"synth.out_dir={u.datasets['a']}",
+            "seed=5",
+            f"out_dir={tmp / 'out'}",
+        ],  # fmt: skip
+        ["distill without --data reads this config's dataset", "seed (0 -> 5)", "--data"],
+    ),
+    (
+        "manifest-row-outside-the-dataset",
+        _distill(lambda u, tmp: _edited_dataset(u, tmp, _point_first_row_at("../../../x.png"))),
+        ["names the file '../../../x.png'", "not a path inside the dataset"],
+    ),
+    (
+        "manifest-row-absolute-path",
+        _distill(lambda u, tmp: _edited_dataset(u, tmp, _point_first_row_at("/etc/passwd"))),
+        ["names the file '/etc/passwd'", "not a path inside the dataset"],
+    ),
+    (
+        "manifest-row-image-of-another-size",
+        _distill(lambda u, tmp: _edited_dataset(u, tmp, _other_size_image)),
+        ["holds images of several sizes", "16 x 16 px", "24 x 24 px"],
+    ),
+    (
+        "truncated-last-manifest-line",
+        _distill(_truncated_manifest),
+        ["line 16 of", "manifest.jsonl is not a JSON manifest row", "rerun `diffdfkd synthesize`"],
+    ),
+    (
+        "read-only-out-dir",
+        lambda u, tmp: ["check", "--config", u.config, f"out_dir={_read_only_folder(tmp) / 'out'}"],
+        ["out_dir: cannot write into", "choose a writable folder"],
+    ),
+    (
+        "synthesize-into-an-out-dir-that-is-a-file",
+        lambda u, tmp: ["synthesize", "--config", u.config, f"out_dir={_a_file(tmp)}"],
+        ["out_dir:", "a_file is a file, not a folder"],
+    ),
+    (
+        "batch-larger-than-the-train-split",
+        _check("distill.batch_size=200"),
+        [
+            "distill.batch_size=200 is larger than the train split (14 of 16 images",
+            "distill.holdout_fraction",
+        ],
+    ),
+    (
+        "distill-batch-larger-than-the-train-split",
+        _distill(lambda u, tmp: u.datasets["a"], "distill.batch_size=15"),
+        ["distill.batch_size=15 is larger than the train split (14 of 16 images"],
+    ),
+    (
+        "exported-program-teacher",
+        lambda u, tmp: _check(f"teacher.weights={_exported_teacher(tmp)}", "teacher.arch=cnn_small")(u, tmp),
+        ["teacher.pt2 was exported for a fixed batch of 2", "Dim('batch')"],  # a .pt2 is loaded (issue 24)
+    ),
+    (
+        "code-pickle-teacher",  # torch 2.13 says "unsupported GLOBAL"
+        lambda u, tmp: _check(f"teacher.weights={_planted(tmp / 'evil.pt')}", "teacher.arch=cnn_small")(
+            u, tmp
+        ),
+        ["evil.pt is not a weights-only checkpoint", "pickles code", "never loaded"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("argv, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_user_error_exits_2_with_a_clear_message(user, tmp_path, capsys, argv, words):
-    code, _, err = _run(argv(user, tmp_path), capsys)
-    assert code == 2
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` -> (size, mtime): what a case must leave unchanged."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("argv, words, code", [(*c[1:], 2)[:3] for c in CASES], ids=[c[0] for c in CASES])
+def test_user_error_exits_2_with_a_clear_message(user, tmp_path, capsys, argv, words, code):
+    command = argv(user, tmp_path)
+    before = _tree(user.root), _tree(tmp_path)
+    exit_code, _, err = _run(command, capsys)
+    assert exit_code == code
     assert "Traceback" not in err
     for word in words:
         assert word in err, (word, err)
     assert not (tmp_path / "out").exists(), "a failed check claims no folder"
+    assert not list(tmp_path.rglob("PLANTED_CODE_RAN")), "no pickled code ran"
+    assert (_tree(user.root), _tree(tmp_path)) == before, "nothing outside the output folder changed"
+
+
+def test_no_checkpoint_of_ours_is_unpickled_with_code():
+    sources = Path(__file__).resolve().parents[1] / "src"
+    assert not [p for p in sources.rglob("*.py") if "weights_only=False" in p.read_text()]
 
 
 def test_check_prints_the_plan_and_passes_with_flags_among_overrides(user, tmp_path, capsys):
@@ -459,3 +669,153 @@ def test_check_for_distill_reads_the_dataset_and_the_student_checkpoint(user, ca
     )
     code, out, err = _run([*argv, f"out_dir={user.trained}", "--overwrite"], capsys)
     assert code == 0 and "replaced" not in out  # the same data and config: nothing to replace
+
+
+# --- issue 22: the cases that need more than one command -------------------------------------------
+
+
+def _synthesize_argv(user: User, folder: Path, *overrides: str) -> list:
+    return [
+        "synthesize",
+        "--config",
+        user.config,
+        "guidance.mode=none",
+        f"synth.out_dir={folder}",
+        *overrides,
+    ]
+
+
+def test_a_second_writer_of_another_config_is_refused_while_the_first_writes(user, tmp_path, capsys):
+    folder = tmp_path / "busy"
+    shutil.copytree(user.datasets["a"], folder)
+    before = _tree(folder)
+    holder = subprocess.Popen(  # a writer of this dataset, holding its lock as synthesize does
+        [sys.executable, "-c", HOLD_LOCK, str(folder / ".lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = _run([*_synthesize_argv(user, folder, "seed=1"), "--overwrite"], capsys)
+        assert code == 2 and "Traceback" not in err
+        assert "is being written by another diffdfkd process" in err and "wait for it to finish" in err
+        assert _tree(folder) == before, "the other writer's folder is untouched"
+        code, _, err = _run(_synthesize_argv(user, folder, "seed=0", f"out_dir={tmp_path}"), capsys)
+        assert code == 0, err  # a writer of the same config (a shard) joins
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = _run(
+        [*_synthesize_argv(user, folder, "seed=1", f"out_dir={tmp_path}"), "--overwrite"], capsys
+    )
+    assert code == 0, err  # once the first writer is gone
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+lock = open(sys.argv[1], "a+")
+fcntl.lockf(lock, fcntl.LOCK_SH)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_sigterm_stops_with_the_rerun_message_and_the_rerun_resumes(user, tmp_path, capsys, monkeypatch):
+    from diffdfkd.synth.writer import DatasetWriter
+
+    folder = tmp_path / "stopped"
+    real = DatasetWriter.write_batch
+
+    def write_then_terminate(self, batch, records):
+        real(self, batch, records)
+        if batch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(DatasetWriter, "write_batch", write_then_terminate)
+    argv = _synthesize_argv(user, folder, "seed=0", f"out_dir={tmp_path}")
+    code, _, err = _run(argv, capsys)
+    assert code == 143 and "Traceback" not in err
+    assert "terminated (SIGTERM); rerun the same command to continue where it stopped" in err
+    first = {p.name: float(p.read_text()) for p in (folder / "seconds").glob("*.txt")}
+    assert sorted(first) == ["000000.txt", "000001.txt"]
+    monkeypatch.undo()
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    assert (folder / "manifest.jsonl").read_bytes() == (user.datasets["a"] / "manifest.jsonl").read_bytes()
+    summary = json.loads((folder / "summary.json").read_text())
+    seconds = {p.name: float(p.read_text()) for p in (folder / "seconds").glob("*.txt")}
+    assert len(seconds) == 4 and {k: seconds[k] for k in first} == first, "the first process's time is kept"
+    assert summary["seconds_all_processes"] == pytest.approx(sum(seconds.values()), abs=0.01)
+
+
+def test_a_generator_that_fails_at_step_0_claims_no_folder(user, tmp_path, capsys):
+    """Corrupt tensor bytes (a file of the right size) pass the header check and make the guidance
+    non-finite at step 0: a clean error, and the rerun with the right generator is not refused."""
+    generator = tmp_path / "generator"
+    right = yaml.safe_load(user.config.read_text())["generator"]["path"]
+    shutil.copytree(right, generator)
+    weights = generator / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = b"\xff" * 4096  # NaN floats in the last tensors
+    weights.write_bytes(bytes(data))
+    argv = ["synthesize", "--config", user.config, f"out_dir={tmp_path / 'out'}", "synth.images_per_class=1"]
+    code, _, err = _run([*argv, f"generator.path={generator}"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "non-finite guidance loss or gradient at step 0" in err
+    code, _, err = _run([*argv, f"generator.path={right}"], capsys)
+    assert code == 0, err
+
+
+def test_16_bit_grey_pngs_are_scaled_not_clipped(tmp_path):
+    for k, name in enumerate(CLASSES):
+        (tmp_path / name).mkdir()
+        grey = np.full((24, 24), 257 * (10 + 30 * k), dtype=np.uint16)  # 8-bit value 10 + 30 k
+        Image.fromarray(grey).save(tmp_path / name / "wide.png")  # a 16-bit grey PNG
+        Image.fromarray(np.full((24, 24, 3), 10 + 30 * k, dtype=np.uint8)).save(tmp_path / name / "rgb.png")
+    images, labels = load_image_folder(tmp_path, CLASSES)
+    assert torch.equal(images[0::2], images[1::2]), "a 16-bit grey image reads as its 8-bit RGB twin"
+    assert images[0::2, :, 0, 0].mul(255).round().tolist() == [[10 + 30 * int(k)] * 3 for k in labels[0::2]]
+
+
+def test_distill_overwrite_replaces_the_old_results_and_reports(user, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(user.trained, run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump(saved | {"out_dir": str(run)}, sort_keys=False))
+    for name in ("results.json", "report.md", "report.html"):
+        (run / name).write_text("the old student's")
+    argv = [
+        "distill",
+        "--config",
+        user.config,
+        "--data",
+        user.datasets["a"],
+        f"out_dir={run}",
+        "distill.lr=0.01",
+    ]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "changed: distill.lr" in err
+    code, _, err = _run([*argv, "--overwrite"], capsys)
+    assert code == 0, err
+    assert not any((run / name).exists() for name in ("results.json", "report.md", "report.html"))
+
+
+def test_a_full_disk_while_writing_the_checkpoint_ends_with_a_clear_error(
+    user, tmp_path, capsys, monkeypatch
+):
+    real = Path.write_bytes
+
+    def disk_full_in_out(self, data):
+        if str(tmp_path / "out") in str(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full_in_out)
+    code, _, err = _run(_distill(lambda u, tmp: u.datasets["a"])(user, tmp_path), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "No space left" in err and "rerun the same command" in err and "resumes" in err
+    assert not (tmp_path / "out" / "student" / "state.pt").exists()
+
+
+def test_student_weights_get_the_mode_of_every_other_file(user):
+    mode = (user.trained / "config.yaml").stat().st_mode & 0o777
+    weights = sorted((user.trained / "student").glob("*.safetensors"))
+    assert weights and {w.name: w.stat().st_mode & 0o777 for w in weights} == {w.name: mode for w in weights}

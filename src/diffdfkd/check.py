@@ -2,15 +2,19 @@
 ``distill`` and ``run``.
 
 Everything here is cheap (seconds on a CPU): the teacher is loaded and run once on a blank image,
-the student is built and run once, the generator folder's index and scheduler config are read (no
-UNet, VAE or text-encoder weights), the evaluation folder is listed and the output folders'
-signatures are read. Nothing is sampled, trained or written. A failed check raises a ``UserError``
-that names what to change, so a command exits with code 2 before it claims any folder.
+the student is built and run once, the generator folder's index, scheduler config and tokenizer are
+read, and the header of every weights file (no UNet, VAE or text-encoder tensor is loaded), the
+class prompts are tokenised, the evaluation folder is listed, the output folders' signatures are
+read and a write is probed where they go. Nothing is sampled or trained, and nothing is left written.
+A failed check raises a ``UserError`` that names what to change, so a command exits with code 2
+before it claims any folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,42 +26,37 @@ from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, load_yaml,
 from diffdfkd.diffusion.components import (
     build_scheduler,
     check_guidance_decoder,
+    check_prompt_lengths,
+    check_weight_files,
     guidance_decoder_folder,
+    load_tokenizer,
     read_pipeline_index,
 )
-from diffdfkd.distill.trainer import checkpoint_run
+from diffdfkd.distill.trainer import checkpoint_run, split_holdout
 from diffdfkd.guidance.modes import guided_steps
 from diffdfkd.guidance.teacher_loss import NoBatchNormError, batchnorm_layers
 from diffdfkd.models import build_teacher, create_model
 from diffdfkd.models.teacher import Teacher
-from diffdfkd.runtime import changed_keys, resolve_device
+from diffdfkd.runtime import changed_keys, describe_changes, resolve_device
 from diffdfkd.synth.dataset import (
-    IMAGE_SUFFIXES,
     KINDS,
+    class_image_files,
     dataset_identity,
-    match_class_folders,
     read_rows,
     require_complete,
 )
+from diffdfkd.synth.diffusion_source import class_prompts
 from diffdfkd.synth.online_student import check_online, online_arch
 from diffdfkd.synth.run import SynthPlan, dataset_signature, output_dir, resolve_config
 from diffdfkd.synth.sources import SOURCES
-from diffdfkd.synth.writer import DatasetFolderError, DatasetWriter, missing_batches
+from diffdfkd.synth.writer import DatasetFolderError, DatasetWriter, dataset_file, missing_batches
 from diffdfkd.worlds import get_world, list_worlds, teacher_spec
 
 STAGES = ("synthesize", "distill", "run")
+# What a run makes from its student (removed with it when a new one is trained).
+REPORT_NAMES = ("results.json", "report.md", "report.html", "synthetic_grid.png", "training_curves.png")
 # What a run writes into its out_dir; anything else there makes it someone else's folder.
-RUN_NAMES = (
-    "config.yaml",
-    "run_info.json",
-    "synth",
-    "student",
-    "results.json",
-    "report.md",
-    "report.html",
-    "synthetic_grid.png",
-    "training_curves.png",
-)
+RUN_NAMES = ("config.yaml", "run_info.json", "synth", "student", *REPORT_NAMES)
 # Sources that sample the configured diffusion model (the others need no generator folder).
 GENERATOR_SOURCES = ("diffdfkd",)
 
@@ -90,22 +89,30 @@ def check(
     report = CheckReport(teacher)
     report.lines.append(
         f"teacher: {teacher.num_classes} classes ({', '.join(teacher.class_names)}), input "
-        f"{teacher.in_channels} x {size} x {size}"
+        f"{teacher.in_channels} x {size} x {size}" + (f" ({teacher.origin})" if teacher.origin else "")
     )
     if stage in ("distill", "run"):
         report.lines.append(f"output folder {config.out_dir}: {output_state(config, overwrite)}")
+        check_writable(Path(config.out_dir), "out_dir")
     if stage in ("synthesize", "run"):
         report.lines += _check_synthesis(config, teacher, overwrite)
     if stage == "distill":
         root = Path(data) if data else output_dir(config)
+        if not data:  # the config's own dataset: made with this very config, or refused
+            _check_own_dataset(root, config, teacher)
         report.lines += _check_dataset(root, config, teacher, allow_partial, overwrite)
         size = _dataset_image_size(root)
+        images = len(read_rows(root, warn=False))
     elif stage == "run":
         size = config.synth.save_size or teacher.input_size
+        plan = SynthPlan.from_config(config, teacher.num_classes)
+        images = None if config.cutmix.keep_intermediates else plan.total  # intermediates add images
     if stage in ("distill", "run"):
         report.lines.append(
             _check_student(config.distill.student, "distill.student", teacher.num_classes, size)
         )
+        if images is not None:
+            _check_batch_size(config, images)
     if stage == "run":
         report.lines.append(f"test data: {check_test_data(config, teacher)}")
     return report
@@ -121,7 +128,7 @@ def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool
     plan = SynthPlan.from_config(config, teacher.num_classes)
     lines = []
     if config.synth.source in GENERATOR_SOURCES:
-        lines += _check_generator(config)
+        lines += _check_generator(config, teacher.class_names)
     _check_batchnorm(config, teacher)
     if config.synth.source == "fast" and teacher.input_size % 4:
         raise ConfigError(
@@ -131,13 +138,16 @@ def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool
     out = output_dir(config)
     writer = DatasetWriter(out, teacher.class_names)
     state = writer.state(dataset_signature(config, plan, teacher.class_names, save_size), overwrite=overwrite)
+    check_writable(out, "synth.out_dir" if config.synth.out_dir else "out_dir")
     if state == "same":
         done = plan.num_batches - len(missing_batches(out))
         state = (
             f"this config's dataset, {done} of {plan.num_batches} batches done (resumes; files are verified)"
         )
     elif state == "replace":
-        state = "another config's dataset: --overwrite deletes it"
+        state = "another config's dataset: " + (
+            "--overwrite deletes it" if overwrite else "no batch of it was finished, so it is replaced"
+        )
     lines.append(f"dataset folder {out}: {state}")
     lines.append(
         f"plan: {plan.total} images in {plan.num_batches} batches of {plan.batch_size}, "
@@ -155,11 +165,18 @@ def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool
     return lines
 
 
-def _check_generator(config: ExperimentConfig) -> list[str]:
-    """The pipeline folder has every part, the device exists, the scheduler takes ``num_steps``, the
-    resolution is a whole number of latent pixels."""
+def _check_generator(config: ExperimentConfig, class_names: tuple[str, ...]) -> list[str]:
+    """The pipeline folder has every part, each weights file is whole (its header covers it), the
+    device exists, the scheduler takes ``num_steps``, the resolution is a whole number of latent
+    pixels, every prompt fits the tokenizer's window."""
     gen = resolve_config(config).generator
-    read_pipeline_index(gen.path)
+    index = read_pipeline_index(gen.path)
+    for part in ("unet", "vae", "text_encoder"):
+        check_weight_files(Path(gen.path) / part)
+    tokenizer = load_tokenizer(gen.path, index)
+    key = "generator.prompt_template" if gen.prompt_template else "generator.prompt"
+    check_prompt_lengths(tokenizer, class_prompts(gen, class_names), f"prompt of {key}")
+    check_prompt_lengths(tokenizer, [gen.negative_prompt], "generator.negative_prompt")
     resolve_device(gen.device)
     scheduler, _ = build_scheduler(gen.path, gen.scheduler)
     train_steps = scheduler.config.num_train_timesteps
@@ -179,6 +196,7 @@ def _check_generator(config: ExperimentConfig) -> list[str]:
     decoder = guidance_decoder_folder(gen.path, gen.guidance_decoder)
     if decoder is not None:
         check_guidance_decoder(decoder, int(unet["in_channels"]), factor)
+        check_weight_files(decoder)
     return [
         f"generator: {gen.path} ({gen.scheduler}, {gen.num_steps} of {train_steps} steps, "
         f"{resolution} x {resolution} px" + (f"; guidance decoder {decoder})" if decoder is not None else ")")
@@ -250,11 +268,59 @@ def _check_dataset(
     return [line]
 
 
+def _check_own_dataset(root: Path, config: ExperimentConfig, teacher: Teacher) -> None:
+    """``distill`` without ``--data`` reads the config's synthesis output: it must have been made with
+    this synthesis config (the online student included), as ``synthesize`` would require."""
+    if not (root / "signature.json").is_file():
+        return  # not a dataset at all: _check_dataset says so
+    plan = SynthPlan.from_config(config, teacher.num_classes)
+    save_size = config.synth.save_size or teacher.input_size
+    signature = dataset_signature(config, plan, teacher.class_names, save_size)
+    if DatasetWriter(root, teacher.class_names).state(signature, overwrite=True) != "same":
+        made_with = json.loads((root / "signature.json").read_text()).get("config", {})
+        raise ConfigError(
+            f"distill without --data reads this config's dataset, but {root} was made with another "
+            f"config (differing keys: {describe_changes(made_with, signature) or '(unknown)'}); run `diffdfkd "
+            f"synthesize` with this config, or give --data the dataset to distil on"
+        )
+
+
 def _dataset_image_size(root: Path) -> int:
     """The side of the dataset's (square) images, from its first image's header."""
     first = read_rows(root, warn=False)[0]
-    with Image.open(root / first["file"]) as image:
+    with Image.open(dataset_file(root, first["file"])) as image:
         return image.size[0]
+
+
+def _check_batch_size(config: ExperimentConfig, images: int) -> None:
+    """``distill.batch_size`` fits the train split of ``images`` (a holdout of
+    ``distill.holdout_fraction`` is kept out): each epoch needs one whole batch."""
+    fraction = config.distill.holdout_fraction
+    train = len(split_holdout(images, fraction, config.seed)[0])
+    if config.distill.batch_size > train:
+        raise ConfigError(
+            f"distill.batch_size={config.distill.batch_size} is larger than the train split ({train} of "
+            f"{images} images; distill.holdout_fraction={fraction} held out): lower distill.batch_size to "
+            f"at most {train}, or make more images (synth.images_per_class)"
+        )
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """A file can be created where ``folder`` (the value of config key ``key``) is or will be: probed
+    with a temporary file in it or in its nearest existing parent, removed at once."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: {existing} is a file, not a folder; choose a folder for {folder}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".diffdfkd-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(
+            f"{key}: cannot write into {existing} ({error.strerror or error}); choose a writable folder for {folder}"
+        ) from None
 
 
 def _check_student(name: str, key: str, num_classes: int, size: int) -> str:
@@ -292,7 +358,8 @@ def output_state(config: ExperimentConfig, overwrite: bool) -> str:
     """``out_dir``'s state, read only: "new" (absent, empty, or only a dataset made there by
     ``synthesize``), "resumable" (made with this config) or "replaced" (another config's, with
     ``overwrite``). Another config's without ``overwrite`` is refused, naming the changed keys, and
-    so is a folder holding files of someone else's."""
+    so is a folder holding files of someone else's; another config's run that made nothing yet (it
+    failed before its first batch or epoch) is "new": a folder is claimed by its first result."""
     out = Path(config.out_dir)
     saved = out / "config.yaml"
     if not saved.is_file():
@@ -309,6 +376,9 @@ def output_state(config: ExperimentConfig, overwrite: bool) -> str:
     changed = changed_keys(saved_config(saved), to_dict(config))
     if not changed:
         return "resumable"
+    made = any((out / name).exists() for name in ("student/state.pt", *REPORT_NAMES))
+    if not made and not any((out / "synth" / "parts").glob("*.jsonl")):
+        return "new"
     if not overwrite:
         raise ConfigError(
             f"{out} holds a run made with another config (changed: {', '.join(changed)}); "
@@ -322,15 +392,8 @@ def check_test_data(config: ExperimentConfig, teacher: Teacher, split: str = "pr
     teacher's by folder name), else the world's ``split`` (by default its PRIVATE test split), which
     only fits a teacher of the world's classes. Returns the name of the data."""
     if config.eval_folder:
-        folders = match_class_folders(config.eval_folder, teacher.class_names)
-        count = sum(
-            1 for folder, _ in folders for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not count:
-            raise DatasetFolderError(
-                f"eval_folder {config.eval_folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"
-            )
-        return f"{config.eval_folder} ({count} images, {len(folders)} class folders matched by name)"
+        count = len(class_image_files(config.eval_folder, teacher.class_names))
+        return f"{config.eval_folder} ({count} images, {teacher.num_classes} class folders matched by name)"
     if config.world not in list_worlds():
         raise ConfigError(
             f"world {config.world!r} is not a shipped world ({', '.join(list_worlds())}): set eval_folder to a "

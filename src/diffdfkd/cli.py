@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from diffdfkd import __version__
@@ -41,6 +43,19 @@ def cmd_world_list(args: argparse.Namespace) -> None:
             state = "shipped" if path.exists() else "missing"
             print(f"  {part + ':':<10} {path} ({state})")
         print(f"  teacher architecture: {world.teacher_arch}")
+
+
+def cmd_world_build_data(args: argparse.Namespace) -> None:
+    from diffdfkd.worlds.emoji_build import build_emoji_data
+
+    if args.world != "emoji":
+        raise UserError(
+            f"world {args.world!r} needs no data build (its data ships in Python packages); only emoji does"
+        )
+    summary = build_emoji_data(
+        Path(args.cache) if args.cache else None, ship_to=Path(args.out) if args.out else None
+    )
+    print(json.dumps(summary, indent=2))
 
 
 def cmd_world_build_generator(args: argparse.Namespace) -> None:
@@ -77,12 +92,12 @@ def cmd_world_build_tiny_decoder(args: argparse.Namespace) -> None:
 def cmd_train_teacher(args: argparse.Namespace) -> None:
     from diffdfkd.config import DistillConfig, from_dict, parse_overrides, to_dict
     from diffdfkd.models import export_weights
-    from diffdfkd.train import TEACHER_RECIPE, train_classifier
+    from diffdfkd.train import teacher_recipe, train_classifier
     from diffdfkd.worlds import get_world
 
     world = get_world(args.world)
     arch = args.arch or world.teacher_arch
-    data = to_dict(TEACHER_RECIPE) | parse_overrides(args.overrides)
+    data = to_dict(teacher_recipe(args.world)) | parse_overrides(args.overrides)
     recipe = from_dict(DistillConfig, data)
     model, result = train_classifier(
         args.world, arch, split=args.split, recipe=recipe, out_dir=args.out, seed=args.seed, limit=args.limit
@@ -169,7 +184,7 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 def cmd_adapt_generator(args: argparse.Namespace) -> None:
     from diffdfkd.synth.adapt import AdaptSettings, adapt_generator
 
-    settings = AdaptSettings(steps=args.steps, lr=args.lr, anchor=args.anchor)
+    settings = AdaptSettings(steps=args.steps, lr=args.lr, anchor=args.anchor, lora_rank=args.lora_rank)
     info = adapt_generator(_config(args), args.out, settings)
     print(
         f"adapted generator: {args.out} ({info['seconds']:g} s; teacher p(target) at the last step "
@@ -259,12 +274,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffdfkd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    world = _add(sub, "world", "the shipped worlds: list them, or build the digits generator")
+    world = _add(sub, "world", "the shipped worlds: list them, or build their data, generators and judges")
     world_sub = world.add_subparsers(dest="world_command", required=True, metavar="ACTION")
     p = _add(world_sub, "list", "list the shipped worlds and their parts")
     p.set_defaults(func=cmd_world_list)
-    p = _add(world_sub, "build-generator", "train a digits world's text-to-image generator on PUBLIC MNIST")
-    p.add_argument("--world", default="digits", help="whose generator: digits (six looks) or digits-mnist")
+    p = _add(
+        world_sub,
+        "build-data",
+        "fetch (npm pack, pinned, integrity-checked) and render the emoji world's data",
+    )
+    p.add_argument(
+        "--world", default="emoji", help="whose data: emoji (the digits worlds' ships in Python packages)"
+    )
+    p.add_argument(
+        "--cache", default="", help="folder for tarballs and PUBLIC arrays; empty: $DIFFDFKD_CACHE/emoji"
+    )
+    p.add_argument(
+        "--out", default="", help="PRIVATE splits file; empty: overwrite the shipped emoji_private.npz"
+    )
+    p.set_defaults(func=cmd_world_build_data)
+
+    p = _add(world_sub, "build-generator", "train a world's text-to-image generator on its PUBLIC data")
+    p.add_argument(
+        "--world", default="digits", help="whose generator: digits (six looks), digits-mnist or emoji"
+    )
     p.add_argument(
         "--out", default="", help="folder for the diffusers pipeline; empty: runs/<world>_generator"
     )
@@ -272,8 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny generator in under a minute (for tests)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.set_defaults(func=cmd_world_build_generator)
-    p = _add(world_sub, "build-judge", "train a measuring classifier on PUBLIC MNIST renderings")
-    p.add_argument("--name", default="digits", help="digits or digits-mnist (digit judges), or looks")
+    p = _add(world_sub, "build-judge", "train a measuring classifier on a world's PUBLIC data")
+    p.add_argument(
+        "--name",
+        default="digits",
+        help="digits or digits-mnist (digit judges), looks, emoji (class judge) or emoji-styles",
+    )
     p.add_argument("--out", default="", help="weights file; empty: overwrite the shipped one")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.set_defaults(func=cmd_world_build_judge)
@@ -363,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=150, help="adaptation steps, one mixing group each")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the UNet")
     p.add_argument("--anchor", type=float, default=1.0, help="weight of the term that keeps it a denoiser")
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="0: train the whole UNet; R > 0: a LoRA adapter of rank R on its attention (peft), merged into "
+        "the written UNet and also saved as pytorch_lora_weights.safetensors",
+    )
     p.set_defaults(func=cmd_adapt_generator)
 
     p = _add(sub, "distill", "distil a student from the teacher on a synthetic dataset")
@@ -403,8 +447,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is (as Ctrl-C raises KeyboardInterrupt), so that the same
+    cleanup runs and the same message is printed."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _run_command(args)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; user errors, a full disk and a stop (Ctrl-C, SIGTERM) end in one line."""
     try:
         args.func(args)
     except (UserError, FileNotFoundError) as error:
@@ -419,9 +483,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
-        print("diffdfkd: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        print(f"diffdfkd: {how}; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from diffdfkd.check import check, output_state
+from diffdfkd.check import REPORT_NAMES, check, output_state
 from diffdfkd.config import ConfigError, ExperimentConfig, load_config
 from diffdfkd.distill.trainer import FitResult, TensorData, checkpoint_run, fit, split_holdout
 from diffdfkd.evaluate import bn_statistics_distance, evaluate
@@ -22,7 +22,7 @@ from diffdfkd.runtime import stream_seed
 from diffdfkd.synth.dataset import SyntheticData, load_image_folder, load_synthetic
 from diffdfkd.synth.run import synthesize
 from diffdfkd.worlds import get_world, list_worlds, teacher_spec
-from diffdfkd.worlds.judge import load_look_classifier, look_fractions
+from diffdfkd.worlds.judge import JUDGES, load_judge, look_fractions
 
 
 def is_main_process() -> bool:
@@ -42,7 +42,8 @@ def claim_output(config: ExperimentConfig, overwrite: bool, data_id: str | None 
 
     A folder made with another config is refused, naming the changed keys, unless ``overwrite``
     (see ``check.output_state``); so is, when ``data_id`` is given, a student trained on another
-    dataset. Overwriting deletes the stale student.
+    dataset. Overwriting deletes the stale student and the
+    results and reports made from it.
     """
     out = Path(config.out_dir)
     stale = output_state(config, overwrite) == "replaced"
@@ -57,6 +58,8 @@ def claim_output(config: ExperimentConfig, overwrite: bool, data_id: str | None 
             stale = True
     if stale and is_main_process():
         shutil.rmtree(out / "student", ignore_errors=True)
+        for name in REPORT_NAMES:
+            (out / name).unlink(missing_ok=True)
     if is_main_process():
         write_run_info(out, config)
     return out
@@ -113,10 +116,14 @@ def load_test_data(
 
 
 def world_look_mix(world: str, images: torch.Tensor) -> dict[str, float] | None:
-    """The look classifier's mix of looks of ``images [N, 3, 32, 32]`` in a digits world, else None."""
+    """The world's look (digits) or style (emoji) classifier's mix of ``images [N, 3, 32, 32]``; None
+    outside a shipped world or where that classifier is not built."""
     if world not in list_worlds() or not get_world(world).looks:
         return None
-    return look_fractions(load_look_classifier(), images)
+    name = get_world(world).look_judge
+    if not JUDGES[name][2].is_file():
+        return None
+    return look_fractions(load_judge(name), images)
 
 
 def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
@@ -150,7 +157,8 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
     look_mix = world_look_mix(config.world, data.images)
     bn_distance = bn_statistics_distance(teacher, data.images)
     bn_distance_test = bn_statistics_distance(teacher, test_images)
-    seconds_per_image = timings["synthesis"] / len(data)
+    # all processes' synthesis time (a resumed run's earlier ones too), not only this call's
+    seconds_per_image = synth_summary.get("seconds_all_processes", timings["synthesis"]) / len(data)
     summary = {
         "test_data": test_source,
         "teacher_top1": teacher_eval["top1"],
@@ -185,7 +193,7 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
             ),
             "BN-statistics distance to the teacher's running statistics (whole set)": _number(bn_distance),
             f"the same of the test images ({test_source}; for reference)": _number(bn_distance_test),
-            "synthesis seconds per image (this call's synthesis time / images)": f"{seconds_per_image:.3f}",
+            "synthesis seconds per image (all processes' synthesis time / images)": f"{seconds_per_image:.3f}",
             "student agreement with the teacher on held-out synthetic images (last epoch)": (
                 f"{distilled.fit.holdout_agreement:.3f}"
                 if distilled.fit.holdout_agreement is not None

@@ -59,6 +59,9 @@ STREAMS: dict[str, Stream] = {
         9, ("epoch", "rank"), "the trainer's global torch RNG (dropout) in an epoch, per rank"
     ),
     "student_init": Stream(10, (), "the distilled student's initial weights"),
+    "noise": Stream(
+        11, ("index",), "the noise source's image of a sample (was id 3 beside Fast's generator)"
+    ),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,6 +22,17 @@ TEACHER_RECIPE = DistillConfig(
     crop_padding=2,
     holdout_fraction=0.1,
 )
+# The emoji teacher (wrn_16_2 on 653 Twemoji): white padding, flips (no class depends on direction) and
+# colour jitter, longer training for the smaller set.
+EMOJI_TEACHER_RECIPE = replace(
+    TEACHER_RECIPE, epochs=80, crop_padding=3, crop_fill=1.0, hflip=True, color_jitter=0.2
+)
+TEACHER_RECIPES = {"emoji": EMOJI_TEACHER_RECIPE}
+
+
+def teacher_recipe(world: str) -> DistillConfig:
+    """The recipe ``diffdfkd train-teacher`` uses for ``world`` (before command-line overrides)."""
+    return TEACHER_RECIPES.get(world, TEACHER_RECIPE)
 
 
 def train_classifier(

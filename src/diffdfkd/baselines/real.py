@@ -1,12 +1,14 @@
-"""Real-data baselines (upper bounds, NOT data-free): the world's PRIVATE training images.
+"""Reference rows beside the data-free sources: real images (NOT data-free) and Gaussian noise.
 
-- ``synth.source=real``: a source serving the real private training images through the one source
-  interface, so KD on real data runs through the same writer, dataset and KD recipe as every
-  synthetic source. Sample ``i`` of class ``k`` is the ``j``-th image of class ``k`` in a seeded order
+- ``synth.source=real``: a source serving a world split's real images (``synth.real_split``; by default
+  the PRIVATE training images, the upper bound) through the one source interface, so KD on real data
+  runs through the same writer, dataset and KD recipe as every synthetic source. Sample ``i`` of class ``k`` is the ``j``-th image of class ``k`` in a seeded order
   (``j``: the sample's rank within its class under ``SynthPlan``'s layout), cycling when the budget
   exceeds the class's images.
 - the "student from scratch on real data" row is the same run with ``distill.kd=false``: cross-entropy
   on the labels of such a dataset, without a teacher, same recipe.
+- ``synth.source=noise``: Gaussian noise images (mean 0.5, std 0.25, clamped to [0, 1]), seeded per
+  sample: the floor every data-free method must beat by a wide margin.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from diffdfkd.runtime import stream_seed
 from diffdfkd.synthetic import SynthBatch
 from diffdfkd.worlds import get_world, list_worlds
 
-# The random stream of the seeded order of each class's images (0 and 1 are the samples' and groups').
-
 
 class RealDataSource:
     """The world's PRIVATE ``train`` images, by class. Reading them breaks the data-free setting: this
@@ -29,9 +29,8 @@ class RealDataSource:
     world's classes works too.
     """
 
-    def __init__(
-        self, config: ExperimentConfig, teacher: torch.nn.Module, split: str = "private:train"
-    ) -> None:
+    def __init__(self, config: ExperimentConfig, teacher: torch.nn.Module) -> None:
+        split = config.synth.real_split
         if config.world not in list_worlds():
             raise ConfigError(
                 f"synth.source=real needs a shipped world's private data; world {config.world!r} is not "
@@ -68,3 +67,21 @@ class RealDataSource:
             for i, k in zip(indices, classes, strict=True)
         ]
         return SynthBatch(images=torch.stack(images), targets=targets)
+
+
+class NoiseSource:
+    """Gaussian noise images ``clamp(0.5 + 0.25 n)``, ``n ~ N(0, I)`` seeded per sample index."""
+
+    def __init__(self, config: ExperimentConfig, teacher: torch.nn.Module) -> None:
+        self.seed = config.seed
+        self.shape = (teacher.in_channels, teacher.input_size, teacher.input_size)
+
+    def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch:
+        images = [
+            torch.randn(
+                self.shape,
+                generator=torch.Generator().manual_seed(stream_seed("noise", self.seed, int(i))),
+            )
+            for i in indices
+        ]
+        return SynthBatch(images=(0.5 + 0.25 * torch.stack(images)).clamp(0, 1), targets=targets)

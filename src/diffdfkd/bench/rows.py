@@ -150,7 +150,7 @@ LEGACY_ROW_NAMES = {
 
 WORLD_CONFIGS = {
     world: Path(__file__).resolve().parents[1] / "configs" / f"{world}.yaml"
-    for world in ("digits", "digits-mnist")
+    for world in ("digits", "digits-mnist", "emoji")
 }
 
 # The shared budget of every row: images per class, sampler steps, DeepInversion iterations, KD recipe

@@ -129,8 +129,10 @@ class DistillConfig:
     ema_decay: float = 0.0  # > 0: keep an EMA of the weights; evaluate and save the EMA weights
     # A held-out slice of the SYNTHETIC set, for monitoring agreement with the teacher (never the test split).
     holdout_fraction: float = 0.1
-    crop_padding: int = 4  # random crop with this zero padding; 0 turns it off
+    crop_padding: int = 4  # random crop with this padding; 0 turns it off
+    crop_fill: float = 0.0  # the padding's value in [0, 1]: 0 black (digits), 1 white (emoji)
     hflip: bool = False  # random horizontal flip; never for digits
+    color_jitter: float = 0.0  # brightness, contrast and saturation scaled by 1 +- this; 0 turns it off
     amp: bool = True  # bf16 autocast, on CUDA only
 
     def __post_init__(self) -> None:
@@ -140,10 +142,12 @@ class DistillConfig:
         check_positive("distill.batch_size", self.batch_size)
         check_positive("distill.lr", self.lr)
         check_positive("distill.temperature", self.temperature)
-        for name in ("weight_decay", "ce_weight", "crop_padding", "warmup_epochs"):
+        for name in ("weight_decay", "ce_weight", "crop_padding", "warmup_epochs", "color_jitter"):
             check_positive(f"distill.{name}", getattr(self, name), allow_zero=True)
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError("distill.momentum must lie in [0, 1)")
+        if not 0.0 <= self.crop_fill <= 1.0:
+            raise ConfigError(f"distill.crop_fill={self.crop_fill} must lie in [0, 1]")
         if self.warmup_epochs >= self.epochs:
             raise ConfigError(f"distill.warmup_epochs={self.warmup_epochs} must be < epochs={self.epochs}")
         if any(not 0.0 < m < 1.0 for m in self.milestones) or list(self.milestones) != sorted(

@@ -31,8 +31,10 @@ class TeacherConfig:
     # small CNNs; the CMI / Fast-Datafree checkpoints load unchanged), timm:<name> (pip install
     # 'diffdfkd[timm]'), or empty with a TorchScript file.
     arch: str = ""
-    # A safetensors or weights-only torch file (a TorchScript file with BatchNorm layers is converted to an
-    # eager graph so that the BN-statistics loss sees them).
+    # A safetensors or weights-only torch file; with arch "" a torch.export program (.pt2: export with a
+    # dynamic batch dimension; torch.export.load may unpickle parts of an archive, so load only files you
+    # trust) or a TorchScript file (deprecated; one with BatchNorm layers is converted to an eager graph
+    # so that the BN-statistics loss sees them).
     weights: str = ""
     # The teacher's classes in logit order (empty: the world's); eval_folder's sub-folders are matched to them
     # by name.
@@ -243,8 +245,15 @@ class SynthConfig:
     save_size: int = 0
     # Empty: <out_dir>/synth of the experiment.
     out_dir: str = ""
+    # synth.source=real: the world split it serves; private:train (KD on real data, the upper bound) or a
+    # PUBLIC split (e.g. public:noto: KD on another style's real images).
+    real_split: str = "private:train"
 
     def __post_init__(self) -> None:
+        if not self.real_split.startswith(("private:", "public:")):
+            raise ConfigError(
+                f"synth.real_split={self.real_split!r} must name a world split: private:<name> or public:<name>"
+            )
         for name in ("images_per_class", "batch_size", "samples_per_class_in_group", "group_size"):
             check_positive(f"synth.{name}", getattr(self, name))
         check_positive("synth.save_size", self.save_size, allow_zero=True)

@@ -138,6 +138,50 @@ def read_pipeline_index(path: str | Path) -> dict[str, Any]:
     return index
 
 
+def check_weight_files(folder: str | Path) -> int:
+    """Read the header of every ``*.safetensors`` file of a model folder (no tensor is loaded) and
+    check that it covers the file exactly: a truncated or damaged file is a ``ComponentsError`` naming
+    it. Returns the number of files read."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ComponentsError(
+                f"{file} is not a complete safetensors file ({error}); copy it again from its source"
+            ) from None
+    return len(files)
+
+
+def load_tokenizer(path: str | Path, index: dict[str, Any] | None = None) -> Any:
+    """The tokenizer of a pipeline folder (``index``: its ``model_index.json``, read if not given)."""
+    path = Path(path)
+    index = read_pipeline_index(path) if index is None else index
+    try:
+        return _part_class(index, "tokenizer", path).from_pretrained(
+            path / "tokenizer", local_files_only=True
+        )
+    except (OSError, ValueError) as error:
+        raise ComponentsError(f"cannot load the tokenizer from {path / 'tokenizer'}: {error}") from None
+
+
+def check_prompt_lengths(tokenizer: Any, prompts: list[str], what: str = "prompt") -> None:
+    """Refuse (``ComponentsError``) a prompt of more tokens than the tokenizer's window
+    (``model_max_length``, start and end tokens included): the text encoder would silently drop the
+    rest, and class prompts cut before the class name would all be the same prompt."""
+    window = tokenizer.model_max_length
+    for prompt in dict.fromkeys(prompts):
+        count = len(tokenizer(prompt, truncation=False).input_ids)
+        if count > window:
+            raise ComponentsError(
+                f"the {what} {prompt!r} is {count} tokens long (start and end tokens included), more than "
+                f"the {window} the generator's tokenizer takes; shorten it to fit"
+            )
+
+
 def load_components(
     path: str | Path,
     *,
@@ -165,18 +209,14 @@ def load_components(
             model = _part_class(index, part, path).from_pretrained(path / part, local_files_only=True)
         except (OSError, ValueError) as error:
             raise ComponentsError(f"cannot load the {part} from {path / part}: {error}") from None
-        if param_dtype != torch.float32:
-            model = model.to(dtype=param_dtype)
+        # always cast: a folder saved in fp16 (as SD's fp16 variants and the emoji generator are) runs in
+        # fp32 on the CPU
+        model = model.to(dtype=param_dtype)
         models[part] = model.to(device).eval().requires_grad_(False)
     if gradient_checkpointing:
         models["unet"].enable_gradient_checkpointing()
         models["vae"].enable_gradient_checkpointing()
-    try:
-        tokenizer = _part_class(index, "tokenizer", path).from_pretrained(
-            path / "tokenizer", local_files_only=True
-        )
-    except (OSError, ValueError) as error:
-        raise ComponentsError(f"cannot load the tokenizer from {path / 'tokenizer'}: {error}") from None
+    tokenizer = load_tokenizer(path, index)
     return DiffusionComponents(
         unet=models["unet"],
         vae=models["vae"],
@@ -191,7 +231,9 @@ def load_components(
 
 @torch.no_grad()
 def encode_prompts(components: DiffusionComponents, prompts: list[str]) -> torch.Tensor:
-    """Text embeddings ``[B, L, D]`` of ``prompts`` (padded to the tokenizer's max length, as SD does)."""
+    """Text embeddings ``[B, L, D]`` of ``prompts`` (padded to the tokenizer's max length, as SD does);
+    a prompt longer than that is refused (``check_prompt_lengths``), never cut."""
+    check_prompt_lengths(components.tokenizer, list(prompts))
     tokens = components.tokenizer(
         list(prompts),
         padding="max_length",

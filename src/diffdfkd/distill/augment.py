@@ -42,9 +42,11 @@ class RandomAffine:
 
 @dataclass(frozen=True)
 class RandomCrop:
-    """Zero-pad by ``padding`` on each side, then crop back to ``H x W`` at a random offset per image."""
+    """Pad by ``padding`` on each side with ``fill`` (0: black, 1: white), then crop back to ``H x W`` at
+    a random offset per image."""
 
     padding: int
+    fill: float = 0.0
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.padding == 0:
@@ -55,7 +57,7 @@ class RandomCrop:
         offset_x = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(device)
         rows = offset_y[:, None] + torch.arange(h, device=device)  # [B, H]
         cols = offset_x[:, None] + torch.arange(w, device=device)  # [B, W]
-        padded = F.pad(images, (p, p, p, p)).permute(0, 2, 3, 1)  # [B, H + 2p, W + 2p, C]
+        padded = F.pad(images, (p, p, p, p), value=self.fill).permute(0, 2, 3, 1)  # [B, H + 2p, W + 2p, C]
         batch = torch.arange(b, device=device)[:, None, None]
         crops = padded[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
         return crops.permute(0, 3, 1, 2).contiguous()
@@ -73,6 +75,25 @@ class RandomHFlip:
 
 
 @dataclass(frozen=True)
+class ColorJitter:
+    """Scale each image's brightness, contrast and saturation by factors drawn from ``1 +- strength``
+    (images in [0, 1], ``[B, 3, H, W]``; clamped back to [0, 1])."""
+
+    strength: float
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b = images.shape[0]
+        f = (1 + (torch.rand(b, 3, generator=generator) * 2 - 1) * self.strength).to(images)[
+            :, :, None, None, None
+        ]
+        x = images * f[:, 0]
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * f[:, 1] + mean
+        grey = x.mean(dim=1, keepdim=True)
+        return ((x - grey) * f[:, 2] + grey).clamp(0, 1)
+
+
+@dataclass(frozen=True)
 class Compose:
     """Apply ``augments`` in order."""
 
@@ -84,11 +105,16 @@ class Compose:
         return images
 
 
-def build_augment(crop_padding: int, hflip: bool) -> Augment | None:
-    """The training augmentation of a recipe (``DistillConfig.crop_padding``/``hflip``); None for none."""
+def build_augment(
+    crop_padding: int, hflip: bool, crop_fill: float = 0.0, color_jitter: float = 0.0
+) -> Augment | None:
+    """The training augmentation of a recipe (``DistillConfig.crop_padding``, ``crop_fill``, ``hflip``,
+    ``color_jitter``); None for none."""
     augments: list[Augment] = []
     if crop_padding > 0:
-        augments.append(RandomCrop(crop_padding))
+        augments.append(RandomCrop(crop_padding, crop_fill))
     if hflip:
         augments.append(RandomHFlip())
+    if color_jitter > 0:
+        augments.append(ColorJitter(color_jitter))
     return Compose(tuple(augments)) if augments else None

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from diffdfkd.distill.data import FitError, FitResult
 from diffdfkd.distill.schedule import ModelEma
-from diffdfkd.files import replace_atomically
+from diffdfkd.files import load_checkpoint, replace_atomically, torch_bytes
 from diffdfkd.runtime import changed_keys, describe_changes
 
 STATE_FORMAT = 1
@@ -83,10 +83,11 @@ def _write_epoch(
         "history": result.history,
         "best": {"epoch": result.best_epoch, "metric": result.best_holdout},
     }
-    replace_atomically(out_dir / STATE, lambda tmp: torch.save(state, tmp))
-    replace_atomically(out_dir / LAST, lambda tmp: save_file(weights, tmp))
-    if improved:
-        replace_atomically(out_dir / BEST, lambda tmp: save_file(weights, tmp))
+    # serialised in memory, then written plainly: a full disk is an OSError (torch's and safetensors'
+    # own file writers raise other types), and the files get the umask's mode like every other
+    files = {STATE: torch_bytes(state), LAST: save(weights)} | ({BEST: save(weights)} if improved else {})
+    for name, data in files.items():
+        replace_atomically(out_dir / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
     columns = list(dict.fromkeys(key for row in result.history for key in row))
 
     def write_csv(tmp: str) -> None:
@@ -104,12 +105,7 @@ def checkpoint_run(out_dir: str | Path) -> dict[str, Any] | None:
     path = Path(out_dir) / STATE
     if not path.is_file():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types on a damaged file
-        raise FitError(
-            f"{path} cannot be read ({type(error).__name__}); delete it to start afresh"
-        ) from error
+    state = load_checkpoint(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise FitError(f"{path} is not a diffdfkd training checkpoint (format {STATE_FORMAT})")
     return state["run"]
@@ -119,7 +115,7 @@ def load_state(loop: Checkpointed, path: Path, result: FitResult) -> int:
     """Restore a checkpoint written by ``save_epoch``; returns the number of epochs it completed."""
     if not path.is_file():
         raise FitError(f"nothing to resume: {path} does not exist; start without resume")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise FitError(f"{path} is not a diffdfkd training checkpoint (format {STATE_FORMAT})")
     saved, current = state["run"], loop.signature

@@ -170,7 +170,7 @@ def _build_loop(
         final=with_normalize(ema.module if ema is not None else model),
         task=task,
         train=train,
-        augment=build_augment(recipe.crop_padding, recipe.hflip),
+        augment=build_augment(recipe.crop_padding, recipe.hflip, recipe.crop_fill, recipe.color_jitter),
         optimizer=optimizer,
         scheduler=scheduler,
         ema=ema,

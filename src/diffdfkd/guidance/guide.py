@@ -17,11 +17,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from diffdfkd.errors import UserError
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units, adversarial, cross_entropy
 
 
-class GuidanceError(RuntimeError):
-    """Guidance that cannot go on: a non-finite loss or gradient, or a gradient that never reaches z_t."""
+class GuidanceError(UserError, RuntimeError):
+    """Guidance that cannot go on: a non-finite loss or gradient, or a gradient that never reaches z_t
+    (the CLI prints it as an error, exit 2: the batches written before it are kept)."""
 
 
 @dataclass

@@ -101,7 +101,8 @@ class _TeacherGuided(Unguided):
         if not math.isfinite(result.losses["total"]) or not torch.isfinite(result.grad).all():
             raise GuidanceError(
                 f"non-finite guidance loss or gradient at step {step.index} of {step.count} "
-                f"(timestep {float(step.timestep):g}): losses {result.losses}; the batch is not saved"
+                f"(timestep {float(step.timestep):g}): losses {result.losses}; the batch is not saved (damaged "
+                f"generator or teacher weights, or too large a guidance.step_size; finished batches are kept)"
             )
         self.logs.append({"step": step.index, "t": float(step.timestep), **result.losses})
         return eps.detach(), result.grad

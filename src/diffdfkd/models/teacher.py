@@ -17,9 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from diffdfkd.errors import UserError
+from diffdfkd.models.exported import is_exported_program, load_exported
 from diffdfkd.models.torchscript import with_visible_batchnorm
 from diffdfkd.models.zoo import create_model
 from diffdfkd.runtime import batchnorm_modules
@@ -35,7 +36,7 @@ class Teacher(nn.Module):
     ``forward(images [B, C, H, W] in [0, 1]) -> logits [B, K]``: resizes (bicubic, antialiased) to
     ``input_size``, matches channels (RGB -> grey by averaging, grey -> RGB by copying), normalises
     with ``mean``/``std``. The inner ``model`` stays in eval mode with ``requires_grad=False``;
-    gradients still flow to the input images.
+    gradients still flow to the input images. ``origin``: what the network was loaded from, for reports.
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class Teacher(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         class_names: Sequence[str],
+        origin: str = "",
     ) -> None:
         super().__init__()
         if len(mean) != in_channels or len(std) != in_channels:
@@ -57,6 +59,7 @@ class Teacher(nn.Module):
         self.input_size = input_size
         self.in_channels = in_channels
         self.class_names = tuple(class_names)
+        self.origin = origin
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -101,6 +104,12 @@ class Teacher(nn.Module):
         return self.model(self.preprocess(images))
 
 
+ACCEPTED = (
+    "accepted are torch.export programs (.pt2, torch.export.save) and TorchScript files (torch.jit.save) "
+    "as teachers, safetensors files and weights-only torch state dicts (torch.save(model.state_dict(), ...))"
+)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors or a weights-only torch checkpoint.
 
@@ -110,6 +119,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
+    if is_exported_program(path):  # load_teacher takes it before a state dict is ever read
+        raise CheckpointError(
+            f"{path} is a torch.export program (.pt2): it carries its own network, so it is a teacher "
+            f"(teacher.weights), not a state dict for a zoo model; {ACCEPTED}"
+        )
     if path.suffix == ".safetensors":
         try:
             state = load_file(str(path))
@@ -119,10 +133,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            if "Unsupported global" not in str(error):  # not code: bytes that are no pickle at all
+            if "unsupported global" not in str(error).lower():  # not code: bytes that are no pickle at all
                 raise CheckpointError(
-                    f"{path} is not a torch checkpoint (damaged, or another format); give a safetensors "
-                    f"file, a torch.save'd state_dict or a TorchScript file"
+                    f"{path} is not a torch checkpoint (damaged, or another format); {ACCEPTED}"
                 ) from None
             raise CheckpointError(
                 f"{path} is not a weights-only checkpoint (it pickles code, which is never loaded "
@@ -130,9 +143,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"Detail: {str(error).splitlines()[0]}"
             ) from None
         except Exception as error:  # torch.load raises many types on a file that is not a checkpoint
+            detail = (str(error).strip().splitlines() or [""])[0][:200]
             raise CheckpointError(
-                f"{path} is not a torch checkpoint ({type(error).__name__}: {error})"
-            ) from error
+                f"{path} is not a torch checkpoint ({type(error).__name__}: {detail}); {ACCEPTED}"
+            ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -174,7 +188,7 @@ def export_weights(model: torch.nn.Module, path: str | Path, half: bool = True) 
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path))
+    path.write_bytes(save(state))  # not save_file: it creates the file with mode 0600 whatever the umask
     return path
 
 
@@ -184,6 +198,11 @@ def is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def carries_architecture(path: Path) -> bool:
+    """True for a file that holds its network, not only weights: TorchScript or ``torch.export`` (.pt2)."""
+    return path.is_file() and (is_exported_program(path) or is_torchscript(path))
 
 
 def load_teacher(
@@ -196,20 +215,29 @@ def load_teacher(
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> Teacher:
-    """Build a ``Teacher`` from a zoo name plus a weights file, a TorchScript file, or ``timm:<name>``.
+    """Build a ``Teacher`` from a zoo name plus a weights file, a ``torch.export`` (.pt2) or TorchScript
+    file, or ``timm:<name>``.
 
-    ``arch`` may be empty when ``weights`` is a TorchScript file; one with BatchNorm layers is converted
-    to an eager graph whose BatchNorm layers the BN-statistics loss sees (``models.torchscript``).
-    Raises ``CheckpointError`` when the file does not fit, naming the wrong keys or shapes.
+    ``arch`` is ignored when ``weights`` is a .pt2 or TorchScript file (each carries its network); their
+    BatchNorm ops become modules that the BN-statistics loss hooks (``models.exported``,
+    ``models.torchscript``), and a .pt2 must have been exported for ``[B, in_channels, input_size,
+    input_size]`` with a free batch size.
+    Raises ``CheckpointError`` (``ExportedTeacherError`` for a .pt2) when the file does not fit, naming
+    the wrong keys or shapes.
     """
     num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError("a teacher needs at least two class names")
     weights = Path(weights)
-    if weights.is_file() and is_torchscript(weights):
+    origin = f"{arch} weights {weights.name}"
+    if weights.is_file() and is_exported_program(weights):
+        model, origin = load_exported(weights, in_channels=in_channels, input_size=input_size)
+    elif weights.is_file() and is_torchscript(weights):
         model: nn.Module = torch.jit.load(str(weights), map_location="cpu")
         probe = torch.rand(2, in_channels, input_size, input_size, generator=torch.Generator().manual_seed(0))
         model = with_visible_batchnorm(model, probe)
+        hooked = len(batchnorm_modules(model))
+        origin = f"TorchScript, {hooked} BatchNorm layers hooked"
     elif arch.startswith("timm:"):
         try:
             import timm
@@ -220,12 +248,18 @@ def load_teacher(
     else:
         model = load_weights(create_model(arch, num_classes=num_classes, in_channels=in_channels), weights)
     teacher = Teacher(
-        model, input_size=input_size, in_channels=in_channels, mean=mean, std=std, class_names=class_names
+        model,
+        input_size=input_size,
+        in_channels=in_channels,
+        mean=mean,
+        std=std,
+        class_names=class_names,
+        origin=origin,
     )
     try:
         with torch.no_grad():
             out = teacher(torch.zeros(1, in_channels, input_size, input_size))
-    except RuntimeError as error:
+    except (RuntimeError, AssertionError) as error:  # an exported program's shape guards assert
         raise CheckpointError(
             f"the teacher {weights} cannot take inputs of shape [1, {in_channels}, {input_size}, "
             f"{input_size}] (teacher.in_channels, teacher.input_size): {str(error).splitlines()[0]}"

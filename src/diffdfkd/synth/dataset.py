@@ -17,9 +17,11 @@ import torch
 from diffdfkd.synth.writer import (
     DatasetFolderError,
     IncompleteDatasetError,
+    dataset_file,
     file_problem,
     missing_batches,
     num_batches,
+    read_jsonl,
     sanitise_class_name,
 )
 
@@ -71,7 +73,7 @@ def read_rows(root: str | Path, *, warn: bool = True) -> list[dict[str, Any]]:
                 f"{len(files)} batch parts, which may be fewer than the whole dataset",
                 stacklevel=2,
             )
-    return [json.loads(line) for path in files for line in path.read_text().splitlines() if line.strip()]
+    return [row for path in files for row in read_jsonl(path)]
 
 
 def require_complete(root: Path, allow_partial: bool) -> list[int]:
@@ -92,14 +94,33 @@ def dataset_identity(rows: list[dict[str, Any]], kinds: tuple[str, ...]) -> str:
 
 
 def _open_image(path: Path) -> np.ndarray:
-    """``[H, W, 3]`` uint8 pixels of an image file; a damaged file is a ``DatasetFolderError``."""
+    """``[H, W, 3]`` uint8 pixels of an image file; a damaged file is a ``DatasetFolderError``.
+
+    16-bit grey images (PIL modes ``I;16*`` and ``I``, as 16-bit PNGs open) are scaled to 8 bits
+    (``round(v / 257)``), not clipped as ``convert("RGB")`` would clip them."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            if image.mode.startswith("I"):
+                grey = np.asarray(image).astype(np.float64) / 257.0
+                grey = np.clip(np.round(grey), 0, 255).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2)
             return np.asarray(image.convert("RGB"))
     except OSError as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise DatasetFolderError(f"cannot read the image {path}: {error}") from None
+
+
+def _stack(arrays: list[np.ndarray], files: Sequence[Path | str], root: Path) -> np.ndarray:
+    """``[N, H, W, 3]`` of images that must all have one size; another size is refused, naming a file."""
+    odd = [(f, a.shape) for f, a in zip(files, arrays, strict=True) if a.shape != arrays[0].shape]
+    if odd:
+        (name, shape), (h, w, _) = odd[0], arrays[0].shape
+        raise DatasetFolderError(
+            f"{root} holds images of several sizes: {name} is {shape[1]} x {shape[0]} px, {files[0]} "
+            f"{w} x {h} px ({len(odd)} of {len(arrays)} differ); give it images of one size"
+        )
+    return np.stack(arrays)
 
 
 def load_synthetic(
@@ -136,7 +157,9 @@ def load_synthetic(
             f"`diffdfkd synthesize` with the same config: it remakes them byte-identical"
         )
     num_classes = len(class_names)
-    pixels = np.stack([_open_image(root / r["file"]) for r in rows])
+    pixels = _stack(
+        [_open_image(dataset_file(root, r["file"])) for r in rows], [r["file"] for r in rows], root
+    )
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255.0)
     one_hot = torch.eye(num_classes)
     targets = torch.stack(
@@ -207,24 +230,30 @@ def match_class_folders(root: str | Path, class_names: Sequence[str]) -> list[tu
     return [(folder, k) for folder, k in matched if k is not None]
 
 
+def class_image_files(root: str | Path, class_names: Sequence[str]) -> list[tuple[Path, int]]:
+    """The images of an ImageFolder-layout folder with their classes, ``[(file, k)]``, the class folders
+    matched by name (``match_class_folders``); a class folder without images is refused, naming it
+    (its per-class accuracy would be undefined and its top-1 share silently missing)."""
+    files, empty = [], []
+    for folder, k in match_class_folders(root, class_names):
+        images = [(f, k) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        files += images
+        if not images:
+            empty.append(folder.name)
+    if empty:
+        raise DatasetFolderError(
+            f"the class folder(s) {empty} of {root} hold no images ({', '.join(IMAGE_SUFFIXES)}); every "
+            f"class needs test images, or evaluate with a teacher of fewer classes"
+        )
+    return files
+
+
 def load_image_folder(root: str | Path, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """An ImageFolder-layout folder (one sub-folder per class, matched to ``class_names`` by name,
-    see ``match_class_folders``) -> ``(images [N, 3, H, W] in [0, 1], labels [N])``; all images
-    must have one size. ``root`` may also be a synthetic dataset folder (its ``images/`` is read,
-    intermediates included)."""
-    files = [
-        (f, k)
-        for folder, k in match_class_folders(root, class_names)
-        for f in sorted(folder.iterdir())
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not files:
-        raise DatasetFolderError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    arrays = [_open_image(f) for f, _ in files]
-    sizes = {a.shape for a in arrays}
-    if len(sizes) > 1:
-        raise DatasetFolderError(
-            f"{root} holds images of several sizes {sorted(sizes)[:4]}; resize them to one size"
-        )
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)
+    see ``match_class_folders``; none empty) -> ``(images [N, 3, H, W] in [0, 1], labels [N])``; all
+    images must have one size. ``root`` may also be a synthetic dataset folder (its ``images/`` is
+    read, intermediates included)."""
+    files = class_image_files(root, class_names)
+    pixels = _stack([_open_image(f) for f, _ in files], [f for f, _ in files], Path(root))
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255.0)
     return images, torch.tensor([k for _, k in files], dtype=torch.long)

@@ -110,11 +110,14 @@ def resolve_shard(shard: int | None, num_shards: int | None) -> tuple[int, int]:
 
 
 def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
-    """Fill an empty ``generator.path`` with the world's shipped generator."""
+    """Fill an empty ``generator.path`` with the world's shipped generator (where one is shipped; only
+    the diffusion source needs one)."""
     if config.generator.path:
         return config
     path = get_world(config.world).generator
     if not (path / "model_index.json").is_file():
+        if config.synth.source != "diffdfkd":
+            return config
         raise UserError(
             f"world {config.world!r} has no shipped generator at {path} yet; train it, or set generator.path"
         )
@@ -195,6 +198,10 @@ def summarise(root: Path, seconds: float) -> dict[str, Any]:
         "mean_teacher_prob_target": sum(r["teacher_prob_target"] for r in finals) / max(len(finals), 1),
         "teacher_accuracy": sum(r["teacher_pred"] == r["class"] for r in finals) / max(len(finals), 1),
         "seconds_last_process": round(seconds, 2),
+        # every process that made a batch (resumes and shards included), from seconds/<batch>.txt
+        "seconds_all_processes": round(
+            sum(float(f.read_text()) for f in (root / "seconds").glob("*.txt")), 2
+        ),
     }
 
 
@@ -224,7 +231,7 @@ def synthesize(
     plan = SynthPlan.from_config(config, len(class_names))
     save_size = config.synth.save_size or teacher.input_size
     out = output_dir(config)
-    writer = DatasetWriter(out, class_names)
+    writer = DatasetWriter(out, class_names, started=start)
     signature = dataset_signature(config, plan, class_names, save_size)
     writer.prepare(config, signature, overwrite=overwrite)
     for b, problems in writer.drop_damaged(plan.shard_batches(shard, num_shards)).items():
@@ -277,6 +284,7 @@ def synthesize(
         logger.info("synthetic dataset %s: %s", out, summary)
     else:
         logger.info("shard %d/%d done; other batches are still missing in %s", shard, num_shards, out)
+    writer.release()
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from diffdfkd.baselines.deepinversion import DeepInversionSource
 from diffdfkd.baselines.fast import FastSource
-from diffdfkd.baselines.real import RealDataSource
+from diffdfkd.baselines.real import NoiseSource, RealDataSource
 from diffdfkd.registry import Registry
 from diffdfkd.synth.diffusion_source import DiffusionSource
 from diffdfkd.synthetic import SyntheticSource
@@ -20,6 +20,7 @@ SOURCES: Registry[SyntheticSource] = Registry(
         "diffdfkd": DiffusionSource,  # teacher-guided diffusion with Latent CutMix (mode none: plain CFG)
         "deepinversion": DeepInversionSource,  # pixels optimised from noise against the teacher
         "fast": FastSource,  # a generator meta-learned across synthesis rounds (Fang et al. 2022)
-        "real": RealDataSource,  # the world's PRIVATE training images (upper bound, not data-free)
+        "real": RealDataSource,  # a world split's real images (PRIVATE train: the upper bound, not data-free)
+        "noise": NoiseSource,  # Gaussian noise images (the floor)
     },
 )

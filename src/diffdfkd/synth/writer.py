@@ -6,11 +6,22 @@ Layout of ``<out>``::
     images/<k:03d>_<class>/<index:07d>_s<step:03d>.png   intermediates (decoded x0_hat at CutMix steps)
     parts/<batch:06d>.jsonl                         one manifest part per finished batch
     manifest.jsonl                                  all parts in batch order, once every batch is done
+    seconds/<batch:06d>.txt                         the time its process spent on each batch
     classes.json  signature.json  config.yaml  run_info.json  summary.json
 
 A batch is done iff its part exists. Its PNGs are written first (each to a temp file, then
 ``os.replace``), the part last, so a run killed at any point and started again redoes exactly the
-unfinished batches and ends byte-identical to an uninterrupted run.
+unfinished batches and ends byte-identical to an uninterrupted run. ``seconds/<batch:06d>.txt``
+holds the time its process spent on a batch (loading included for its first one), so that the
+dataset's cost counts every process that made it (not part of the dataset's bytes).
+
+A folder is claimed by its first finished batch: one that holds another config's signature but no
+finished batch (a run that failed before its first batch) is replaced without ``--overwrite``. The
+writing processes hold ``.lock`` (``files.FolderLock``): shards of the same config share it, and a
+second writer of another config is refused while they run.
+
+Every file a manifest names is resolved by ``dataset_file``, which refuses a path outside the dataset
+before anything is opened.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +43,7 @@ import numpy as np
 
 from diffdfkd.config import ConfigError, to_dict
 from diffdfkd.errors import UserError
-from diffdfkd.files import replace_atomically
+from diffdfkd.files import FolderBusyError, FolderLock, replace_atomically
 from diffdfkd.runinfo import write_run_info
 from diffdfkd.runtime import describe_changes, flatten
 
@@ -47,6 +59,7 @@ UNSIGNED_KEYS = (
 OWN_NAMES = (
     "images",
     "parts",
+    "seconds",
     "tmp",
     "manifest.jsonl",
     "summary.json",
@@ -125,9 +138,13 @@ class Record:
 class DatasetWriter:
     """Writes batches of images and manifest parts into ``root``; see the module docstring."""
 
-    def __init__(self, root: str | Path, class_names: Iterable[str]) -> None:
+    def __init__(self, root: str | Path, class_names: Iterable[str], *, started: float | None = None) -> None:
+        """``started``: the ``time.perf_counter()`` this process's work began (default: now), from
+        which its first batch's seconds are counted."""
         self.root = Path(root)
         self.class_names = tuple(class_names)
+        self._clock = time.perf_counter() if started is None else started
+        self._lock: FolderLock | None = None
 
     def part_path(self, batch: int) -> Path:
         return self.root / "parts" / f"{batch:06d}.jsonl"
@@ -145,14 +162,15 @@ class DatasetWriter:
         synthesis config: resumable) or ``"replace"`` (another config's dataset, with ``overwrite``).
 
         Raises ``ConfigError`` for another config's dataset without ``overwrite`` (naming the differing
-        keys) and for a non-empty folder that is not a synthetic dataset.
+        keys; one without a finished batch is ``"replace"`` anyway: nothing of it is lost) and for a
+        non-empty folder that is not a synthetic dataset.
         """
         sig_file = self.root / SIGNATURE_FILE
         if sig_file.is_file():
             old = json.loads(sig_file.read_text())
             if old.get("digest") == _digest(signature):
                 return "same"
-            if not overwrite:
+            if not overwrite and any((self.root / "parts").glob("*.jsonl")):
                 raise ConfigError(
                     f"{self.root} holds a dataset made with another config; differing keys: "
                     f"{describe_changes(old.get('config', {}), signature) or '(unknown)'}. Use another output folder, "
@@ -174,12 +192,30 @@ class DatasetWriter:
         return "new"
 
     def prepare(self, config: Any, signature: dict[str, Any], *, overwrite: bool = False) -> None:
-        """Create the folder, or check that it was made with the same synthesis config (see ``state``).
+        """Create the folder, or check that it was made with the same synthesis config (see ``state``),
+        and lock it for this process until ``release`` (or its exit).
 
-        ``overwrite`` deletes another config's dataset files (only those this writer makes) and starts afresh.
+        ``overwrite`` deletes another config's dataset files (only those this writer makes) and starts
+        afresh. Raises ``FolderBusyError`` while another process writes the folder with another config
+        (or replaces it).
         """
-        state = self.state(signature, overwrite=overwrite)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.state(signature, overwrite=overwrite)  # refuses before anything is created
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock = FolderLock(self.root)
+        except OSError as error:
+            raise SynthWriteError(f"cannot create the dataset folder {self.root}: {error}") from error
+        if not self._lock.hold():
+            # another process writes it: only a shard of this very config may join
+            same = self.state(signature, overwrite=overwrite) == "same"
+            if not (same and self._lock.share()):
+                self.release()
+                raise FolderBusyError(
+                    f"{self.root} is being written by another diffdfkd process (it holds "
+                    f"{self.root / '.lock'}); wait for it to finish, or choose another output folder"
+                )
+            return
+        state = self.state(signature, overwrite=overwrite)  # again, now that no one else writes
         if state == "replace":
             self._clear()
         body = {"digest": _digest(signature), "config": signature}
@@ -190,6 +226,13 @@ class DatasetWriter:
         for sub in ("images", "parts"):
             (self.root / sub).mkdir(exist_ok=True)
         write_run_info(self.root, config)
+        self._lock.share()  # shards of this config may join now
+
+    def release(self) -> None:
+        """Let other processes write the folder (also done by this process's exit)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def drop_damaged(self, batches: Iterable[int]) -> dict[int, list[str]]:
         """Mark finished batches whose files are missing or damaged (size or sha256 differ from the
@@ -203,7 +246,7 @@ class DatasetWriter:
         return dropped
 
     def _clear(self) -> None:
-        for name in ("images", "parts", "tmp"):
+        for name in ("images", "parts", "seconds", "tmp"):
             shutil.rmtree(self.root / name, ignore_errors=True)
         for name in ("manifest.jsonl", "summary.json", SIGNATURE_FILE, "classes.json"):
             (self.root / name).unlink(missing_ok=True)
@@ -223,9 +266,15 @@ class DatasetWriter:
                 staged.write_bytes(data)
                 os.replace(staged, target)
             lines = "".join(json.dumps(r.row, separators=(",", ":")) + "\n" for r in records)
+            now = time.perf_counter()
+            staged = tmp_dir / "seconds.txt"
+            staged.write_text(f"{now - self._clock:.3f}\n")
+            (self.root / "seconds").mkdir(exist_ok=True)
+            os.replace(staged, self.root / "seconds" / f"{batch:06d}.txt")
             staged = tmp_dir / "part.jsonl"
             staged.write_text(lines)
             os.replace(staged, self.part_path(batch))
+            self._clock = now
         except OSError as error:
             raise SynthWriteError(
                 f"could not write batch {batch} into {self.root}: {error} (disk full or not writable?); "
@@ -235,9 +284,50 @@ class DatasetWriter:
             shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+def dataset_file(root: str | Path, name: Any) -> Path:
+    """The file a manifest row names (``images/...``, relative to the dataset ``root``); refused, before
+    anything is opened, when it is not a relative path that stays inside ``root`` (``..``, an absolute
+    path, or a link out of it)."""
+    root = Path(root)
+    relative = Path(name) if isinstance(name, str) else None
+    if relative is None or relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise DatasetFolderError(
+            f"the manifest of {root} names the file {name!r}, which is not a path inside the dataset; "
+            f"a dataset written by diffdfkd names only files under images/ (remake it with `diffdfkd synthesize`)"
+        )
+    path = root / relative
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise DatasetFolderError(
+            f"the manifest of {root} names {name!r}, which links outside the dataset; a dataset written by "
+            f"diffdfkd holds its own files (remake it with `diffdfkd synthesize`)"
+        )
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a manifest (or manifest part) ``path``; a line that is no JSON object (a truncated
+    file) is a ``DatasetFolderError`` naming the line."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            raise DatasetFolderError(
+                f"line {number} of {path} is not a JSON manifest row (the file is truncated or damaged); "
+                f"rerun `diffdfkd synthesize` with the same config: it rewrites the manifest from its parts"
+            )
+        rows.append(row)
+    return rows
+
+
 def file_problem(root: Path, row: dict[str, Any]) -> str | None:
-    """What is wrong with the file of manifest ``row`` (missing, or size / sha256 differ), else None."""
-    path = root / row["file"]
+    """What is wrong with the file of manifest ``row`` (missing, or size / sha256 differ), else None.
+    A row naming a path outside the dataset is refused (``dataset_file``)."""
+    path = dataset_file(root, row.get("file"))
     if not path.is_file():
         return f"{row['file']} is missing"
     if "bytes" in row and path.stat().st_size != row["bytes"]:
@@ -250,8 +340,11 @@ def file_problem(root: Path, row: dict[str, Any]) -> str | None:
 def damaged_files(root: str | Path, batch: int) -> list[str]:
     """The problems of the files listed in a finished batch's manifest part (empty: all intact)."""
     root = Path(root)
-    lines = (root / "parts" / f"{batch:06d}.jsonl").read_text().splitlines()
-    problems = (file_problem(root, json.loads(line)) for line in lines if line.strip())
+    try:
+        rows = read_jsonl(root / "parts" / f"{batch:06d}.jsonl")
+    except DatasetFolderError as error:
+        return [str(error)]
+    problems = (file_problem(root, row) for row in rows)
     return [p for p in problems if p is not None]
 
 

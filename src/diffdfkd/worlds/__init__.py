@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from diffdfkd.config import ConfigError, ExperimentConfig
-from diffdfkd.models.teacher import TeacherSpec, is_torchscript
+from diffdfkd.config import ConfigError, ExperimentConfig, TeacherConfig
+from diffdfkd.models.teacher import TeacherSpec, carries_architecture
 from diffdfkd.registry import Registry, UnknownNameError
-from diffdfkd.worlds import digits
+from diffdfkd.worlds import digits, emoji
 from diffdfkd.worlds.looks import LOOKS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -41,8 +41,9 @@ class World:
     teacher_std: tuple[float, ...]
     teacher_weights: Path
     generator: Path
-    looks: tuple[str, ...]  # the looks the generator was trained on (diffdfkd.worlds.looks)
+    looks: tuple[str, ...]  # the looks (digits) or styles (emoji) the generator was trained on
     description: str
+    look_judge: str = "looks"  # the measuring classifier of those looks (diffdfkd.worlds.judge.JUDGES)
 
     def load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Load ``'public:<split>'`` or ``'private:<split>'``."""
@@ -116,7 +117,32 @@ def digits_mnist_world() -> World:
     )
 
 
-WORLDS: Registry[World] = Registry("world", {"digits": digits_world, "digits-mnist": digits_mnist_world})
+def emoji_world() -> World:
+    return World(
+        name="emoji",
+        class_names=emoji.CLASS_NAMES,
+        image_size=emoji.IMAGE_SIZE,
+        public_splits=emoji.PUBLIC_SPLITS,
+        private_splits=emoji.PRIVATE_SPLITS,
+        load_public=emoji.load_public,
+        load_private=emoji.load_private,
+        teacher_arch="wrn_16_2",
+        teacher_mean=(0.0, 0.0, 0.0),  # trained on images in [0, 1], as every teacher diffdfkd trains
+        teacher_std=(1.0, 1.0, 1.0),
+        teacher_weights=WEIGHTS_DIR / "emoji_teacher.safetensors",
+        generator=WEIGHTS_DIR / "emoji_generator",
+        looks=emoji.PUBLIC_STYLES,
+        description=(
+            "the paper's DomainNet setting at CPU scale: 12 classes of emoji; the teacher knows only "
+            "Twemoji (PRIVATE), the generator's prior six other openly licensed styles (PUBLIC)"
+        ),
+        look_judge="emoji-styles",
+    )
+
+
+WORLDS: Registry[World] = Registry(
+    "world", {"digits": digits_world, "digits-mnist": digits_mnist_world, "emoji": emoji_world}
+)
 """The shipped worlds by name."""
 
 
@@ -128,33 +154,45 @@ def list_worlds() -> list[str]:
     return WORLDS.names()
 
 
+def _value(value: object) -> str:
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
 def teacher_spec(config: ExperimentConfig) -> TeacherSpec:
     """The configured teacher: the world's shipped one when ``teacher.weights`` is empty; else the
     given file, with the world's class names and arch where the config leaves them empty (a
-    TorchScript file carries its own arch).
+    TorchScript or torch.export file carries its own network).
 
-    Raises ``ConfigError`` for a missing weights file, for class names that differ from the shipped
-    teacher's, and for empty fields that a world which is not shipped cannot fill.
+    Raises ``ConfigError`` for a missing weights file, for teacher keys (arch, class names, input size,
+    channels, mean, std) set to other values than the shipped teacher's beside an empty
+    ``teacher.weights`` (they would be ignored), and for empty fields that a world which is not shipped cannot fill.
     """
     tc = config.teacher
     if not tc.weights:
         spec = get_world(config.world).teacher_spec()
-        if tc.class_names and tuple(tc.class_names) != spec.class_names:
+        # the shipped teacher brings its own facts: a key set to others would be ignored, so it is refused
+        default = TeacherConfig()
+        keys = ("arch", "class_names", "input_size", "in_channels", "mean", "std")
+        ignored = [k for k in keys if getattr(tc, k) not in (getattr(default, k), getattr(spec, k))]
+        if ignored:
+            given = ", ".join(f"teacher.{k}={_value(getattr(tc, k))}" for k in ignored)
+            shipped = ", ".join(f"{k}={_value(getattr(spec, k))}" for k in ignored)
             raise ConfigError(
-                f"teacher.class_names {list(tc.class_names)} differ from the teacher's classes {list(spec.class_names)}"
+                f"{given} set with an empty teacher.weights, which means the {config.world} world's shipped "
+                f"teacher ({shipped}); set teacher.weights to the file these keys describe, or remove them"
             )
         return spec
     names, arch = tuple(tc.class_names), tc.arch
     if not Path(tc.weights).is_file():
         raise ConfigError(f"teacher.weights: {tc.weights} does not exist")
-    # The world fills only what the teacher does not say itself (a TorchScript file has its arch).
-    if not names or not (arch or is_torchscript(Path(tc.weights))):
+    # The world fills only what the teacher does not say itself (a TorchScript or .pt2 file has its network).
+    if not names or not (arch or carries_architecture(Path(tc.weights))):
         if config.world not in list_worlds():
             missing = "teacher.class_names" if not names else "teacher.arch"
             raise ConfigError(
                 f"set {missing}: world {config.world!r} is not a shipped world that could fill it"
                 + (
-                    f" ({tc.weights} is not a TorchScript file, which would carry its architecture)"
+                    f" ({tc.weights} is not a TorchScript file or a torch.export (.pt2) program, which would carry its network)"
                     if names
                     else ""
                 )

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from diffdfkd.diffusion.components import TINY_DECODER_DIR
 from diffdfkd.worlds import World
-from diffdfkd.worlds.looks import render_look
+from diffdfkd.worlds.looks import LOOKS, render_look
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,11 @@ def train_tiny_decoder(
 
 def public_renderings(world: World) -> torch.Tensor:
     """The world's PUBLIC training images ``[N * looks, 3, H, W]`` in [0, 1], rendered in every look its
-    generator was trained on: the latents a guidance decoder must decode."""
+    generator was trained on (digits), or as they are where each image is already in its style (emoji):
+    the latents a guidance decoder must decode."""
     images, _ = world.load("public:train")
+    if not set(world.looks) <= set(LOOKS):
+        return images
     return torch.cat([render_look(images, look) for look in world.looks])
 
 
