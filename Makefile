@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 # CPU smoke run by default; on a GPU: make bench-speed SPEED_ARGS="--device cuda"
 SPEED_ARGS ?= --tiny --threads 1
 
-.PHONY: install lock demo test bench bench-demo bench-goals bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed bench-guidance-cost lint format clean
+.PHONY: install lock demo test test-all docs bench bench-demo bench-goals bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed bench-guidance-cost lint format clean
 
 install: $(STAMP)
 
@@ -39,8 +39,13 @@ lock: install
 demo: install
 	$(BIN)/diffdfkd demo
 
+# The fast tests (pyproject's addopts leave out `slow` and `gpu`); `make test-all` adds the slow ones
+# (SIGKILLed subprocesses, DDP under torchrun, headless Chromium, the quick demo), as CI runs them.
 test: install
 	$(BIN)/python -m pytest
+
+test-all: install
+	$(BIN)/python -m pytest -m "not gpu"
 
 # Benchmarks write under benchmarks/results/ and are summarised in BENCHMARKS.md.
 bench: bench-world bench-synth bench-digits bench-baselines bench-speed bench-guidance-cost bench-demo bench-goals
@@ -56,7 +61,7 @@ bench-synth: install
 	$(BIN)/python benchmarks/synth_bench.py --threads 1 --images-per-class 10
 
 bench-digits: install
-	$(BIN)/diffdfkd bench --world digits --seeds 3 --out benchmarks/results/digits
+	$(BIN)/python benchmarks/digits_bench.py --seeds 3 --out benchmarks/results/digits
 
 # Issue 14's comparison (benchmarks/baselines_digits.py, one torch thread, resumable per (row, seed)): every
 # row at 1,000 images in `digits` (3 seeds; Fast with and without its adversarial term), the levers, the
@@ -66,16 +71,16 @@ bench-digits: install
 bench-baselines: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3 --only diffdfkd_raw_step,diffdfkd_look_prompt
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits-mnist --seeds 3 --only diffdfkd_adv,diffdfkd
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits-mnist --seeds 3 --only diffdfkd,diffdfkd_no_adv
 	for w in digits digits-mnist; do \
 	  test -f benchmarks/results/baselines/$$w-100/adapted_generator/adapt_info.json || \
 	    OMP_NUM_THREADS=1 $(BIN)/python benchmarks/adapt_generator.py --world $$w --json benchmarks/results/tuning/adapt-$$w-150.json \
 	      --save benchmarks/results/baselines/$$w-100/adapted_generator || exit 1; \
 	  OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world $$w --seeds 3 --only diffdfkd_adapted || exit 1; \
 	done
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 200 --seeds 3 --only diffdfkd_adv,fast
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 3 --only diffdfkd_adv,fast,kd_real
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 1 --only diffdfkd
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 200 --seeds 3 --only diffdfkd,fast
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 3 --only diffdfkd,fast,kd_real
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --images-per-class 500 --seeds 1 --only diffdfkd_no_adv
 
 # How the baselines' settings were chosen (synthetic-data signals only).
 bench-tune-baselines: install
@@ -98,6 +103,10 @@ bench-goals: install
 
 bench-speed: install
 	$(BIN)/python benchmarks/synth_throughput.py $(SPEED_ARGS)
+
+# The config reference, generated from the schema (a test fails when docs/config.md is out of date).
+docs: install
+	$(BIN)/python -m diffdfkd.config.reference docs/config.md
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

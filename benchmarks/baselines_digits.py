@@ -5,9 +5,10 @@ source interface and the resumable writer, the world's KD recipe from its shippe
 evaluation on the PRIVATE test split, final epoch), with ``--images-per-class`` (default 100: 1,000
 images per run) and one torch thread:
 
-- ``diffdfkd_adv``: DiffDFKD as shipped (with the adversarial term against the online student);
-- ``diffdfkd``: the same without the adversarial term;
-- ``unguided_class_prompt``: the same generator and prompts without the teacher (DM-KD style);
+- ``diffdfkd``: DiffDFKD as shipped (with the adversarial term against the online student);
+- ``diffdfkd_no_adv``: the same without the adversarial term;
+- ``diffdfkd_paper``: the paper's published recipe (raw step 1, CE 1, BN 0.1, adversarial 1);
+- ``unguided``: the same generator and prompts without the teacher (DM-KD style);
 - ``deepinversion`` in batches of 100 (5 mixing groups of 20: the same images as batches of 20 up to
   float rounding, and about 3x cheaper per image on a CPU);
 - ``fast`` in rounds of 20 (its batch is its round, so the batch size is part of the method), and
@@ -15,7 +16,8 @@ images per run) and one torch thread:
 - ``kd_real``: KD on the real PRIVATE training images (the upper bound; not data-free).
 
 Every (row, seed) keeps its folder under ``<out>/runs``: a rerun skips finished runs and resumes
-unfinished ones. Then ``<out>/results.{json,md}``, ``accuracy.png`` and ``grids/`` are written for
+unfinished ones (a folder whose saved config lacks the row's overrides, as one made under a row's
+former name, is not reported for it). Then ``<out>/results.{json,md}``, ``accuracy.png`` and ``grids/`` are written for
 every finished (row, seed) found under ``<out>/runs`` (``--report-only``: just that).
 
 Usage: python benchmarks/baselines_digits.py [--world digits] [--images-per-class 100] [--seeds 3]
@@ -36,22 +38,29 @@ import json  # noqa: E402
 from diffdfkd.bench import (  # noqa: E402
     ABLATION,
     BASELINE,
+    NO_ADV,
+    ROW_NAMES_VERSION,
     ROWS,
     WORLD_CONFIGS,
     Row,
     aggregate,
-    goal_check,
+    comparison,
     machine,
+    overrides_hold,
+    read_results,
     run_bench,
     run_record,
     write_outputs,
 )
+from diffdfkd.check import saved_config  # noqa: E402
 from diffdfkd.config import load_config, to_dict  # noqa: E402
+from diffdfkd.worlds.looks import LOOK_PROMPTS  # noqa: E402
 
 ROW_NAMES = [
-    "diffdfkd_adv",
     "diffdfkd",
-    "unguided_class_prompt",
+    "diffdfkd_no_adv",
+    "diffdfkd_paper",
+    "unguided",
     "deepinversion",
     "fast",
     "fast_adv",
@@ -62,11 +71,13 @@ LEVER_ROWS = ["diffdfkd_raw_step", "diffdfkd_look_prompt", "diffdfkd_adapted"]
 ADAPTED_GENERATOR = "adapted_generator"  # in the out folder: adapt_generator.py --save
 # Fast's adversarial weight, chosen on public signals like DiffDFKD's (tuning/guidance_step.md).
 FAST_ADV_WEIGHT = 1.0
+LOOK_PROMPT = LOOK_PROMPTS["scan"].replace("{name}", "{label}")  # the teacher's look, named
 
 
 def script_rows(out: Path) -> tuple[Row, ...]:
-    """This bench's rows beside ``diffdfkd.bench.ROWS``: Fast with its adversarial term, and DiffDFKD
-    on the generator adapted to the teacher (made beforehand in ``out``)."""
+    """This bench's rows beside ``diffdfkd.bench.ROWS``: Fast with its adversarial term, DiffDFKD with
+    prompts naming the teacher's look (digits only), and DiffDFKD on the generator adapted to the
+    teacher (made beforehand in ``out``)."""
     fast_adv = Row(
         "fast_adv",
         BASELINE,
@@ -82,7 +93,14 @@ def script_rows(out: Path) -> tuple[Row, ...]:
         "one-step predictions, seed 0, used by every seed)",
         {"guidance.adv_weight": 1.0, "generator.path": str(out / ADAPTED_GENERATOR)},
     )
-    return fast_adv, adapted
+    look_prompt = Row(
+        "diffdfkd_look_prompt",
+        ABLATION,
+        "DiffDFKD without the adversarial term, with look-naming class prompts (a user who knows the "
+        "teacher's domain: low-resolution scans)",
+        {**NO_ADV, "generator.prompt_template": LOOK_PROMPT},
+    )
+    return fast_adv, look_prompt, adapted
 
 
 BUDGET_NOTE = """\
@@ -101,9 +119,9 @@ def row_budget(name: str, per_class: int) -> dict:
 
 
 def committed_rows(out: Path) -> dict[str, dict]:
-    """The rows of ``out/results.json`` as committed, by name (read before any run rewrites the file)."""
+    """The rows of ``out/results.json`` as committed, by today's name (read before any run rewrites the file)."""
     path = out / "results.json"
-    return {r["name"]: r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
+    return {r["name"]: r for r in read_results(path)["rows"]} if path.is_file() else {}
 
 
 def saved_report(out: Path, names: list[str], world: str, per_class: int, committed: dict[str, dict]) -> dict:
@@ -115,7 +133,10 @@ def saved_report(out: Path, names: list[str], world: str, per_class: int, commit
     rows = []
     for row in [r for r in (*ROWS, *script_rows(out)) if r.name in names]:
         folders = sorted((out / "runs" / row.name).glob("seed*"))
-        done = [f for f in folders if (f / "results.json").is_file()]
+        done = [
+            f for f in folders
+            if (f / "results.json").is_file() and overrides_hold(row, saved_config(f / "config.yaml"))
+        ]  # fmt: skip
         runs = [run_record(json.loads((f / "results.json").read_text()), f) for f in done]
         if runs:
             rows.append(aggregate(row, runs))
@@ -130,7 +151,8 @@ def saved_report(out: Path, names: list[str], world: str, per_class: int, commit
         "base_config": to_dict(load_config(WORLD_CONFIGS[world])),
         "machine": machine(1),
         "wall_seconds_this_call": 0.0,
-        "goal": goal_check(rows),
+        "comparison": comparison(rows),
+        "row_names": ROW_NAMES_VERSION,
         "rows": rows,
     }
 

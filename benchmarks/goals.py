@@ -4,7 +4,8 @@ Reads the comparison folders of ``benchmarks/baselines_digits.py`` (``results/ba
 results.json``) and the demo record (``results/demo/results.json``, written by ``make bench-demo``), and
 writes ``results/goals.json`` and ``results/goals.md``:
 
-"DiffDFKD" is the row of the shipped config (kind ``ours``: ``diffdfkd_adv``).
+"DiffDFKD" is the row of the shipped config (kind ``ours``: ``diffdfkd``; results files written before the
+rows were renamed are read under today's names, see ``diffdfkd.bench.read_results``).
 
 1. ``digits`` at 100 images per class: DiffDFKD mean >= 0.95 and >= 3 points above the strongest
    data-free baseline; at 500 per class: at most 1 point below ``kd_real`` and >= 3 points above the
@@ -28,20 +29,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from diffdfkd.bench import mean_difference
+from diffdfkd.bench import mean_difference, read_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GENERATOR_FREE = ("deepinversion", "fast", "fast_adv", "kd_real")
-DATA_FREE_BASELINES = ("deepinversion", "fast", "fast_adv", "unguided_class_prompt")
+DATA_FREE_BASELINES = ("deepinversion", "fast", "fast_adv", "unguided")
 WORLDS = ("digits", "digits-mnist")
 CURVE_BUDGETS = (100, 200, 500)  # images per class
 CURVE_ROWS = (
-    "diffdfkd_adv",
     "diffdfkd",
+    "diffdfkd_no_adv",
+    "diffdfkd_paper",
     "fast",
     "fast_adv",
     "deepinversion",
-    "unguided_class_prompt",
+    "unguided",
     "kd_real",
 )
 
@@ -54,7 +56,7 @@ def rows_at(world: str, per_class: int, root: Path = RESULTS) -> dict[str, dict[
         path = root / "baselines" / f"{source}-{per_class}" / "results.json"
         if not path.is_file():
             continue
-        for row in json.loads(path.read_text())["rows"]:
+        for row in read_results(path)["rows"]:
             if row["name"] in rows or (source != world and row["name"] not in GENERATOR_FREE):
                 continue
             rows[row["name"]] = row if source == world else {**row, "borrowed_from": path.parent.name}

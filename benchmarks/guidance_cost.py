@@ -92,11 +92,11 @@ def images_per_second(config: Any, images: int) -> float:
 def student_runs(world: str, base: Any, name: str, seeds: int, budget: dict, out: Path) -> list[float]:
     """Private-test top-1 (final epoch) of option ``name`` for seeds ``0 .. seeds-1`` (resumable).
 
-    ``full`` is ``RECIPE``, the efficacy bench's ``diffdfkd`` row at the same budget: its runs
-    live (and are reused, or made) under ``results/baselines/<world>-<N>/runs/diffdfkd``."""
+    ``full`` is ``RECIPE``, the efficacy bench's ``diffdfkd_no_adv`` row at the same budget: its runs
+    live (and are reused, or made) under ``results/baselines/<world>-<N>/runs/diffdfkd_no_adv``."""
     row = Row(name, "guidance-cost", f"{world}: {name}", OPTIONS[name])
     if name == "full":
-        row = Row("diffdfkd", "ablation", f"{world}: the shipped config without the adversarial term")
+        row = Row("diffdfkd_no_adv", "ablation", f"{world}: the shipped config without the adversarial term")
         # as baselines_digits.py names it (relative to the repository root), so the saved out_dir matches
         out = Path(os.path.relpath(BASELINES / f"{world}-{budget['synth.images_per_class']}"))
     return [

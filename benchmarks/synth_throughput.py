@@ -713,7 +713,7 @@ def decomposed_flops(
         with torch.set_grad_enabled(mode != "detach_unet"):
             eps = eps_at(z)
         images = decode_latents(components, predict_x0(z, eps, abar), vae=guidance_vae)
-        with BNStatistics(teacher.model, Units("sample")) as bn:
+        with BNStatistics(teacher.network, Units("sample")) as bn:
             logits = teacher(images).float()
             loss = cross_entropy(logits, targets, Units("sample")) + 0.1 * bn.loss()
         torch.autograd.grad(loss, z)

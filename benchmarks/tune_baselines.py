@@ -120,7 +120,7 @@ def markdown(method: str, rows: list[dict], per_class: int) -> str:
         f"`python benchmarks/tune_baselines.py {method} --per-class {per_class}`: {per_class * 10} images per "
         "candidate, one torch thread, on the project's shared 2-core CPU (speeds are upper bounds on cost). "
         "No PRIVATE image is read. `bn_distance`: BN-statistics distance of the whole set to the teacher's "
-        "running statistics (real PRIVATE train images: 2.36, see METHOD.md); `judge`: PUBLIC-MNIST judge "
+        "running statistics (real PRIVATE train images: 2.36, by `diffdfkd.evaluate.bn_statistics_distance`); `judge`: PUBLIC-MNIST judge "
         "accuracy.",
         "",
         "| overrides | teacher acc | p(target) | bn_distance | judge | agree_scan | agree_all | s/image |",

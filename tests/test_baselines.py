@@ -9,14 +9,13 @@ from diffdfkd.baselines.cmi import CMISource, instance_contrast, local_view
 from diffdfkd.baselines.deepinversion import DeepInversionSource, jitter_view
 from diffdfkd.baselines.fast import FastSource
 from diffdfkd.baselines.real import RealDataSource
-from diffdfkd.config import ConfigError, DeepInversionConfig, load_config, replace
+from diffdfkd.config import ConfigError, load_config, replace
 from diffdfkd.models.teacher import build_teacher
 from diffdfkd.pipeline import DEMO_CONFIG, distill
 from diffdfkd.runtime import generators_for, sample_seed
 from diffdfkd.synth.dataset import load_synthetic
 from diffdfkd.synth.online_student import OnlineStudent
 from diffdfkd.synth.run import SynthPlan, synthesize
-from diffdfkd.synth.sources import SOURCES
 from diffdfkd.worlds import get_world, teacher_spec
 
 
@@ -29,10 +28,6 @@ def _batch(config, num_classes=3, batch=0):
 def _target_prob(teacher, images, targets):
     with torch.no_grad():
         return (teacher(images).softmax(dim=1) * targets).sum(dim=1)
-
-
-def test_sources_are_registered():
-    assert {"diffdfkd", "deepinversion", "fast", "cmi", "real"} <= set(SOURCES.names())
 
 
 def test_deepinversion_lowers_its_loss_and_raises_the_target_probability(make_config, make_teacher, tmp_path):
@@ -62,9 +57,7 @@ def test_deepinversion_is_deterministic_per_index(make_config, make_teacher, tmp
     assert not torch.equal(source.initial_images(indices), source.initial_images(indices + 4))
 
 
-def test_flips_are_off_for_digits_and_a_parameter():
-    assert DeepInversionConfig().flip is False
-    assert load_config(DEMO_CONFIG).deepinversion.flip is False
+def test_a_flip_mirrors_some_views_and_leaves_the_others():
     images = torch.rand(16, 3, 8, 8)
     unflipped = jitter_view(images, [torch.Generator().manual_seed(i) for i in range(16)], 0, flip=False)
     assert torch.equal(unflipped, images)
@@ -155,7 +148,6 @@ def test_deepinversion_with_a_grayscale_teacher_makes_grey_images(make_config, m
     colour = DeepInversionSource(replace(config, **{"teacher.grayscale": False}), make_teacher())
     coloured = colour.generate(indices, targets).images
     assert not torch.equal(coloured[:, 0], coloured[:, 1])
-    assert load_config(DEMO_CONFIG).teacher.grayscale is True  # the digits world declares it
 
 
 def test_fast_meta_learns_across_rounds_and_replays_after_a_resume(make_config, make_teacher, tmp_path):

@@ -20,7 +20,7 @@ from diffdfkd.bench import (
     run_record,
     select_rows,
 )
-from diffdfkd.config import ConfigError, load_config, replace
+from diffdfkd.config import ConfigError, load_config, replace, to_dict
 from diffdfkd.pipeline import DEMO_CONFIG
 
 TINY_BUDGET = {
@@ -36,15 +36,25 @@ TINY_BUDGET = {
 }
 
 
-def test_every_row_shares_the_budget_and_the_recipe(tmp_path):
+def test_every_row_is_its_own_experiment_on_one_budget_and_one_recipe(tmp_path):
+    """No two rows run the same config (a row whose overrides were lost or repeat another's would), every
+    row keeps the shared budget, and the KD recipe is one for all (the from-scratch row only drops KD)."""
     base = load_config(DEMO_CONFIG)
-    assert len({r.name for r in ROWS}) == len(ROWS)
-    recipe = row_config(base, ROWS[0], 2, FULL_BUDGET, tmp_path).distill
+    configs = {row.name: row_config(base, row, 2, FULL_BUDGET, tmp_path) for row in ROWS}
+    experiments = {json.dumps({**to_dict(c), "out_dir": ""}, sort_keys=True) for c in configs.values()}
+    assert len(experiments) == len(ROWS)
+    recipe = configs["diffdfkd"].distill
     for row in ROWS:
-        config = row_config(base, row, 2, FULL_BUDGET, tmp_path)
-        assert config.seed == 2 and config.out_dir == str(tmp_path / "runs" / row.name / "seed2")
-        assert config.synth.images_per_class == FULL_BUDGET["synth.images_per_class"]
-        assert dataclasses.replace(config.distill, kd=True) == recipe  # one recipe for every row
+        config = configs[row.name]
+        assert all(str(budget) == str(_get(config, key)) for key, budget in FULL_BUDGET.items()), row.name
+        assert all(str(value) == str(_get(config, key)) for key, value in row.overrides.items()), row.name
+        assert dataclasses.replace(config.distill, kd=True) == recipe, row.name
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def synthesis_fingerprint(run: Path) -> str:
@@ -58,12 +68,23 @@ def synthesis_fingerprint(run: Path) -> str:
 def test_row_selection():
     assert [r.name for r in select_rows(None, quick=True)] == [r.name for r in ROWS if r.name in QUICK_ROWS]
     assert len(select_rows(None, quick=False)) == len(ROWS)
-    assert [r.name for r in select_rows(["kd_real", "diffdfkd"], quick=False)] == ["diffdfkd", "kd_real"]
+    assert [r.name for r in select_rows(["kd_real", "diffdfkd_no_adv"], quick=False)] == [
+        "diffdfkd_no_adv",
+        "kd_real",
+    ]
     with pytest.raises(ConfigError, match="unknown bench rows nope"):
         select_rows(["nope"], quick=False)
 
 
-def test_run_bench_end_to_end_and_resume(make_config, make_tiny_pipeline, tmp_path, eval_folder):
+# Fast: the rows whose images pair up (L_adv inside its warm-up; KD vs CE on the same real images) and two
+# others; slow: every row makes its own images.
+SOME_ROWS = ("diffdfkd", "diffdfkd_no_adv", "unguided", "deepinversion", "kd_real", "scratch_real")
+
+
+@pytest.mark.parametrize(
+    "names", [SOME_ROWS, pytest.param(None, marks=pytest.mark.slow, id="every-row")], ids=["some-rows", None]
+)
+def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder, names):
     base = replace(
         make_config(tmp_path / "unused"),
         **{
@@ -71,13 +92,12 @@ def test_run_bench_end_to_end_and_resume(make_config, make_tiny_pipeline, tmp_pa
             "distill.student": "lenet5",
             "distill.holdout_fraction": 0.25,
             "generator.prompt_template": "a handwritten digit {label}",  # as shipped: class prompts
-            # a window that holds the look-naming prompts (the digits tokenizer's 12 tokens)
-            "generator.path": str(make_tiny_pipeline(tmp_path / "sd", max_length=12)),
         },
     )
     out = tmp_path / "bench"
-    report = run_bench(seeds=1, out=out, base=base, budget=TINY_BUDGET, progress=False)
-    assert [r["name"] for r in report["rows"]] == [r.name for r in ROWS]
+    report = run_bench(seeds=1, out=out, base=base, budget=TINY_BUDGET, progress=False, only=names)
+    rows = select_rows(names, quick=False)
+    assert [r["name"] for r in report["rows"]] == [r.name for r in rows]
     for name in ("results.json", "results.md", "accuracy.png"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "results.json").read_text())
@@ -100,16 +120,17 @@ def test_run_bench_end_to_end_and_resume(make_config, make_tiny_pipeline, tmp_pa
     # images (an ignored override would repeat another row's set); kd_real and scratch_real differ only
     # in the distillation (KD vs CE without the teacher), so they share their images, not their student.
     # The adversarial row is the exception: this budget's two rounds lie inside the online student's
-    # warm-up, so L_adv is off and its images are diffdfkd's (tests/test_synth.py shows L_adv at work);
-    # here it must at least have run with its override.
-    prints = {row.name: synthesis_fingerprint(out / "runs" / row.name / "seed0") for row in ROWS}
-    assert prints.pop("diffdfkd_adv") == prints["diffdfkd"]
-    assert load_config(out / "runs" / "diffdfkd_adv" / "seed0" / "config.yaml").guidance.adv_weight == 1.0
+    # warm-up, so L_adv is off and its images are diffdfkd_no_adv's (tests/test_synth.py shows L_adv at
+    # work); here it must at least have run with its override.
+    prints = {row.name: synthesis_fingerprint(out / "runs" / row.name / "seed0") for row in rows}
+    assert prints.pop("diffdfkd") == prints["diffdfkd_no_adv"]
+    assert load_config(out / "runs" / "diffdfkd" / "seed0" / "config.yaml").guidance.adv_weight == 1.0
     assert prints["kd_real"] == prints["scratch_real"]
     assert len(set(prints.values())) == len(prints) - 1
     students = [(out / "runs" / n / "seed0" / "student" / "student.safetensors").read_bytes() for n in ("kd_real", "scratch_real")]  # fmt: skip
     assert students[0] != students[1]
-    assert set(saved["goal"]) >= {"margin_over_best_baseline", "gap_to_kd_real"}
+    assert set(saved["comparison"]) >= {"margin_over_best_baseline", "gap_to_kd_real"}
+    assert "## Comparison" in md and "minus the strongest data-free baseline" in md
 
     # A run folder made before the look mix and the BN distance were recorded: measured from the folder.
     run = out / "runs" / "deepinversion" / "seed0"
@@ -174,13 +195,13 @@ def test_a_row_from_before_the_new_measures_still_renders():
            "teacher_accuracy": 1.0, "teacher_prob_target": 0.9, "teacher_confidence": 0.9,
            "per_class": {"zero": 0.5}, "look_mix": {"scan": 1.0}, "bn_distance": 3.0}  # fmt: skip
     new = ("bn_distance", "student_per_class_mean", "look_mix_mean")
-    old_row = {k: v for k, v in aggregate(ROWS[1], [run]).items() if k not in new}
+    old_row = {k: v for k, v in aggregate(ROWS[0], [run]).items() if k not in new}
     report = {"world": "digits", "seeds": 1, "quick": False, "budget": {}, "machine": machine(1),
               "wall_seconds_this_call": 0.0, "goal": {}, "rows": [old_row]}  # fmt: skip
     md = markdown(report)
-    assert "| diffdfkd_adv | ours | 50.0 ± 0.0 | 100.0 | 0.900 | 0.900 | n/a | 80.0 |" in md
+    assert "| diffdfkd | ours | 50.0 ± 0.0 | 100.0 | 0.900 | 0.900 | n/a | 80.0 |" in md
     assert "Look mix" not in md and "| row | zero |" not in md
-    assert "| 3.000 |" in markdown({**report, "rows": [aggregate(ROWS[1], [run])]})
+    assert "| 3.000 |" in markdown({**report, "rows": [aggregate(ROWS[0], [run])]})
 
 
 def test_a_kept_row_without_local_runs_keeps_its_committed_grid(tmp_path):
@@ -191,3 +212,31 @@ def test_a_kept_row_without_local_runs_keeps_its_committed_grid(tmp_path):
     (tmp_path / "grids" / "fast.png").write_bytes(b"committed")
     write_grids({"rows": [{"name": "fast"}]}, tmp_path)
     assert (tmp_path / "grids" / "fast.png").read_bytes() == b"committed"
+
+
+def test_results_written_before_the_renames_read_under_todays_names(tmp_path):
+    """A results.json without a ``row_names`` version: its ``diffdfkd`` was the row without the
+    adversarial term, its ``diffdfkd_adv`` the shipped config; a file of today's names is left alone."""
+    from diffdfkd.bench import ROW_NAMES_VERSION, read_results
+
+    old = {"goal": {"ours": "diffdfkd_adv", "best_baseline": "unguided_class_prompt"},
+           "rows": [{"name": n} for n in ("diffdfkd", "diffdfkd_adv", "unguided_class_prompt", "fast")]}  # fmt: skip
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    read = read_results(tmp_path / "old.json")
+    assert [r["name"] for r in read["rows"]] == ["diffdfkd_no_adv", "diffdfkd", "unguided", "fast"]
+    assert read["goal"] == {"ours": "diffdfkd", "best_baseline": "unguided"}
+    new = {"row_names": ROW_NAMES_VERSION, "rows": [{"name": "diffdfkd"}, {"name": "diffdfkd_no_adv"}]}
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    assert read_results(tmp_path / "new.json") == new
+
+
+def test_a_run_folder_of_another_row_of_the_same_name_is_not_reported():
+    """Before the renames ``runs/diffdfkd`` held runs without the adversarial term: their saved config
+    lacks today's ``diffdfkd`` overrides."""
+    from diffdfkd.bench import overrides_hold
+
+    (ours,) = select_rows(["diffdfkd"], quick=False)
+    assert overrides_hold(ours, {"guidance": {"adv_weight": 1.0, "bn_weight": 1.0}})
+    assert not overrides_hold(ours, {"guidance": {"adv_weight": 0.0}})
+    (paper,) = select_rows(["diffdfkd_paper"], quick=False)
+    assert paper.overrides["guidance.step_norm"] == "none" and paper.overrides["guidance.step_size"] == 1.0

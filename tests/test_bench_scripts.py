@@ -28,27 +28,35 @@ def _row(name: str, mean: float, seeds: int = 1, kind: str = "baseline") -> dict
 
 def _write(root: Path, folder: str, rows: list[dict]) -> None:
     (root / "baselines" / folder).mkdir(parents=True)
-    (root / "baselines" / folder / "results.json").write_text(json.dumps({"rows": rows}))
+    (root / "baselines" / folder / "results.json").write_text(json.dumps({"row_names": 2, "rows": rows}))
 
 
 def test_budget_curve_collects_each_row_over_budgets_and_borrows_generator_free_rows(tmp_path):
     goals = _script("goals")
-    _write(tmp_path, "digits-100", [_row("diffdfkd_adv", 0.94, 3, "ours"), _row("kd_real", 0.99, 3)])
-    _write(tmp_path, "digits-200", [_row("diffdfkd_adv", 0.98, 1, "ours"), _row("fast", 0.97)])
+    _write(tmp_path, "digits-100", [_row("diffdfkd", 0.94, 3, "ours"), _row("kd_real", 0.99, 3)])
+    _write(tmp_path, "digits-200", [_row("diffdfkd", 0.98, 1, "ours"), _row("fast", 0.97)])
     # generator-free rows of the other world stand for both; generator rows do not
-    _write(tmp_path, "digits-mnist-100", [_row("fast", 0.96, 3), _row("diffdfkd_adv", 0.5, 3, "ours")])
+    _write(tmp_path, "digits-mnist-100", [_row("fast", 0.96, 3), _row("diffdfkd", 0.5, 3, "ours")])
     curve = goals.budget_curve(tmp_path)
-    assert list(curve) == ["diffdfkd_adv", "fast", "kd_real"]  # CURVE_ROWS order
-    assert [(p["images"], p["mean"], p["seeds"]) for p in curve["diffdfkd_adv"]] == [
+    assert list(curve) == ["diffdfkd", "fast", "kd_real"]  # CURVE_ROWS order
+    assert [(p["images"], p["mean"], p["seeds"]) for p in curve["diffdfkd"]] == [
         (1000, 0.94, 3),
         (2000, 0.98, 1),
     ]
     assert [(p["images"], p["mean"]) for p in curve["fast"]] == [(1000, 0.96), (2000, 0.97)]
     table = "\n".join(goals.curve_markdown(curve))
-    assert "| diffdfkd_adv | 94.0 +- 1.0 (3 seeds) | 98.0 (1 seed) |" in table
+    assert "| diffdfkd | 94.0 +- 1.0 (3 seeds) | 98.0 (1 seed) |" in table
     assert "| kd_real | 99.0 +- 1.0 (3 seeds) | - |" in table
     goals.plot_curve(curve, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_the_goal_block_reads_the_committed_results_under_todays_names():
+    """The committed comparison folders predate the renames: the goals still find the shipped row."""
+    goals = _script("goals")
+    rows = goals.rows_at("digits", 100)
+    assert goals.ours(rows)["name"] == "diffdfkd" and "diffdfkd_no_adv" in rows and "unguided" in rows
+    assert goals.ours(rows)["overrides"].get("guidance.adv_weight") == 1.0
 
 
 @pytest.mark.parametrize("world", sorted(WORLD_CONFIGS))

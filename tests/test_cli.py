@@ -52,10 +52,19 @@ def test_every_command_lists_each_flag_with_its_help_and_default(capsys):
                 assert f"(default: {action.default})" in shown, (command, action.dest)
 
 
-def test_world_list(capsys):
+def test_world_list_names_every_world_with_its_splits_and_parts(capsys):
+    """Each registered world's block names its classes, its splits and whether its parts are shipped."""
+    from diffdfkd.worlds import get_world, list_worlds
+
     assert main(["world", "list"]) == 0
     out = capsys.readouterr().out
-    assert "digits" in out and "private:test" in out
+    starts = [out.index(f"\n{name}: " if k else f"{name}: ") for k, name in enumerate(list_worlds())]
+    blocks = [out[a:b] for a, b in zip(starts, [*starts[1:], len(out)], strict=True)]
+    for name, block in zip(list_worlds(), blocks, strict=True):
+        world = get_world(name)
+        assert ", ".join(world.splits()) in block and ", ".join(world.class_names) in block
+        for path in (world.teacher_weights, world.generator):
+            assert f"{path} ({'shipped' if path.exists() else 'missing'})" in block
 
 
 def test_train_teacher_then_evaluate(tmp_path, capsys):
@@ -91,6 +100,7 @@ def test_bad_input_gives_a_clear_error_not_a_traceback(argv, message, capsys, tm
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # the quick demo, end to end
 def test_demo_quick_end_to_end(tmp_path, capsys):
     """The main job on the shipped digits world with tiny budgets: report files and numbers exist."""
     if not (get_world("digits").generator / "model_index.json").is_file():

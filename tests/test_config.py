@@ -1,5 +1,6 @@
 """Strict YAML configs, overrides, run info."""
 
+import dataclasses
 import json
 
 import pytest
@@ -96,9 +97,16 @@ def test_parse_overrides_nests():
     assert parse_overrides(["a.b.c=1", "a.d=x", "e=[1, 2]"]) == {"a": {"b": {"c": 1}, "d": "x"}, "e": [1, 2]}
 
 
-def test_replace_nested():
-    config = replace(ExperimentConfig(), **{"distill.epochs": 3, "seed": 7})
-    assert config.distill.epochs == 3 and config.seed == 7
+def test_replace_checks_what_it_sets_and_keeps_the_rest():
+    base = ExperimentConfig()
+    config = replace(base, **{"distill.epochs": 3})
+    assert config.distill == dataclasses.replace(base.distill, epochs=3) and config.guidance == base.guidance
+    with pytest.raises(ConfigError, match="distill.epochs=0 must be"):
+        replace(base, **{"distill.epochs": 0})
+    with pytest.raises(ConfigError, match="unknown config key distill.epoch"):
+        replace(base, **{"distill.epoch": 3})
+    with pytest.raises(ConfigError, match="guidance.bn_weight must be a number"):
+        replace(base, **{"guidance.bn_weight": "high"})
 
 
 def test_run_info_written(tmp_path):
@@ -108,9 +116,49 @@ def test_run_info_written(tmp_path):
     assert info["seed"] == 5 and info["diffdfkd"] and info["git_sha"]
 
 
-def test_shipped_configs_load():
+def test_the_shipped_configs_are_the_packaged_ones_and_round_trip():
+    """``configs/`` (the README's) and ``src/diffdfkd/configs/`` (what an installed package reads) hold
+    the same files; each loads, names a shipped world or its own parts, and survives a round trip
+    through overrides."""
     from pathlib import Path
 
-    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
-    for path in configs:
-        load_config(path)
+    from diffdfkd.worlds import list_worlds
+
+    root = Path(__file__).resolve().parents[1]
+    repo, packaged = (
+        sorted((root / "configs").glob("*.yaml")),
+        sorted((root / "src/diffdfkd/configs").glob("*.yaml")),
+    )
+    assert [p.name for p in repo] == [p.name for p in packaged] and repo
+    for path, twin in zip(repo, packaged, strict=True):
+        assert path.read_text() == twin.read_text(), f"{twin} differs from {path}"
+        config = load_config(path)
+        # a shipped world fills the empty parts; any other world names its own teacher and generator
+        assert config.world in list_worlds() or (config.teacher.weights and config.generator.path), path
+        assert (
+            load_config(None, [f"{k}={json.dumps(v)}" for k, v in _flat(to_dict(config)).items()]) == config
+        )
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def test_the_config_reference_is_generated_from_the_schema_and_current():
+    """``docs/config.md`` is ``make docs``'s output: every key of the schema, with its default and the
+    comment written beside it; run ``make docs`` after changing the schema."""
+    from pathlib import Path
+
+    from diffdfkd.config.reference import config_reference, field_comments
+    from diffdfkd.config.schema import GuidanceConfig
+    from diffdfkd.runtime import flatten
+
+    text = config_reference()
+    for key, value in flatten(to_dict(ExperimentConfig())).items():
+        assert f"| `{key}` |" in text and f"`{json.dumps(value)}`" in text, key
+    assert "Guide only on steps whose fraction" in field_comments(GuidanceConfig)["window_start"]
+    current = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert current == text, "docs/config.md is out of date: run `make docs`"

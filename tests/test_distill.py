@@ -6,9 +6,6 @@ Expected values are computed by hand in the tests (``math``, plain Python), not 
 from __future__ import annotations
 
 import math
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
@@ -360,3 +357,25 @@ def test_evaluate_confusion_matrix_on_a_hand_made_example():
     assert math.isnan(report["per_class"][3])
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
         evaluate(Passthrough(), images, labels + 2)
+
+
+def test_one_ema_and_one_schedule_for_every_trainer():
+    """``ModelEma``: ``ema = d ema + (1 - d) w`` on float entries, integer buffers copied, the decay
+    warming up as ``(1 + n) / (10 + n)`` when asked; ``warmup_cosine``: linear warm-up, cosine to 0."""
+    from diffdfkd.distill import ModelEma, warmup_cosine
+
+    model = nn.BatchNorm1d(2)
+    ema = ModelEma(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.num_batches_tracked.fill_(7)
+    ema.update(model)
+    assert torch.allclose(ema.module.weight, torch.full((2,), 0.9 * 1.0 + 0.1 * 2.0))
+    assert int(ema.module.num_batches_tracked) == 7 and not ema.module.weight.requires_grad
+    warm = ModelEma(nn.BatchNorm1d(2), decay=0.99, warmup=True)
+    assert warm.decay_at(0) == pytest.approx(0.1) and warm.decay_at(10_000) == 0.99
+    warm.update(model, step=0)
+    assert torch.allclose(warm.module.weight, torch.full((2,), 0.1 * 1.0 + 0.9 * 2.0))
+    assert [warmup_cosine(s, 12, 2) for s in (0, 1, 2, 7, 12, 20)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.5, 0.0, 0.0]
+    )

@@ -211,6 +211,7 @@ def test_emoji_config_runs_end_to_end(tmp_path):
             "generator.num_steps=2",
             "online.warmup_rounds=1",
             "distill.epochs=1",
+            "distill.batch_size=16",
         ],
     )
     summary = run_experiment(config, progress=False)

@@ -6,10 +6,6 @@ The expected CMI state-dict layouts below are written by hand from the CMI / Fas
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import pytest
 import torch
 from torch import nn

@@ -70,6 +70,7 @@ def _images_loaded_in_chromium(html_path, tmp_path) -> tuple[int, int]:
     return int(images.group(1)), int(broken.group(1))
 
 
+@pytest.mark.slow  # headless Chromium
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here: apt-get install chromium to run this test")
 def test_every_image_of_the_report_loads_in_chromium(make_config, tmp_path, eval_folder) -> None:
     config = replace(
@@ -151,6 +152,7 @@ def test_a_digits_world_report_shows_the_private_test_images_and_the_new_measure
         Image.open(io.BytesIO(base64.b64decode(data))).load()
 
 
+@pytest.mark.slow  # headless Chromium
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here: apt-get install chromium to run this test")
 def test_every_image_of_a_digits_world_report_loads_in_chromium(digits_run, tmp_path) -> None:
     images, broken = _images_loaded_in_chromium(digits_run[0] / "report.html", tmp_path)

@@ -93,7 +93,7 @@ def test_decode_maps_the_vae_to_unit_range_with_a_straight_through_clamp(tiny_co
 
 
 @pytest.mark.parametrize("name", list(SCHEDULER_CLASSES))
-def test_every_scheduler_samples_with_guidance_and_cutmix(
+def test_under_every_scheduler_guidance_and_cutmix_reach_the_images(
     tiny_components, tiny_pipeline_dir, tiny_teacher, name
 ):
     scheduler, _ = build_scheduler(tiny_pipeline_dir, name)
@@ -104,6 +104,11 @@ def test_every_scheduler_samples_with_guidance_and_cutmix(
     again = run(components, tiny_teacher, mode="full", augmentations=[LatentCutMix()])
     assert torch.equal(out.images, again.images), "the same generators give the same images"
     assert not torch.equal(out.images[0], out.images[1]), "each sample has its own noise"
+    # Under every scheduler the guidance step and the CutMix each reach the images of the same seeds.
+    unguided = run(components).images
+    guided = run(components, tiny_teacher, mode="full").images
+    assert (unguided - guided).abs().flatten(1).amax(dim=1).min() > 1e-4, "every sample is guided"
+    assert (guided - out.images).abs().max() > 1e-4, "the boxes are mixed"
 
 
 @pytest.mark.parametrize("name", ["ddpm", "euler_ancestral", "dpmpp_2m"])

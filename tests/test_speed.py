@@ -78,6 +78,7 @@ def test_speed_settings_keep_the_guidance_gradient(make_teacher):
         apply_speed_settings(components, compile=True, compile_parts=("text_encoder",))
 
 
+@pytest.mark.slow  # the benchmark script over every kind of row
 def test_throughput_smoke(tmp_path: Path):
     """``--tiny --steps 2`` writes cpu_tiny.json/.md with finite figures for every kind of row."""
     bench = load_bench()
@@ -87,7 +88,6 @@ def test_throughput_smoke(tmp_path: Path):
     bench.main([*argv, "--modes", *modes, "--adapt-ranks", "0", "4"])
     result = json.loads((tmp_path / "cpu_tiny.json").read_text())
     assert [r["mode"] for r in result["rows"]] == modes
-    assert "STILL TO BE MEASURED" in (tmp_path / "cpu_tiny.md").read_text()
     full, lora = result["adapt_rows"]  # the LoRA rows: one adapt-generator step each
     assert (full["row"], lora["row"]) == ("full", "lora4") and 0 < lora["trainable_params"] < full[
         "trainable_params"
@@ -107,6 +107,7 @@ def test_throughput_smoke(tmp_path: Path):
     assert rows["every2"]["guided_steps_of_50"] == 25 and rows["window"]["guided_steps_of_50"] == 25
 
 
+@pytest.mark.slow  # FLOPs counted on SD 1.5-sized random models
 def test_taesd_guidance_counts_fewer_flops_at_sd15_scale():
     """At 512 px the guidance gradient through TAESD costs less than through the VAE decoder, and the
     unguided steps and the saved image's decode are unchanged."""

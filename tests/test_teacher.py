@@ -106,3 +106,12 @@ def test_torchscript_teacher(tmp_path):
     teacher = load_teacher("", tmp_path / "t.pt", class_names=NAMES)
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(teacher(x), model(x))
+
+
+def test_the_teacher_shows_its_network_and_batchnorm_layers(make_teacher):
+    """Callers hook BatchNorm statistics on ``network`` and list ``bn_layers()``; nobody reaches inside."""
+    teacher = make_teacher(arch="resnet18")
+    expected = [m for m in teacher.network.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert teacher.bn_layers() == expected and len(expected) > 0
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.equal(teacher(images), teacher.network(teacher.preprocess(images)))

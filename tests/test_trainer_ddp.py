@@ -15,8 +15,7 @@ import subprocess
 import sys
 import textwrap
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -65,6 +64,8 @@ SCRIPT = textwrap.dedent(
     """
 )
 
+pytestmark = pytest.mark.slow  # torchrun subprocesses (DDP)
+
 
 def _checksum(state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
@@ -76,7 +77,7 @@ def _checksum(state: dict[str, torch.Tensor]) -> str:
 def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # HF_HUB_OFFLINE: conftest.py
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     # A session of its own, so that a hang can be ended with all the processes it started.
     launcher = subprocess.Popen(

@@ -593,17 +593,17 @@ def test_partial_dataset_with_allow_partial_says_how_many_images(user, tmp_path,
 
 @pytest.mark.parametrize("failure", ["nan-loss", "disk-full"])
 def test_distillation_failures_write_no_bad_weights(user, tmp_path, capsys, monkeypatch, failure):
-    from diffdfkd.distill import trainer
+    from diffdfkd.distill import checkpoint, tasks
 
     if failure == "nan-loss":
-        monkeypatch.setattr(trainer, "kd_loss", lambda s, t, temperature: (s * float("nan")).sum())
+        monkeypatch.setattr(tasks, "kd_loss", lambda s, t, temperature: (s * float("nan")).sum())
         words = ["loss is nan", "epoch 1, step 1", "diverged"]
     else:
 
         def disk_full(path, write):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(trainer, "replace_atomically", disk_full)
+        monkeypatch.setattr(checkpoint, "replace_atomically", disk_full)
         words = ["No space left", "disk full", "rerun the same command", "resumes"]
     code, _, err = _run(_distill(lambda u, tmp: u.datasets["a"])(user, tmp_path), capsys)
     assert code == 2 and "Traceback" not in err

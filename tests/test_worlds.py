@@ -52,8 +52,8 @@ def test_both_digits_worlds_share_data_and_teacher_but_not_the_prior():
     assert broad.description != mnist.description
 
 
-def test_all_shipped_weights_stay_under_40_mb():
+def test_all_shipped_weights_and_data_stay_under_60_mb():
     from diffdfkd.worlds import WEIGHTS_DIR
 
     size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
-    assert size < 40e6, f"shipped weights are {size / 1e6:.1f} MB"
+    assert size < 60e6, f"shipped weights and data are {size / 1e6:.1f} MB"

@@ -213,7 +213,7 @@ def _check_batchnorm(config: ExperimentConfig, teacher: Teacher) -> None:
     if not guided or weight == 0:
         return
     try:
-        batchnorm_layers(teacher.model)
+        batchnorm_layers(teacher.network)
     except NoBatchNormError as error:
         raise ConfigError(
             f"{key}={weight}, but the BN-statistics loss cannot run on this teacher: {error}. Ways out: "

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffdfkd.runtime import batchnorm_modules
+
 
 @torch.no_grad()
 def predict_logits(
@@ -87,7 +89,8 @@ def bn_statistics_distance(
     device: str | torch.device | None = None,
 ) -> float | None:
     """BatchNorm-statistics distance of the whole set ``images [N, C, H, W]`` to ``teacher``'s running
-    statistics, or None when the teacher has no BatchNorm layer with running statistics.
+    statistics, or None when the teacher has no
+    BatchNorm layer with running statistics.
 
     DeepInversion's feature-statistics prior (Yin et al. 2020) with the set as ONE unit: for every
     BatchNorm layer ``l``, ``||mean_l - running_mean_l||_2 + ||var_l - running_var_l||_2``, the mean
@@ -103,11 +106,7 @@ def bn_statistics_distance(
         raise ValueError(
             f"bn_statistics_distance needs images [N, C, H, W], N >= 1, got {tuple(images.shape)}"
         )
-    layers = [
-        m
-        for m in teacher.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
-    ]
+    layers = [m for m in batchnorm_modules(teacher) if m.running_mean is not None]
     if not layers:
         return None
     # per layer the forward pass reached: (count, sum of x per channel, sum of x^2 per channel)

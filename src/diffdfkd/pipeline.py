@@ -18,6 +18,7 @@ from diffdfkd.evaluate import bn_statistics_distance, evaluate
 from diffdfkd.models import build_teacher, create_model, export_weights
 from diffdfkd.report import image_grid, write_report
 from diffdfkd.runinfo import write_run_info
+from diffdfkd.runtime import stream_seed
 from diffdfkd.synth.dataset import SyntheticData, load_image_folder, load_synthetic
 from diffdfkd.synth.run import synthesize
 from diffdfkd.worlds import get_world, list_worlds, teacher_spec
@@ -77,7 +78,7 @@ def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = T
             f"the synthetic set has {len(data.class_names)} classes, the teacher {teacher.num_classes}"
         )
     with torch.random.fork_rng():  # the student's initial weights depend on the seed alone
-        torch.manual_seed(config.seed)
+        torch.manual_seed(stream_seed("student_init", config.seed))
         student = create_model(
             config.distill.student, num_classes=teacher.num_classes, in_channels=data.images.shape[1]
         )

@@ -1,4 +1,5 @@
-"""The run report: Markdown plus a self-contained HTML page (images inline)."""
+"""The run report: one ``Report`` (tables, figures, notes, the resolved config) rendered twice, as
+Markdown and as a self-contained HTML page (images inline)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import html
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +75,87 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class Table:
+    """A titled table: ``header`` and ``rows`` of cells (shown with ``str``)."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """An image file of the report and its caption."""
+
+    path: Path
+    caption: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a run report says, before it is rendered (``render_markdown``, ``render_html``)."""
+
+    title: str
+    protocol: str
+    tables: tuple[Table, ...]
+    figures: tuple[Figure, ...]  # the image grids, shown side by side in HTML
+    curves: Path | None
+    notes: tuple[str, ...]
+    config_yaml: str
+
+
+def render_markdown(report: Report) -> str:
+    """``report.md``: images referenced by file name beside it."""
+    md = [f"# {report.title}", "", report.protocol, ""]
+    for table in report.tables:
+        lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in table.rows]
+        md += [f"## {table.title}", "", "\n".join(lines), ""]
+    for figure in report.figures:
+        md += [f"## {figure.caption}", "", f"![{figure.path.stem}]({figure.path.name})", ""]
+    if report.curves:
+        md += ["## Training curves", "", f"![curves]({report.curves.name})", ""]
+    md += [f"- {note}" for note in report.notes] + ([""] if report.notes else [])
+    md += ["## Resolved config", "", "```yaml", report.config_yaml.rstrip(), "```", ""]
+    return "\n".join(md)
+
+
+def render_html(report: Report) -> str:
+    """``report.html``: one self-contained page, the images inline as data URLs."""
+
+    def img(path: Path) -> str:
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'<img src="data:image/png;base64,{data}" style="image-rendering:pixelated;max-width:100%">'
+
+    def cells(tag: str, row: Sequence[Any]) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in row) + "</tr>"
+
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style></head><body>",
+        f"<h1>{html.escape(report.title)}</h1>",
+        f"<p>{html.escape(report.protocol)}</p>",
+    ]
+    for table in report.tables:
+        body = cells("th", table.header) + "".join(cells("td", row) for row in table.rows)
+        parts += [f"<h2>{html.escape(table.title)}</h2>", f"<table>{body}</table>"]
+    figures = [
+        f"<figure>{img(f.path)}<figcaption>{html.escape(f.caption)}</figcaption></figure>"
+        for f in report.figures
+    ]
+    parts += [
+        "<h2>Images</h2>",
+        "<div style='display:flex;gap:1em;align-items:flex-start'>",
+        *figures,
+        "</div>",
+    ]
+    if report.curves:
+        parts += ["<h2>Training curves</h2>", img(report.curves)]
+    parts += [f"<p>{html.escape(note)}</p>" for note in report.notes]
+    parts += ["<h2>Resolved config</h2>", f"<pre>{html.escape(report.config_yaml)}</pre>", "</body></html>"]
+    return "\n".join(parts)
 
 
 def write_report(
@@ -99,100 +178,49 @@ def write_report(
     ``test_data`` names the labelled data both evaluations used (a world's split or a folder's path).
     ``grid``: the synthetic images, one row per class (``image_grid``); ``test_grid``: the same of the
     test images, shown beside it for the reader (a world's PRIVATE split: never an input of the method).
+    Both files render one ``Report``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     grid_png = out_dir / "synthetic_grid.png"
     grid_png.write_bytes(_png_bytes(grid))
-    grids = [(grid_png, "Synthetic images (one row per class)")]
+    figures = [Figure(grid_png, "Synthetic images (one row per class)")]
     if test_grid is not None:
         test_grid_png = out_dir / "test_grid.png"
         test_grid_png.write_bytes(_png_bytes(test_grid))
-        grids.append(
+        caption = f"Test images, {test_data} (one row per class; for the reader only; never an input)"
+        figures.append(Figure(test_grid_png, caption))
+    per_class = zip(class_names, teacher_eval["per_class"], student_eval["per_class"], strict=True)
+    tables = (
+        Table(
+            "Accuracy",
+            ("model", f"top-1 on {test_data}"),
             (
-                test_grid_png,
-                f"Test images, {test_data} (one row per class; for the reader only; never an input)",
-            )
-        )
-    curves_png = plot_curves(metrics_csv, out_dir / "training_curves.png")
-
-    accuracy = _table(
-        ["model", f"top-1 on {test_data}"],
-        [
-            ["teacher", f"{teacher_eval['top1']:.4f}"],
-            ["student (final epoch)", f"{student_eval['top1']:.4f}"],
-        ],
+                ("teacher", f"{teacher_eval['top1']:.4f}"),
+                ("student (final epoch)", f"{student_eval['top1']:.4f}"),
+            ),
+        ),
+        Table(
+            "Per-class accuracy",
+            ("class", "teacher", "student"),
+            tuple((name, f"{t:.3f}", f"{s:.3f}") for name, t, s in per_class),
+        ),  # fmt: skip
+        Table("Synthetic data", ("quantity", "value"), tuple((k, v) for k, v in synth_summary.items())),
+        Table("Timings", ("stage", "seconds"), tuple((k, f"{v:.1f}") for k, v in timings.items())),
     )
-    per_class = _table(
-        ["class", "teacher", "student"],
-        [
-            [name, f"{t:.3f}", f"{s:.3f}"]
-            for name, t, s in zip(
-                class_names, teacher_eval["per_class"], student_eval["per_class"], strict=True
-            )
-        ],
+    report = Report(
+        title="diffdfkd run report",
+        protocol=(
+            "Honest protocol: synthesis and distillation never read the private data. Model selection may "
+            "use only a held-out slice of the synthetic set; the test data ("
+            f"{test_data}) is used once, here, and the student reported is the final epoch's."
+        ),
+        tables=tables,
+        figures=tuple(figures),
+        curves=plot_curves(metrics_csv, out_dir / "training_curves.png"),
+        notes=tuple(notes),
+        config_yaml=yaml.safe_dump(to_dict(config), sort_keys=False),
     )
-    synth = _table(["quantity", "value"], [[k, v] for k, v in synth_summary.items()])
-    times = _table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()])
-    config_yaml = yaml.safe_dump(to_dict(config), sort_keys=False)
-    sections = [
-        ("Accuracy", accuracy),
-        ("Per-class accuracy", per_class),
-        ("Synthetic data", synth),
-        ("Timings", times),
-    ]
-    protocol = (
-        "Honest protocol: synthesis and distillation never read the private data. Model selection may use "
-        "only a held-out slice of the synthetic set; the test data ("
-        f"{test_data}) is used once, here, and the student reported is the final epoch's."
-    )
-
-    md = ["# diffdfkd run report", "", protocol, ""]
-    for title, body in sections:
-        md += [f"## {title}", "", body, ""]
-    for png, title in grids:
-        md += [f"## {title}", "", f"![{png.stem}]({png.name})", ""]
-    if curves_png:
-        md += ["## Training curves", "", f"![curves]({curves_png.name})", ""]
-    md += [f"- {note}" for note in notes] + ([""] if notes else [])
-    md += ["## Resolved config", "", "```yaml", config_yaml.rstrip(), "```", ""]
-    md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(md))
-
-    def img(path: Path) -> str:
-        data = base64.b64encode(path.read_bytes()).decode()
-        return f'<img src="data:image/png;base64,{data}" style="image-rendering:pixelated;max-width:100%">'
-
-    def md_table_to_html(body: str) -> str:
-        rows = [line.strip("|").split("|") for line in body.splitlines() if not line.startswith("|---")]
-        head, *rest = rows
-        out = "<tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"
-        out += "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rest
-        )
-        return f"<table>{out}</table>"
-
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>diffdfkd report</title>",
-        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style></head><body>",
-        "<h1>diffdfkd run report</h1>",
-        f"<p>{html.escape(protocol)}</p>",
-    ]
-    for title, body in sections:
-        parts += [f"<h2>{title}</h2>", md_table_to_html(body)]
-    figures = [
-        f"<figure>{img(png)}<figcaption>{html.escape(title)}</figcaption></figure>" for png, title in grids
-    ]
-    parts += [
-        "<h2>Images</h2>",
-        "<div style='display:flex;gap:1em;align-items:flex-start'>",
-        *figures,
-        "</div>",
-    ]
-    if curves_png:
-        parts += ["<h2>Training curves</h2>", img(curves_png)]
-    parts += [f"<p>{html.escape(note)}</p>" for note in notes]
-    parts += ["<h2>Resolved config</h2>", f"<pre>{html.escape(config_yaml)}</pre>", "</body></html>"]
-    html_path = out_dir / "report.html"
-    html_path.write_text("\n".join(parts))
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    md_path.write_text(render_markdown(report))
+    html_path.write_text(render_html(report))
     return md_path, html_path

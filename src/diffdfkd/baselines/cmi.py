@@ -48,12 +48,9 @@ from diffdfkd.baselines.deepinversion import image_channels, jitter_view, to_rgb
 from diffdfkd.baselines.fast import FastGenerator
 from diffdfkd.config import CMIConfig, ConfigError, ExperimentConfig
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units, adversarial, batchnorm_layers, cross_entropy
-from diffdfkd.runtime import derive_seed, generators_for, sample_seed
+from diffdfkd.runtime import generators_for, sample_seed, stream_seed
 from diffdfkd.synthetic import Adversary, SynthBatch, SyntheticSource, layout_targets
 
-# Random streams of each round's generator initialisation, the head's initial weights and each round's
-# negatives (0-6: samples, groups, the real source, Fast's generator and warm-up, the online student).
-GENERATOR_STREAM, HEAD_STREAM, NEGATIVES_STREAM = 7, 8, 9
 GENERATOR_BETAS = (0.5, 0.999)
 LOG_EVERY = 10
 
@@ -174,7 +171,7 @@ class CMISource(SyntheticSource):
             )
         dim = self.feature_dim()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, HEAD_STREAM, 0))
+            torch.manual_seed(stream_seed("cmi_head", self.seed))
             head = ProjectionHead(dim, self.options.head_dim)
         self.head = head.to(self.device).train()
         self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=self.options.lr)
@@ -194,7 +191,7 @@ class CMISource(SyntheticSource):
         """The round's generator, DCGAN-initialised from its own seed (the published per-batch reset)."""
         o = self.options
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, GENERATOR_STREAM, round_number))
+            torch.manual_seed(stream_seed("cmi_generator", self.seed, round_number))
             generator = FastGenerator(o.latent_dim, o.width, self.teacher.input_size, self.channels)
             dcgan_init(generator)
         return generator.to(self.device).train()
@@ -205,7 +202,7 @@ class CMISource(SyntheticSource):
         n = self.options.negatives
         if len(self.bank) <= n:
             return self.bank
-        draws = torch.Generator().manual_seed(derive_seed(self.seed, NEGATIVES_STREAM, round_number))
+        draws = torch.Generator().manual_seed(stream_seed("cmi_negatives", self.seed, round_number))
         return self.bank[torch.randperm(len(self.bank), generator=draws)[:n].to(self.bank.device)]
 
     def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch:

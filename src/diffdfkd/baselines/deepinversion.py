@@ -116,7 +116,9 @@ class DeepInversionSource(SyntheticSource):
         ``targets [B, K]`` (module docstring), and its named parts."""
         o = self.options
         per_sample = Units("sample")
-        bn_stats = BNStatistics(self.teacher.model, self.bn_units, o.first_bn_weight, per_sample_weight=True)
+        bn_stats = BNStatistics(
+            self.teacher.network, self.bn_units, o.first_bn_weight, per_sample_weight=True
+        )
         with bn_stats as bn:
             logits = self.teacher(view).float()
             bn_loss = bn.loss()

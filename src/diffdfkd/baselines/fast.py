@@ -47,12 +47,11 @@ from torch import nn
 from diffdfkd.baselines.deepinversion import image_channels, jitter_view, to_rgb
 from diffdfkd.config import ConfigError, ExperimentConfig, FastConfig
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units, adversarial, cross_entropy
-from diffdfkd.runtime import derive_seed, generators_for, sample_seed
+from diffdfkd.runtime import generators_for, sample_seed, stream_seed
 from diffdfkd.synthetic import Adversary, SynthBatch, SyntheticSource, layout_targets
 
 # Random streams of the meta-generator's initial weights and of the warm-up rounds' samples
 # (0, 1, 2 are the samples', the groups' and the real source's order).
-GENERATOR_STREAM, WARMUP_STREAM = 3, 4
 INNER_BETAS = META_BETAS = (0.5, 0.999)
 
 
@@ -117,7 +116,7 @@ class FastSource(SyntheticSource):
         channels = image_channels(teacher, config.teacher.grayscale)[0].shape[1]
         o = self.options
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, GENERATOR_STREAM, 0))
+            torch.manual_seed(stream_seed("fast_generator", self.seed))
             generator = FastGenerator(o.latent_dim, o.width, teacher.input_size, channels)
         self.generator = generator.to(self.device).train()
         self.meta_optimizer = torch.optim.Adam(
@@ -144,7 +143,7 @@ class FastSource(SyntheticSource):
             first = (self.rounds - self.options.warmup_rounds) * batch
             if first < 0:
                 earlier = torch.arange(self.rounds * batch, (self.rounds + 1) * batch)
-                seeds = [derive_seed(self.seed, WARMUP_STREAM, int(i)) for i in earlier]
+                seeds = [stream_seed("fast_warmup", self.seed, int(i)) for i in earlier]
             else:
                 if self.student is not None:  # its state at that round is gone: replay in order
                     raise ValueError(
@@ -182,7 +181,7 @@ class FastSource(SyntheticSource):
         for step in range(o.steps):
             images = fast(z)
             view = jitter_view(images, generators, o.jitter, o.flip)
-            with BNStatistics(self.teacher.model, per_batch, o.first_bn_weight) as bn:
+            with BNStatistics(self.teacher.network, per_batch, o.first_bn_weight) as bn:
                 logits = self.teacher(view).float()
                 bn_loss = bn.loss()
             ce = cross_entropy(logits, targets_dev, per_batch)

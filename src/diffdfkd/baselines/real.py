@@ -16,13 +16,9 @@ from __future__ import annotations
 import torch
 
 from diffdfkd.config import ConfigError, ExperimentConfig
-from diffdfkd.runtime import derive_seed
+from diffdfkd.runtime import stream_seed
 from diffdfkd.synthetic import SynthBatch, SyntheticSource
 from diffdfkd.worlds import get_world, list_worlds
-
-# The random stream of the seeded order of each class's images (0 and 1 are the samples' and groups').
-ORDER_STREAM = 2
-NOISE_STREAM = 3
 
 
 class RealDataSource(SyntheticSource):
@@ -52,7 +48,7 @@ class RealDataSource(SyntheticSource):
                 raise ConfigError(f"world {world.name!r} split {split!r} has no image of class {name!r}")
             order = torch.randperm(
                 len(members),
-                generator=torch.Generator().manual_seed(derive_seed(config.seed, ORDER_STREAM, k)),
+                generator=torch.Generator().manual_seed(stream_seed("real_order", config.seed, k)),
             )
             self.pools.append(images[members[order]])
         self.per_group = config.synth.samples_per_class_in_group
@@ -84,7 +80,7 @@ class NoiseSource(SyntheticSource):
         images = [
             torch.randn(
                 self.shape,
-                generator=torch.Generator().manual_seed(derive_seed(self.seed, NOISE_STREAM, int(i))),
+                generator=torch.Generator().manual_seed(stream_seed("noise", self.seed, int(i))),
             )
             for i in indices
         ]

@@ -197,9 +197,6 @@ def load_components(
     guidance backward pass (same gradients, less memory). Raises ``ComponentsError`` naming a missing folder or part or an unknown
     scheduler, and ``runtime.SettingError`` for an unknown device or dtype.
     """
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = Path(path)
     dtype = resolve_dtype(dtype)
     device = resolve_device(device)

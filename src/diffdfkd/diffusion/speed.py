@@ -87,7 +87,7 @@ def apply_speed_settings(
     if grad_checkpointing is not None:
         set_gradient_checkpointing(components, grad_checkpointing)
     nets = [components.unet, components.vae]
-    teacher_net = getattr(teacher, "model", teacher) if teacher is not None else None
+    teacher_net = teacher.network if teacher is not None else None
     if teacher_net is not None:
         nets.append(teacher_net)
     if channels_last is not None:

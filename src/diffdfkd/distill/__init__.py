@@ -1,23 +1,19 @@
-"""Stage 2: knowledge distillation on a fixed synthetic set, and the one training loop for the project."""
+"""Stage 2: knowledge distillation on a fixed synthetic set (``fit``), and the training helpers every
+trainer shares (``ModelEma``, ``warmup_cosine``, ``lr_factor``)."""
 
 from diffdfkd.distill.augment import Compose, RandomCrop, RandomHFlip, build_augment
+from diffdfkd.distill.data import FitError, FitResult, TensorData, split_holdout
 from diffdfkd.distill.losses import kd_loss
-from diffdfkd.distill.trainer import (
-    DistillTask,
-    FitError,
-    FitResult,
-    SupervisedTask,
-    TensorData,
-    fit,
-    lr_factor,
-    split_holdout,
-)
+from diffdfkd.distill.schedule import ModelEma, lr_factor, warmup_cosine
+from diffdfkd.distill.tasks import DistillTask, SupervisedTask
+from diffdfkd.distill.trainer import fit
 
 __all__ = [
     "Compose",
     "DistillTask",
     "FitError",
     "FitResult",
+    "ModelEma",
     "RandomCrop",
     "RandomHFlip",
     "SupervisedTask",
@@ -27,4 +23,5 @@ __all__ = [
     "kd_loss",
     "lr_factor",
     "split_holdout",
+    "warmup_cosine",
 ]

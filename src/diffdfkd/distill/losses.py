@@ -1,4 +1,4 @@
-"""Distillation losses (METHOD.md, stage 2)."""
+"""Distillation losses (docs/method.md, stage 2)."""
 
 from __future__ import annotations
 

@@ -42,8 +42,8 @@ class TeacherGuide:
     """Teacher guidance on the decoded predicted clean image (DiffDFKD, Qi et al. 2025, Fig. 1).
 
     Args:
-        teacher: ``images [B, 3, H, W] in [0, 1] -> logits [B, K]``; ``teacher.model`` holds the
-            BatchNorm layers whose running statistics ``L_bn`` matches.
+        teacher: a ``models.Teacher``, ``images [B, 3, H, W] in [0, 1] -> logits [B, K]``; its
+            ``network`` holds the BatchNorm layers whose running statistics ``L_bn`` matches.
         decode: clean latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], differentiable.
         group_size: samples per mixing group.
         bn_per: the units of ``L_bn`` (``teacher_loss``'s batch semantics): ``group`` (default: each
@@ -80,8 +80,7 @@ class TeacherGuide:
     def loss(self, x0_hat: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """``L`` (a scalar attached to ``x0_hat``'s graph) and its named parts."""
         images = self.decode(x0_hat)
-        model = getattr(self.teacher, "model", self.teacher)
-        with BNStatistics(model, self.bn_units) if self.bn_weight > 0 else _NoBN() as bn:
+        with BNStatistics(self.teacher.network, self.bn_units) if self.bn_weight > 0 else _NoBN() as bn:
             logits = self.teacher(images).float()
             bn_loss = bn.loss()
         ce = cross_entropy(logits, targets, self.sample_units)

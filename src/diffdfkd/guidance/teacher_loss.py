@@ -39,6 +39,7 @@ from torch import nn
 
 from diffdfkd.errors import UserError
 from diffdfkd.models.torchscript import scripted_batchnorm_names
+from diffdfkd.runtime import batchnorm_modules
 
 UNIT_KINDS = ("sample", "group", "batch")
 
@@ -122,7 +123,7 @@ def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
     such a teacher to an eager graph first, so only a TorchScript model handed in directly, or one the
     conversion failed on (``load_teacher`` logs why), ends here.
     """
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    layers = batchnorm_modules(model)
     if layers:
         return layers
     scripted = scripted_batchnorm_names(model)

@@ -29,13 +29,14 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from diffdfkd.errors import UserError
+from diffdfkd.runtime import BatchNormBase
 
 
 class ExportedTeacherError(UserError, ValueError):
     """A ``.pt2`` file that cannot serve as a teacher, with the reason and the way out."""
 
 
-class GraphBatchNorm(nn.modules.batchnorm._BatchNorm):
+class GraphBatchNorm(BatchNormBase):
     """A BatchNorm layer lifted out of a graph: eval-mode ``batch_norm`` of ``[B, C, ...]``."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:

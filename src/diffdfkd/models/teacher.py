@@ -23,6 +23,7 @@ from diffdfkd.errors import UserError
 from diffdfkd.models.exported import is_exported_program, load_exported
 from diffdfkd.models.torchscript import with_visible_batchnorm
 from diffdfkd.models.zoo import create_model
+from diffdfkd.runtime import batchnorm_modules
 
 
 class CheckpointError(UserError, ValueError):
@@ -65,6 +66,18 @@ class Teacher(nn.Module):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def network(self) -> nn.Module:
+        """The wrapped classifier: takes the normalised ``[B, in_channels, input_size, input_size]`` of
+        ``preprocess``; what forward hooks (BatchNorm statistics) and memory-format or compile
+        settings act on."""
+        return self.model
+
+    def bn_layers(self) -> list[nn.Module]:
+        """The wrapped classifier's BatchNorm layers (empty for a compiled TorchScript model, whose
+        layers no hook sees: ``guidance.teacher_loss.batchnorm_layers`` says what to do then)."""
+        return batchnorm_modules(self.model)
 
     def train(self, mode: bool = True) -> Teacher:
         """The teacher is always in eval mode: BatchNorm uses its running statistics."""
@@ -223,7 +236,7 @@ def load_teacher(
         model: nn.Module = torch.jit.load(str(weights), map_location="cpu")
         probe = torch.rand(2, in_channels, input_size, input_size, generator=torch.Generator().manual_seed(0))
         model = with_visible_batchnorm(model, probe)
-        hooked = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        hooked = len(batchnorm_modules(model))
         origin = f"TorchScript, {hooked} BatchNorm layers hooked"
     elif arch.startswith("timm:"):
         try:

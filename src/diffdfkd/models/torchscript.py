@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from diffdfkd.models.exported import hookable_module
+from diffdfkd.runtime import batchnorm_modules
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def with_visible_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
     except Exception as error:  # the converter raises many types; the scripted model still works
         logger.warning("TorchScript teacher kept as is, its BatchNorm layers unreachable: %s", error)
         return model
-    lifted = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in graph_module.modules())
+    lifted = len(batchnorm_modules(graph_module))
     if left or lifted != len(scripted) or not same:
         logger.warning(
             "TorchScript teacher kept as is: its graph has %d of its %d BatchNorm layers%s",

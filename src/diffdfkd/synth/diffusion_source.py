@@ -13,7 +13,7 @@ from functools import partial
 import torch
 
 from diffdfkd.augment.cutmix import LatentCutMix
-from diffdfkd.config import ConfigError, ExperimentConfig, GeneratorConfig
+from diffdfkd.config import ConfigError, ExperimentConfig, GeneratorSettings
 from diffdfkd.diffusion.components import (
     DiffusionComponents,
     decode_latents,
@@ -31,7 +31,7 @@ from diffdfkd.runtime import generators_for, group_seed, sample_seed
 from diffdfkd.synthetic import Adversary, SynthBatch, SyntheticSource, SynthExtra, check_groups
 
 
-def class_prompts(generator: GeneratorConfig, class_names: Sequence[str]) -> list[str]:
+def class_prompts(generator: GeneratorSettings, class_names: Sequence[str]) -> list[str]:
     """One prompt per class: ``generator.prompt_template`` with the class name (underscores as spaces),
     or the class-free ``generator.prompt`` for every class when the template is empty."""
     template = generator.prompt_template

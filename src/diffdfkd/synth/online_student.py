@@ -34,11 +34,10 @@ import torch.nn.functional as F
 from diffdfkd.config import ConfigError, ExperimentConfig
 from diffdfkd.distill.losses import kd_loss
 from diffdfkd.models import create_model
-from diffdfkd.runtime import derive_seed
+from diffdfkd.runtime import stream_seed
 
 # Random streams of the student's initial weights and of each round's draws (0-4: the samples', the
 # groups', the real source's, Fast's generator and warm-up).
-STUDENT_STREAM, DRAW_STREAM = 5, 6
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
 
 
@@ -99,7 +98,7 @@ class OnlineStudent:
         self.size = size
         self.device = device
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
-            torch.manual_seed(derive_seed(config.seed, STUDENT_STREAM, 0))
+            torch.manual_seed(stream_seed("online_student", config.seed))
             model = create_model(online_arch(config), num_classes=num_classes, in_channels=3)
         self.model = model.to(device)
         self.optimizer = torch.optim.SGD(
@@ -137,7 +136,7 @@ class OnlineStudent:
         agree = (predicted == teacher_logits.argmax(dim=1)).float().mean().item()
         self.pixels = torch.cat([self.pixels, pixels])
         self.teacher_logits = torch.cat([self.teacher_logits, teacher_logits.float()])
-        draws = torch.Generator().manual_seed(derive_seed(self.seed, DRAW_STREAM, self.rounds))
+        draws = torch.Generator().manual_seed(stream_seed("online_draws", self.seed, self.rounds))
         self.model.train()
         for _ in range(o.kd_steps):
             pick = torch.randint(len(self.pixels), (o.batch_size,), generator=draws)

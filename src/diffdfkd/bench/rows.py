@@ -1,0 +1,236 @@
+"""The bench's rows: each a name and config overrides on the world's shipped config, and the budget
+they share.
+
+Names (agreed for the benches): ``diffdfkd`` is the shipped config, ``diffdfkd_no_adv`` the same without
+the adversarial term, ``diffdfkd_paper`` the paper's published recipe; baselines ``unguided`` (the
+world's class prompts, DM-KD style), ``unguided_classfree``, ``deepinversion``, ``fast``; the bounds
+``kd_real`` and ``scratch_real``; the other rows are ablations. Results files written before the rows
+were renamed are read under today's names (``read_results``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffdfkd.config import ConfigError, ExperimentConfig, replace
+
+OURS, ABLATION, BASELINE, UPPER_BOUND = (
+    "ours",
+    "ablation",
+    "data-free baseline",
+    "upper bound (not data-free)",
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the comparison: ``overrides`` (dotted keys) on the shipped config."""
+
+    name: str
+    kind: str
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+# The adversarial term is DiffDFKD's (teacher guidance with an online student): rows without teacher
+# guidance, and other sources, turn it off.
+NO_ADV = {"guidance.adv_weight": 0.0}
+UNGUIDED = {**NO_ADV, "guidance.mode": "none", "cutmix.enabled": False}
+# The paper's recipe (docs/method.md, "The paper's recipe"): the raw step of size 1 on grad L, CE 1, BN 0.1
+# charged per image (the paper's batch of one); the authors' DomainNet script adds the adversarial term at
+# weight 1 (their CIFAR-10 script runs BN 0 and adversarial 0).
+PAPER = {
+    "guidance.step_norm": "none",
+    "guidance.step_size": 1.0,
+    "guidance.ce_weight": 1.0,
+    "guidance.bn_weight": 0.1,
+    "guidance.bn_per": "sample",
+    "guidance.adv_weight": 1.0,
+}
+
+ROWS: tuple[Row, ...] = (
+    Row(
+        "diffdfkd",
+        OURS,
+        "DiffDFKD as shipped (the world's config): its prompts, CE + BN guidance with the step normalised "
+        "per image, same-class Latent CutMix, and the adversarial term against an online student (CMI / "
+        "Fast lineage), weight 1",
+        {"guidance.adv_weight": 1.0},
+    ),
+    Row(
+        "diffdfkd_no_adv",
+        ABLATION,
+        "DiffDFKD without the adversarial term: CE + BN guidance, same-class Latent CutMix",
+        NO_ADV,
+    ),
+    Row(
+        "diffdfkd_paper",
+        ABLATION,
+        "DiffDFKD by the paper's published recipe, following the authors' DomainNet script (the closest "
+        "setting to a teacher whose domain the generator only partly covers): the raw guidance step "
+        "z_t -= 1.0 * grad L, CE 1, BN 0.1 per image (the paper's batch of one), adversarial 1 (the world's "
+        "prompts, CFG and steps)",
+        PAPER,
+    ),
+    Row(
+        "diffdfkd_classfree",
+        ABLATION,
+        "DiffDFKD with the paper's class-free prompt (the teacher alone carries the class)",
+        {"generator.prompt_template": ""},
+    ),
+    Row(
+        "unguided",
+        BASELINE,
+        "unguided diffusion with the world's class prompts (DM-KD style), no CutMix; KD on the teacher's "
+        "outputs",
+        UNGUIDED,
+    ),
+    Row(
+        "unguided_classfree",
+        BASELINE,
+        "unguided diffusion, class-free prompt, no CutMix; KD on the teacher's outputs",
+        {**UNGUIDED, "generator.prompt_template": ""},
+    ),
+    Row(
+        "deepinversion",
+        BASELINE,
+        "DeepInversion by its published recipe (config.deepinversion): images optimised from N(0, 1) "
+        "with Adam and a cosine lr, BN statistics charged per image, first BN x10, TV + L2 priors, jitter",
+        {**NO_ADV, "synth.source": "deepinversion"},
+    ),
+    Row(
+        "fast",
+        BASELINE,
+        "Fast (Fang et al. 2022, config.fast): a generator meta-learned across rounds, one round per batch, "
+        "CE + BN statistics, without its online adversarial term",
+        {**NO_ADV, "synth.source": "fast"},
+    ),
+    Row(
+        "cmi",
+        BASELINE,
+        "CMI (Fang et al. 2021, config.cmi): a generator per batch with CE + BN statistics, the adversarial "
+        "term against the online student (weight 0.5, as published) and the contrastive loss against a "
+        "memory bank of earlier images' teacher features",
+        {"synth.source": "cmi", "guidance.adv_weight": 0.5},
+    ),
+    Row("kd_real", UPPER_BOUND, "KD on real PRIVATE training images", {**NO_ADV, "synth.source": "real"}),
+    Row(
+        "scratch_real",
+        UPPER_BOUND,
+        "student trained from scratch (CE, no teacher) on the same real images",
+        {**NO_ADV, "synth.source": "real", "distill.kd": False},
+    ),
+    Row(
+        "diffdfkd_raw_step",
+        ABLATION,
+        "DiffDFKD without the adversarial term, with the former raw guidance step (step 2 on grad L)",
+        {**NO_ADV, "guidance.step_norm": "none", "guidance.step_size": 2.0},
+    ),
+    Row("ce_only", ABLATION, "guidance without the BN-statistics term", {"guidance.bn_weight": 0.0}),
+    Row("no_cutmix", ABLATION, "without Latent CutMix", {"cutmix.enabled": False}),
+    Row(
+        "cross_class_cutmix",
+        ABLATION,
+        "CutMix across classes, mixed soft targets",
+        {"cutmix.cross_class": True},
+    ),
+    Row("one_pass", ABLATION, "one-pass classifier guidance (cheaper)", {"guidance.mode": "one_pass"}),
+    Row(
+        "detach_unet",
+        ABLATION,
+        "guidance gradient not through the UNet (cheaper)",
+        {"guidance.mode": "detach_unet"},
+    ),
+)
+
+# The rows were renamed (issue 23): results files written before carry no ``row_names`` version, and their
+# ``diffdfkd`` is today's ``diffdfkd_no_adv``; ``read_results`` gives any results file today's names.
+ROW_NAMES_VERSION = 2
+LEGACY_ROW_NAMES = {
+    "diffdfkd": "diffdfkd_no_adv",
+    "diffdfkd_adv": "diffdfkd",
+    "unguided_class_prompt": "unguided",
+}
+
+WORLD_CONFIGS = {
+    world: Path(__file__).resolve().parents[1] / "configs" / f"{world}.yaml"
+    for world in ("digits", "digits-mnist", "emoji")
+}
+
+# The shared budget of every row: images per class, sampler steps, DeepInversion iterations, KD recipe
+# (sized for a 2-core CPU; benchmarks/digits_bench.py says how it was measured).
+FULL_BUDGET: dict[str, Any] = {
+    "synth.images_per_class": 25,
+    "generator.num_steps": 20,
+    "distill.epochs": 60,
+    "distill.batch_size": 32,
+}
+QUICK_BUDGET: dict[str, Any] = {
+    "synth.images_per_class": 2,
+    "generator.num_steps": 3,
+    "deepinversion.iterations": 5,
+    "fast.steps": 2,
+    "cmi.iterations": 2,
+    "distill.epochs": 1,
+    "distill.batch_size": 8,
+}
+QUICK_ROWS = ("diffdfkd", "unguided", "deepinversion", "kd_real", "scratch_real")
+
+
+def current_row_names(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` (what a ``results.json`` holds) with its rows, and the comparison's row names, under
+    today's names."""
+    if report.get("row_names", 1) >= ROW_NAMES_VERSION:
+        return report
+
+    def rename(name: str) -> str:
+        return LEGACY_ROW_NAMES.get(name, name)
+
+    rows = [{**r, "name": rename(r["name"])} for r in report.get("rows", [])]
+    renamed = {"row_names": ROW_NAMES_VERSION, "rows": rows}
+    for key in ("goal", "comparison"):
+        if key in report:
+            block = report[key]
+            renamed[key] = {k: rename(v) if k in ("ours", "best_baseline") else v for k, v in block.items()}
+    return {**report, **renamed}
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A bench's ``results.json``, its rows under today's names (``current_row_names``)."""
+    return current_row_names(json.loads(Path(path).read_text()))
+
+
+def overrides_hold(row: Row, saved: dict[str, Any]) -> bool:
+    """Whether a run folder's saved config (a nested dict) has every override of ``row``: a folder made
+    for another row of the same name (before the renames) does not."""
+    for key, value in row.overrides.items():
+        node: Any = saved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node != value:
+            return False
+    return True
+
+
+def select_rows(only: Sequence[str] | None, quick: bool, rows: Sequence[Row] = ROWS) -> list[Row]:
+    """The ``rows`` named in ``only`` (in table order), else ``QUICK_ROWS`` when ``quick``, else all."""
+    names = [r.name for r in rows]
+    wanted = list(only) if only else (list(QUICK_ROWS) if quick else names)
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown bench rows {', '.join(unknown)}; choose from {', '.join(names)}")
+    return [r for r in rows if r.name in wanted]
+
+
+def row_config(
+    base: ExperimentConfig, row: Row, seed: int, budget: dict[str, Any], out: Path
+) -> ExperimentConfig:
+    """``base`` + the shared ``budget`` + the row's overrides, with ``seed``, writing to ``out/runs/<row>/seed<k>``."""
+    run_dir = out / "runs" / row.name / f"seed{seed}"
+    return replace(
+        base, **{**budget, **row.overrides, "seed": seed, "out_dir": str(run_dir), "synth.out_dir": ""}
+    )

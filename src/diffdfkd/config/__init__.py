@@ -1,0 +1,57 @@
+"""Experiment configuration: the schema (``config.schema``: frozen dataclasses per component, nested in
+one ``ExperimentConfig``) and its strict loader (``config.loader``: YAML, ``a.b=value`` overrides,
+dict <-> dataclass)."""
+
+from diffdfkd.config.loader import (
+    from_dict,
+    load_config,
+    load_yaml,
+    parse_overrides,
+    replace,
+    to_dict,
+)
+from diffdfkd.config.schema import (
+    BN_UNITS,
+    DTYPES,
+    GUIDANCE_MODES,
+    SCHEDULERS,
+    STEP_NORMS,
+    CMIConfig,
+    ConfigError,
+    CutMixConfig,
+    DeepInversionConfig,
+    DistillConfig,
+    ExperimentConfig,
+    FastConfig,
+    GeneratorSettings,
+    GuidanceConfig,
+    OnlineConfig,
+    SynthConfig,
+    TeacherConfig,
+)
+
+__all__ = [
+    "BN_UNITS",
+    "DTYPES",
+    "GUIDANCE_MODES",
+    "SCHEDULERS",
+    "STEP_NORMS",
+    "ConfigError",
+    "CutMixConfig",
+    "DeepInversionConfig",
+    "DistillConfig",
+    "ExperimentConfig",
+    "CMIConfig",
+    "FastConfig",
+    "GeneratorSettings",
+    "GuidanceConfig",
+    "OnlineConfig",
+    "SynthConfig",
+    "TeacherConfig",
+    "from_dict",
+    "load_config",
+    "load_yaml",
+    "parse_overrides",
+    "replace",
+    "to_dict",
+]
