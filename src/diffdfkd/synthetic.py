@@ -88,3 +88,14 @@ def layout_targets(indices: torch.Tensor, per_class: int, num_classes: int) -> t
     """The dataset layout's one-hot targets ``[B, K]`` of samples ``indices [B]``: sample ``i`` has class
     ``(i // m) % K`` (``m = synth.samples_per_class_in_group``), so consecutive samples share a class."""
     return torch.nn.functional.one_hot((indices // per_class) % num_classes, num_classes).float()
+
+
+def require_adversary(config, student: Adversary | None) -> None:
+    """Refuse ``guidance.adv_weight > 0`` without the online student (``config``: an ExperimentConfig)."""
+    from diffdfkd.config import ConfigError
+
+    if config.guidance.adv_weight > 0 and student is None:
+        raise ConfigError(
+            f"guidance.adv_weight={config.guidance.adv_weight} needs the online student that "
+            f"`synthesize` trains between rounds; build the source with student="
+        )

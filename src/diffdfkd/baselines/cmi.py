@@ -49,7 +49,7 @@ from diffdfkd.baselines.fast import FastGenerator
 from diffdfkd.config import CMIConfig, ConfigError, ExperimentConfig
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units, adversarial, batchnorm_layers, cross_entropy
 from diffdfkd.runtime import generators_for, sample_seed, stream_seed
-from diffdfkd.synthetic import Adversary, SynthBatch, SyntheticSource, layout_targets
+from diffdfkd.synthetic import Adversary, SynthBatch, SyntheticSource, layout_targets, require_adversary
 
 GENERATOR_BETAS = (0.5, 0.999)
 LOG_EVERY = 10
@@ -152,11 +152,7 @@ class CMISource(SyntheticSource):
     def __init__(
         self, config: ExperimentConfig, teacher: torch.nn.Module, student: Adversary | None = None
     ) -> None:
-        if config.guidance.adv_weight > 0 and student is None:
-            raise ConfigError(
-                f"guidance.adv_weight={config.guidance.adv_weight} needs the online student that "
-                f"`synthesize` trains between rounds; build the source with student="
-            )
+        require_adversary(config, student)
         self.options: CMIConfig = config.cmi
         self.student = student
         self.adv_weight = config.guidance.adv_weight

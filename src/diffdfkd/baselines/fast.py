@@ -48,7 +48,7 @@ from diffdfkd.baselines.deepinversion import image_channels, jitter_view, to_rgb
 from diffdfkd.config import ConfigError, ExperimentConfig, FastConfig
 from diffdfkd.guidance.teacher_loss import BNStatistics, Units, adversarial, cross_entropy
 from diffdfkd.runtime import generators_for, sample_seed, stream_seed
-from diffdfkd.synthetic import Adversary, SynthBatch, SyntheticSource, layout_targets
+from diffdfkd.synthetic import Adversary, SynthBatch, SyntheticSource, layout_targets, require_adversary
 
 # Random streams of the meta-generator's initial weights and of the warm-up rounds' samples
 # (0, 1, 2 are the samples', the groups' and the real source's order).
@@ -101,11 +101,7 @@ class FastSource(SyntheticSource):
         teacher: torch.nn.Module,
         student: Adversary | None = None,
     ) -> None:
-        if config.guidance.adv_weight > 0 and student is None:
-            raise ConfigError(
-                f"guidance.adv_weight={config.guidance.adv_weight} needs the online student that "
-                f"`synthesize` trains between rounds; build the source with student="
-            )
+        require_adversary(config, student)
         self.options: FastConfig = config.fast
         self.student = student
         self.adv_weight = config.guidance.adv_weight
