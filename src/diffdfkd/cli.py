@@ -233,11 +233,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from diffdfkd.bench import run_bench
+    from diffdfkd.bench import bench_budget, run_bench
 
     only = [name.strip() for name in args.only.split(",") if name.strip()] or None
+    budget = bench_budget(args.world, args.quick, args.images_per_class)
     report = run_bench(
-        args.world, args.seeds, args.out, quick=args.quick, only=only, overwrite=args.overwrite
+        args.world, args.seeds, args.out, quick=args.quick, only=only, budget=budget, overwrite=args.overwrite
     )
     print(
         (Path(args.out) / "results.md").read_text() if (Path(args.out) / "results.md").is_file() else report
@@ -430,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results/digits", help="results folder (runs resume from it)")
     p.add_argument("--only", default="", help="comma-separated row names (default: every row)")
     p.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets")
+    p.add_argument(
+        "--images-per-class", type=int, default=None, help="the rows' budget (default: the world's bench budget)"
+    )
     p.add_argument("--overwrite", action="store_true", help="redo runs whose folder holds another config")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -169,6 +169,9 @@ FULL_BUDGET: dict[str, Any] = {
     "distill.epochs": 60,
     "distill.batch_size": 32,
 }
+# The emoji world's rows run at its config's sampler and KD recipe (40 epochs of batch 64, DDPM 20 steps),
+# at the efficacy issue's budgets of 100 and 500 images per class.
+WORLD_BUDGETS: dict[str, dict[str, Any]] = {"emoji": {"synth.images_per_class": 100}}
 QUICK_BUDGET: dict[str, Any] = {
     "synth.images_per_class": 2,
     "generator.num_steps": 3,
@@ -234,3 +237,14 @@ def row_config(
     return replace(
         base, **{**budget, **row.overrides, "seed": seed, "out_dir": str(run_dir), "synth.out_dir": ""}
     )
+
+
+def bench_budget(world: str, quick: bool = False, images_per_class: int | None = None) -> dict[str, Any]:
+    """The overrides every row of ``world``'s bench shares: ``QUICK_BUDGET`` when ``quick``, else the
+    world's own (``WORLD_BUDGETS``, default ``FULL_BUDGET``); ``images_per_class`` replaces its budget."""
+    budget = dict(QUICK_BUDGET if quick else WORLD_BUDGETS.get(world, FULL_BUDGET))
+    if images_per_class is not None:
+        if images_per_class < 1:
+            raise ConfigError(f"images_per_class must be >= 1, got {images_per_class}")
+        budget["synth.images_per_class"] = images_per_class
+    return budget

@@ -21,12 +21,11 @@ import torch
 
 from diffdfkd.bench.render import write_outputs
 from diffdfkd.bench.rows import (
-    FULL_BUDGET,
-    QUICK_BUDGET,
     ROW_NAMES_VERSION,
     ROWS,
     WORLD_CONFIGS,
     Row,
+    bench_budget,
     row_config,
     select_rows,
 )
@@ -131,7 +130,7 @@ def run_bench(
 
     ``quick``: tiny budgets on ``QUICK_ROWS`` (a smoke run). ``base``: the config the rows modify
     (default: the world's shipped config file); ``budget``: the shared overrides (default
-    ``FULL_BUDGET``, or ``QUICK_BUDGET`` when ``quick``); ``overwrite``: redo runs whose folder holds
+    ``bench_budget(world, quick)``); ``overwrite``: redo runs whose folder holds
     another config instead of refusing; ``threads``: torch CPU threads during the runs (``None``:
     leave torch's setting; the models are tiny, and on a shared 2-core machine two threads made
     synthesis about 5x SLOWER than one); ``budget_note``: how the budget was chosen, for ``results.md``.
@@ -143,7 +142,7 @@ def run_bench(
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     out = Path(out)
     base = base if base is not None else load_config(WORLD_CONFIGS[world])
-    budget = dict(budget if budget is not None else (QUICK_BUDGET if quick else FULL_BUDGET))
+    budget = dict(budget if budget is not None else bench_budget(world, quick))
     rows = select_rows(only, quick, rows)
     start = time.perf_counter()
     runs: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}

@@ -124,9 +124,9 @@ BROAD = replace(
 BROAD_QUICK = replace(QUICK, looks=BROAD.looks, p_class=1.0, p_look=0.5, max_length=12)
 # The emoji world's recipe: colour images in six PUBLIC styles (diffdfkd.worlds.emoji), captions that
 # name the class always, the emoji most of the time and the style half of the time. A wider VAE and UNet
-# than the digits' (colour and detail), sized to build in about 1.5 hours on one thread of a 2-core CPU
-# shared with four other jobs (measured there: VAE 1.4 s a step of 32, UNet 1.6 s a step of 64; alone
-# about 0.9 and 0.65 s).
+# than the digits' (colour and detail), sized to build in about 2 hours on one thread of a 2-core CPU
+# (alone: VAE about 0.9 s a step of 32, UNet about 0.65 s a step of 64). A first build with 2,400 UNet
+# steps gave blobs outside the face and person classes (class adherence 0.25-0.51): 6,000 steps.
 EMOJI = replace(
     FULL,
     vae_channels=(32, 64, 64),
@@ -142,7 +142,7 @@ EMOJI = replace(
     max_length=24,
     vae_steps=1000,
     vae_batch=32,
-    unet_steps=2400,
+    unet_steps=6000,
     unet_batch=64,
     latent_copies=4,
 )
