@@ -37,8 +37,9 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from diffdfkd.bench import WORLD_CONFIGS, Row, row_config, run_row  # noqa: E402
 from diffdfkd.config import load_config, replace  # noqa: E402
+from diffdfkd.experiment import resolve_config  # noqa: E402
 from diffdfkd.models import build_teacher  # noqa: E402
-from diffdfkd.synth.run import SynthPlan, resolve_config  # noqa: E402
+from diffdfkd.synth.run import SynthPlan  # noqa: E402
 from diffdfkd.synth.sources import SOURCES  # noqa: E402
 from diffdfkd.worlds import teacher_spec  # noqa: E402
 

@@ -39,8 +39,9 @@ MODES = ("none", "full", "detach_unet", "one_pass")
 def measure(config_path: str, mode: str, overrides: list[str]) -> dict:
     """Synthesize the configured number of images with guidance ``mode`` in this process; measure it."""
     from diffdfkd.config import load_config
+    from diffdfkd.experiment import resolve_config
     from diffdfkd.models.teacher import build_teacher
-    from diffdfkd.synth.run import SynthPlan, resolve_config
+    from diffdfkd.synth.run import SynthPlan
     from diffdfkd.synth.sources import SOURCES
     from diffdfkd.worlds import teacher_spec
 
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from diffdfkd.config import load_config
+    from diffdfkd.experiment import resolve_config
     from diffdfkd.models.teacher import build_teacher
-    from diffdfkd.synth.run import resolve_config
     from diffdfkd.worlds import teacher_spec
 
     config = load_config(args.config, overrides)

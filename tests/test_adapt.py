@@ -9,8 +9,8 @@ from diffdfkd.bench import WORLD_CONFIGS
 from diffdfkd.cli import main
 from diffdfkd.config import ConfigError, load_config
 from diffdfkd.diffusion.components import load_components
+from diffdfkd.experiment import resolve_config
 from diffdfkd.synth.adapt import CHECKPOINT, INFO, LORA_TARGETS, AdaptSettings, adapt_generator
-from diffdfkd.synth.run import resolve_config
 
 # The far world's shipped generator with a 3-step schedule: a few adaptation steps take seconds.
 CONFIG = resolve_config(load_config(WORLD_CONFIGS["digits-mnist"], ["generator.num_steps=3"]))

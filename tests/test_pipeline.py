@@ -60,6 +60,17 @@ def test_run_writes_report_and_resumes(make_config, tmp_path, eval_folder):
     assert sorted(p.stat().st_mtime_ns for p in (out / "synth" / "images").rglob("*.png")) == synth_files
 
 
+def test_a_run_builds_its_teacher_once(make_config, tmp_path, eval_folder, monkeypatch):
+    # every stage (check, synthesis, distillation, evaluation, report) is handed the run's one teacher
+    import diffdfkd.models.teacher as teacher_module
+
+    built = []
+    load = teacher_module.load_teacher
+    monkeypatch.setattr(teacher_module, "load_teacher", lambda *a, **kw: built.append(a) or load(*a, **kw))
+    run_experiment(_config(make_config, tmp_path, eval_folder, **{"distill.epochs": 1}), progress=False)
+    assert len(built) == 1
+
+
 def test_changed_config_is_refused_naming_the_keys(make_config, tmp_path, eval_folder):
     config = _config(make_config, tmp_path, eval_folder, **{"distill.epochs": 1})
     run_experiment(config, progress=False)

@@ -33,9 +33,10 @@ from diffdfkd.diffusion.components import (
     read_pipeline_index,
 )
 from diffdfkd.distill.trainer import checkpoint_run, split_holdout
+from diffdfkd.experiment import Experiment, experiment_of
 from diffdfkd.guidance.modes import guided_steps
 from diffdfkd.guidance.teacher_loss import NoBatchNormError, batchnorm_layers
-from diffdfkd.models import build_teacher, create_model
+from diffdfkd.models import create_model
 from diffdfkd.models.teacher import Teacher
 from diffdfkd.runtime import changed_keys, describe_changes, resolve_device
 from diffdfkd.synth.dataset import (
@@ -47,10 +48,10 @@ from diffdfkd.synth.dataset import (
 )
 from diffdfkd.synth.diffusion_source import class_prompts
 from diffdfkd.synth.online_student import check_online, online_arch
-from diffdfkd.synth.run import SynthPlan, dataset_signature, output_dir, resolve_config
+from diffdfkd.synth.run import SynthPlan, dataset_signature
 from diffdfkd.synth.sources import SOURCES
 from diffdfkd.synth.writer import DatasetFolderError, DatasetWriter, dataset_file, missing_batches
-from diffdfkd.worlds import get_world, list_worlds, teacher_spec
+from diffdfkd.worlds import get_world, list_worlds
 
 STAGES = ("synthesize", "distill", "run")
 # What a run makes from its student (removed with it when a new one is trained).
@@ -70,7 +71,7 @@ class CheckReport:
 
 
 def check(
-    config: ExperimentConfig,
+    config: ExperimentConfig | Experiment,
     stage: str,
     *,
     overwrite: bool = False,
@@ -84,7 +85,8 @@ def check(
     """
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
-    teacher = build_teacher(teacher_spec(config))
+    experiment = experiment_of(config)
+    config, teacher = experiment.config, experiment.teacher
     size = teacher.input_size
     report = CheckReport(teacher)
     report.lines.append(
@@ -95,9 +97,9 @@ def check(
         report.lines.append(f"output folder {config.out_dir}: {output_state(config, overwrite)}")
         check_writable(Path(config.out_dir), "out_dir")
     if stage in ("synthesize", "run"):
-        report.lines += _check_synthesis(config, teacher, overwrite)
+        report.lines += _check_synthesis(experiment, overwrite)
     if stage == "distill":
-        root = Path(data) if data else output_dir(config)
+        root = Path(data) if data else experiment.synth_dir
         if not data:  # the config's own dataset: made with this very config, or refused
             _check_own_dataset(root, config, teacher)
         report.lines += _check_dataset(root, config, teacher, allow_partial, overwrite)
@@ -121,21 +123,22 @@ def check(
 # --- synthesis -----------------------------------------------------------------------------------------
 
 
-def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool) -> list[str]:
+def _check_synthesis(experiment: Experiment, overwrite: bool) -> list[str]:
     """The source, the generator folder and its scheduler, the dataset folder's state, the plan."""
+    config, teacher = experiment.config, experiment.teacher
     SOURCES.get(config.synth.source)  # an unknown name lists the known ones
     check_online(config)
     plan = SynthPlan.from_config(config, teacher.num_classes)
     lines = []
     if config.synth.source in GENERATOR_SOURCES:
-        lines += _check_generator(config, teacher.class_names)
+        lines += _check_generator(experiment)
     _check_batchnorm(config, teacher)
     if config.synth.source in ("fast", "cmi") and teacher.input_size % 4:
         raise ConfigError(
             f"synth.source={config.synth.source} makes images whose side is a multiple of 4; the teacher takes {teacher.input_size}"
         )
     save_size = config.synth.save_size or teacher.input_size
-    out = output_dir(config)
+    out = experiment.synth_dir
     writer = DatasetWriter(out, teacher.class_names)
     state = writer.state(dataset_signature(config, plan, teacher.class_names, save_size), overwrite=overwrite)
     check_writable(out, "synth.out_dir" if config.synth.out_dir else "out_dir")
@@ -165,11 +168,12 @@ def _check_synthesis(config: ExperimentConfig, teacher: Teacher, overwrite: bool
     return lines
 
 
-def _check_generator(config: ExperimentConfig, class_names: tuple[str, ...]) -> list[str]:
+def _check_generator(experiment: Experiment) -> list[str]:
     """The pipeline folder has every part, each weights file is whole (its header covers it), the
     device exists, the scheduler takes ``num_steps``, the resolution is a whole number of latent
     pixels, every prompt fits the tokenizer's window."""
-    gen = resolve_config(config).generator
+    gen = experiment.generator_config().generator
+    class_names = experiment.teacher.class_names
     index = read_pipeline_index(gen.path)
     for part in ("unet", "vae", "text_encoder"):
         check_weight_files(Path(gen.path) / part)

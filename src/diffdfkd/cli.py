@@ -121,16 +121,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from diffdfkd.check import check_test_data
     from diffdfkd.config import replace
     from diffdfkd.evaluate import evaluate
-    from diffdfkd.models.teacher import build_teacher, load_teacher
+    from diffdfkd.experiment import Experiment
+    from diffdfkd.models.teacher import load_teacher
     from diffdfkd.pipeline import load_test_data
-    from diffdfkd.worlds import get_world, teacher_spec
+    from diffdfkd.worlds import get_world
 
     config = _config(args)
     if args.folder:
         config = replace(config, eval_folder=args.folder)
-    teacher = build_teacher(
-        teacher_spec(config)
-    )  # the configured teacher: its classes, input size, normalisation
+    # the configured teacher: its classes, input size, normalisation
+    teacher = Experiment.build(config).teacher
     model, name = (
         teacher,
         f"teacher {config.teacher.weights or 'shipped with the ' + config.world + ' world'}",
@@ -171,11 +171,12 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 def cmd_synthesize(args: argparse.Namespace) -> None:
     from diffdfkd.check import check
+    from diffdfkd.experiment import Experiment
     from diffdfkd.synth.run import synthesize
 
-    config = _config(args)
-    check(config, "synthesize", overwrite=args.overwrite)
-    out = synthesize(config, shard=args.shard, num_shards=args.num_shards, overwrite=args.overwrite)
+    experiment = Experiment.build(_config(args))
+    check(experiment, "synthesize", overwrite=args.overwrite)
+    out = synthesize(experiment, shard=args.shard, num_shards=args.num_shards, overwrite=args.overwrite)
     summary = out / "summary.json"
     print(summary.read_text() if summary.is_file() else f"shard written to {out}; other shards still missing")
     print(f"dataset: {out}")
@@ -194,17 +195,17 @@ def cmd_adapt_generator(args: argparse.Namespace) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from diffdfkd.check import check
+    from diffdfkd.experiment import Experiment
     from diffdfkd.pipeline import claim_output, distill
     from diffdfkd.synth.dataset import load_synthetic
-    from diffdfkd.synth.run import output_dir
 
-    config = _config(args)
-    check(config, "distill", overwrite=args.overwrite, data=args.data, allow_partial=args.allow_partial)
-    data = load_synthetic(args.data or output_dir(config), allow_partial=args.allow_partial)
+    experiment = Experiment.build(_config(args))
+    check(experiment, "distill", overwrite=args.overwrite, data=args.data, allow_partial=args.allow_partial)
+    data = load_synthetic(args.data or experiment.synth_dir, allow_partial=args.allow_partial)
     if args.allow_partial:
         print(f"distilling on the {len(data)} images made so far (--allow-partial)")
-    claim_output(config, overwrite=args.overwrite, data_id=data.identity)
-    result = distill(config, data)
+    claim_output(experiment.config, overwrite=args.overwrite, data_id=data.identity)
+    result = distill(experiment, data)
     print(f"student weights: {result.weights}")
     print(
         f"last-epoch agreement with the teacher on held-out synthetic images: {result.fit.holdout_agreement}"
@@ -432,7 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default="", help="comma-separated row names (default: every row)")
     p.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets")
     p.add_argument(
-        "--images-per-class", type=int, default=None, help="the rows' budget (default: the world's bench budget)"
+        "--images-per-class",
+        type=int,
+        default=None,
+        help="the rows' budget (default: the world's bench budget)",
     )
     p.add_argument("--overwrite", action="store_true", help="redo runs whose folder holds another config")
     p.set_defaults(func=cmd_bench)

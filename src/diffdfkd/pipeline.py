@@ -15,13 +15,14 @@ from diffdfkd.check import REPORT_NAMES, check, output_state
 from diffdfkd.config import ConfigError, ExperimentConfig, load_config
 from diffdfkd.distill.trainer import FitResult, TensorData, checkpoint_run, fit, split_holdout
 from diffdfkd.evaluate import bn_statistics_distance, evaluate
-from diffdfkd.models import build_teacher, create_model, export_weights
+from diffdfkd.experiment import Experiment, experiment_of
+from diffdfkd.models import create_model, export_weights
 from diffdfkd.report import image_grid, write_report
 from diffdfkd.runinfo import write_run_info
 from diffdfkd.runtime import stream_seed
 from diffdfkd.synth.dataset import SyntheticData, load_image_folder, load_synthetic
 from diffdfkd.synth.run import synthesize
-from diffdfkd.worlds import get_world, list_worlds, teacher_spec
+from diffdfkd.worlds import get_world, list_worlds
 from diffdfkd.worlds.judge import JUDGES, load_judge, look_fractions
 
 
@@ -65,14 +66,17 @@ def claim_output(config: ExperimentConfig, overwrite: bool, data_id: str | None 
     return out
 
 
-def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = True) -> DistillOutput:
+def distill(
+    config: ExperimentConfig | Experiment, data: SyntheticData, *, progress: bool = True
+) -> DistillOutput:
     """Distil ``config.distill.student`` from the configured teacher on a synthetic dataset.
 
     A ``distill.holdout_fraction`` slice of the SYNTHETIC data is held out for monitoring (agreement
     with the teacher); the student returned is the last epoch's. Resumes from ``<out_dir>/student``.
     ``distill.kd=false`` trains with cross-entropy on the dataset's labels instead, without the teacher.
     """
-    teacher = build_teacher(teacher_spec(config))
+    experiment = experiment_of(config)
+    config, teacher = experiment.config, experiment.teacher
     if len(data.class_names) != teacher.num_classes:
         raise ConfigError(
             f"the synthetic set has {len(data.class_names)} classes, the teacher {teacher.num_classes}"
@@ -83,7 +87,7 @@ def distill(config: ExperimentConfig, data: SyntheticData, *, progress: bool = T
             config.distill.student, num_classes=teacher.num_classes, in_channels=data.images.shape[1]
         )
     train_idx, holdout_idx = split_holdout(len(data), config.distill.holdout_fraction, config.seed)
-    out = Path(config.out_dir) / "student"
+    out = experiment.out_dir / "student"
     result = fit(
         student,
         TensorData(data.images[train_idx], data.labels[train_idx]),
@@ -133,21 +137,22 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
     Everything cheap to check is checked first (``diffdfkd.check``), before any folder is claimed.
     Returns the summary also written to ``<out_dir>/results.json``.
     """
-    check(config, "run", overwrite=overwrite)
+    experiment = Experiment.build(config)  # the teacher, built once for every stage
+    check(experiment, "run", overwrite=overwrite)
     out = claim_output(config, overwrite)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    synth_dir = synthesize(config, overwrite=overwrite, progress=progress)
+    synth_dir = synthesize(experiment, overwrite=overwrite, progress=progress)
     timings["synthesis"] = time.perf_counter() - start
     data = load_synthetic(synth_dir)
 
     start = time.perf_counter()
-    distilled = distill(config, data, progress=progress)
+    distilled = distill(experiment, data, progress=progress)
     timings["distillation"] = time.perf_counter() - start
 
     # The PRIVATE test split is read once, here, for the final report.
     start = time.perf_counter()
-    teacher = build_teacher(teacher_spec(config))
+    teacher = experiment.teacher.cpu()  # as loaded: distillation may have moved it to its device
     test_images, test_labels, test_source = load_test_data(config, teacher.class_names)
     teacher_eval = evaluate(teacher, test_images, test_labels)
     student_eval = evaluate(distilled.student, test_images, test_labels)

@@ -179,7 +179,7 @@ class CMISource(SyntheticSource):
         probe = torch.zeros(
             1, self.channels, self.teacher.input_size, self.teacher.input_size, device=self.device
         )
-        with torch.no_grad(), FeatureMeans(self.teacher.model) as hooks:
+        with torch.no_grad(), FeatureMeans(self.teacher.network) as hooks:
             self.teacher(probe)
             return hooks.features().shape[1]
 
@@ -246,8 +246,8 @@ class CMISource(SyntheticSource):
             images = generator(z)
             view = jitter_view(images, generators, o.jitter, o.flip)
             crop = local_view(images, generators, o.local_scale, o.flip)
-            with FeatureMeans(self.teacher.model) as features:
-                with BNStatistics(self.teacher.model, per_batch) as bn:
+            with FeatureMeans(self.teacher.network) as features:
+                with BNStatistics(self.teacher.network, per_batch) as bn:
                     logits = self.teacher(view).float()
                     bn_loss = bn.loss()
                 global_features = features.features()

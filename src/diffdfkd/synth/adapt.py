@@ -49,11 +49,11 @@ import torch.nn.functional as F
 from diffdfkd.config import ConfigError, ExperimentConfig
 from diffdfkd.diffusion.components import decode_latents, encode_prompts, load_components
 from diffdfkd.diffusion.denoiser import CFGDenoiser, Step, alpha_bar
+from diffdfkd.experiment import resolve_config
 from diffdfkd.files import load_checkpoint, torch_bytes
 from diffdfkd.guidance.guide import TeacherGuide
 from diffdfkd.models.teacher import build_teacher
 from diffdfkd.synth.diffusion_source import class_prompts
-from diffdfkd.synth.run import resolve_config
 from diffdfkd.synth.writer import atomic_write
 from diffdfkd.worlds import teacher_spec
 

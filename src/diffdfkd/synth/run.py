@@ -17,6 +17,7 @@ byte-identical.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -29,9 +30,8 @@ from typing import Any
 
 import torch
 
-from diffdfkd.config import ConfigError, ExperimentConfig, replace
-from diffdfkd.errors import UserError
-from diffdfkd.models.teacher import build_teacher
+from diffdfkd.config import ConfigError, ExperimentConfig
+from diffdfkd.experiment import Experiment, experiment_of
 from diffdfkd.synth.dataset import read_rows
 from diffdfkd.synth.online_student import check_online, online_arch
 from diffdfkd.synth.rounds import Rounds
@@ -43,7 +43,6 @@ from diffdfkd.synth.writer import (
     missing_batches,
 )
 from diffdfkd.synthetic import layout_targets
-from diffdfkd.worlds import get_world, teacher_spec
 
 logger = logging.getLogger(__name__)
 
@@ -106,26 +105,6 @@ def resolve_shard(shard: int | None, num_shards: int | None) -> tuple[int, int]:
     return shard, num_shards
 
 
-def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
-    """Fill an empty ``generator.path`` with the world's shipped generator (where one is shipped; only
-    the diffusion source needs one)."""
-    if config.generator.path:
-        return config
-    path = get_world(config.world).generator
-    if not (path / "model_index.json").is_file():
-        if config.synth.source != "diffdfkd":
-            return config
-        raise UserError(
-            f"world {config.world!r} has no shipped generator at {path} yet; train it, or set generator.path"
-        )
-    return replace(config, **{"generator.path": str(path)})
-
-
-def output_dir(config: ExperimentConfig) -> Path:
-    """``synth.out_dir``, or ``<out_dir>/synth`` when it is empty."""
-    return Path(config.synth.out_dir) if config.synth.out_dir else Path(config.out_dir) / "synth"
-
-
 def dataset_signature(
     config: ExperimentConfig, plan: SynthPlan, class_names: tuple[str, ...], save_size: int
 ) -> dict[str, Any]:
@@ -168,7 +147,7 @@ def summarise(root: Path, seconds: float) -> dict[str, Any]:
 
 
 def synthesize(
-    config: ExperimentConfig,
+    config: ExperimentConfig | Experiment,
     *,
     shard: int | None = None,
     num_shards: int | None = None,
@@ -187,12 +166,18 @@ def synthesize(
 
     start = time.perf_counter()
     shard, num_shards = resolve_shard(shard, num_shards)
+    experiment = experiment_of(config)
+    config = experiment.config
     check_online(config, num_shards)
-    teacher = build_teacher(teacher_spec(config))
+    teacher = experiment.teacher
+    if config.generator.channels_last or config.generator.compile:
+        # those speed settings change the network in place, for good: distillation and evaluation
+        # (the same experiment's teacher) see it as loaded
+        teacher = copy.deepcopy(teacher)
     class_names = tuple(teacher.class_names)
     plan = SynthPlan.from_config(config, len(class_names))
     save_size = config.synth.save_size or teacher.input_size
-    out = output_dir(config)
+    out = experiment.synth_dir
     writer = DatasetWriter(out, class_names, started=start)
     signature = dataset_signature(config, plan, class_names, save_size)
     writer.prepare(config, signature, overwrite=overwrite)
@@ -201,7 +186,7 @@ def synthesize(
     batches = plan.shard_batches(shard, num_shards)
     todo = [b for b in batches if not writer.is_done(b)]
     if todo:
-        rounds = Rounds(resolve_config(config), plan, writer, teacher, save_size)
+        rounds = Rounds(experiment.generator_config(), plan, writer, teacher, save_size)
         bar = tqdm(
             total=len(batches) * plan.batch_size,
             initial=(len(batches) - len(todo)) * plan.batch_size,
