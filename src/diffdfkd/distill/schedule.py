@@ -40,8 +40,8 @@ class ModelEma:
         """Fold ``model``'s current weights in (``step``: the update's index, read with ``warmup``)."""
         keep = self.decay_at(step)
         for ema, current in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
-            if ema.is_floating_point():
-                ema.lerp_(current, 1.0 - keep)
+            if ema.is_floating_point():  # d * ema + (1 - d) * w in this order (not lerp_): the bits
+                ema.mul_(keep).add_(current, alpha=1.0 - keep)  # the shipped generators were trained with
             else:
                 ema.copy_(current)
 
@@ -58,8 +58,11 @@ def warmup_cosine(step: int, total: int, warmup: int = 0) -> float:
     at 0 past ``total``."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    span = max(1, total - warmup)
+    if step - warmup >= span:
+        return 0.0
+    # pi (step - warmup) / span in this order: the bits the shipped generators were trained with
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / span))
 
 
 def lr_factor(recipe: DistillConfig, step: int, steps_per_epoch: int) -> float:

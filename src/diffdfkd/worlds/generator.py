@@ -8,7 +8,6 @@ each world trains on in :mod:`diffdfkd.worlds.captions`. Training is seeded, che
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffdfkd.distill.schedule import ModelEma, warmup_cosine
 from diffdfkd.files import replace_atomically
 from diffdfkd.registry import UnknownNameError
 from diffdfkd.worlds.captions import TrainingSet, training_set
@@ -48,32 +48,8 @@ DATA_NAMES = {
 # ----------------------------------------------------------------------------------------------
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def _load_checkpoint(path: Path) -> dict | None:
     return torch.load(path, weights_only=True) if path.exists() else None
-
-
-class _Ema:
-    """Exponential moving average of a module's float parameters (decay warms up as (1+n)/(10+n))."""
-
-    def __init__(self, module: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, module: nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in module.state_dict().items():
-            if v.is_floating_point():
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
-            else:
-                self.shadow[k].copy_(v)
 
 
 def _steps(start: int, total: int, desc: str) -> tqdm:
@@ -109,7 +85,7 @@ def train_vae(cfg: GeneratorConfig, data: TrainingSet, work: Path, seed: int, re
     bar = _steps(start, cfg.vae_steps, "VAE")
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = cfg.vae_lr * _lr_factor(step, cfg.vae_steps, min(100, cfg.vae_steps // 10))
+            group["lr"] = cfg.vae_lr * warmup_cosine(step, cfg.vae_steps, min(100, cfg.vae_steps // 10))
         idx = torch.randint(len(data.images), (cfg.vae_batch,), generator=gen)
         x = data.render(data.augment(data.images[idx], gen), idx, gen)[0] * 2 - 1
         posterior = vae.encode(x).latent_dist
@@ -191,7 +167,7 @@ def train_unet(
     scheduler = make_scheduler()
     models = nn.ModuleDict({"unet": unet, "text": text_encoder})
     opt = torch.optim.AdamW(models.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
-    ema = _Ema(models, cfg.ema_decay)
+    ema = ModelEma(models, cfg.ema_decay, warmup=True)
     gen = torch.Generator().manual_seed(seed + 4)
     ckpt_path = work / "unet_ckpt.pt"
     start, elapsed = 0, 0.0
@@ -199,7 +175,7 @@ def train_unet(
     if ckpt is not None:
         models.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
-        ema.shadow = ckpt["ema"]
+        ema.load_state_dict(ckpt["ema"])
         gen.set_state(ckpt["rng"])
         start, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
     abar = scheduler.alphas_cumprod
@@ -211,7 +187,7 @@ def train_unet(
     bar = _steps(start, cfg.unet_steps, "UNet")
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = cfg.unet_lr * _lr_factor(step, cfg.unet_steps, cfg.warmup_steps)
+            group["lr"] = cfg.unet_lr * warmup_cosine(step, cfg.unet_steps, cfg.warmup_steps)
         idx = torch.randint(len(mean), (cfg.unet_batch,), generator=gen)
         z0 = scaling * (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen))
         ids = data.caption_ids(idx % n_images, looks[idx], gen)
@@ -230,10 +206,10 @@ def train_unet(
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
-            state = {"model": models.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow}
+            state = {"model": models.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict()}
             state.update(rng=gen.get_state(), step=step + 1, elapsed=time.perf_counter() - t0)
             replace_atomically(ckpt_path, lambda tmp, state=state: torch.save(state, tmp))
-    models.load_state_dict(ema.shadow)
+    models.load_state_dict(ema.state_dict())
     models.eval()
     return unet, text_encoder, tokenizer, time.perf_counter() - t0
 
