@@ -52,7 +52,7 @@ from diffdfkd.bench import (  # noqa: E402
     run_record,
     write_outputs,
 )
-from diffdfkd.check import saved_config  # noqa: E402
+from diffdfkd.check.folders import saved_config  # noqa: E402
 from diffdfkd.config import load_config, to_dict  # noqa: E402
 from diffdfkd.worlds.looks import LOOK_PROMPTS  # noqa: E402
 

@@ -93,7 +93,7 @@ def test_a_run_folder_from_an_older_config_schema_counts_as_changed(make_config,
     not a crash of the comparison: refused without --overwrite, replaced with it."""
     import yaml
 
-    from diffdfkd.check import output_state
+    from diffdfkd.check.folders import output_state
     from diffdfkd.config import to_dict
 
     config = _config(make_config, tmp_path, eval_folder)

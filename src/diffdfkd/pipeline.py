@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from diffdfkd.check import REPORT_NAMES, check, output_state
+from diffdfkd.check import check
+from diffdfkd.check.folders import REPORT_NAMES, output_state
 from diffdfkd.config import ConfigError, ExperimentConfig, load_config
 from diffdfkd.distill.trainer import FitResult, TensorData, checkpoint_run, fit, split_holdout
 from diffdfkd.evaluate import bn_statistics_distance, evaluate

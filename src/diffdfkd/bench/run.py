@@ -30,7 +30,7 @@ from diffdfkd.bench.rows import (
     select_rows,
 )
 from diffdfkd.bench.statistics import aggregate, comparison
-from diffdfkd.check import saved_config
+from diffdfkd.check.folders import saved_config
 from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, load_config, to_dict
 from diffdfkd.evaluate import bn_statistics_distance
 from diffdfkd.models import build_teacher

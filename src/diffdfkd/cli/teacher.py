@@ -53,7 +53,7 @@ def _print_report(report: dict, class_names: tuple[str, ...]) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from diffdfkd.check import check_test_data
+    from diffdfkd.check.folders import check_test_data
     from diffdfkd.config import replace
     from diffdfkd.evaluate import evaluate
     from diffdfkd.experiment import Experiment
