@@ -14,6 +14,7 @@ from PIL import Image
 
 from diffdfkd.worlds import emoji
 from diffdfkd.worlds import emoji_build as B
+from diffdfkd.worlds import emoji_render as R
 
 # sha256 of the shipped PRIVATE splits: a rebuild that changes them must update this on purpose
 SHIPPED_PRIVATE_SHA256 = "154908fdb517fb1b4a2f36505b86e9fc5d68cd83e31953ca3cee98e6394312e3"
@@ -50,18 +51,18 @@ def lay_out_fixture(root: Path) -> dict[str, Path]:
         entry = {"unified": code, "image": image, "subcategory": sub, "has_img_google": True}
         variants = {}
         if toned:
-            tone = B.picked_tone(name)
+            tone = R.picked_tone(name)
             v_code = code.split("-")[0] + "-" + tone + code[len(code.split("-")[0]) :]
             variants[tone] = {"unified": v_code, "image": v_code.lower() + ".png", "has_img_google": True}
-            annotations.append({"hexcode": B._strip_fe0f(v_code), "annotation": f"{name}: tone"})
+            annotations.append({"hexcode": R._strip_fe0f(v_code), "annotation": f"{name}: tone"})
         entry["skin_variations"] = variants or None
         entries.append(entry)
-        annotations.append({"hexcode": B._strip_fe0f(code), "annotation": name})
+        annotations.append({"hexcode": R._strip_fe0f(code), "annotation": name})
         for e in [entry, *variants.values()]:
             colour = (20 * k % 255, 100, 200)
             _png(folders["emoji-datasource-twitter"] / "img" / "twitter" / "64" / e["image"], colour)
             _png(folders["emoji-datasource-google"] / "img" / "google" / "64" / e["image"], colour[::-1])
-            svg = folders["openmoji"] / "color" / "svg" / f"{B._strip_fe0f(e['unified'])}.svg"
+            svg = folders["openmoji"] / "color" / "svg" / f"{R._strip_fe0f(e['unified'])}.svg"
             svg.parent.mkdir(parents=True, exist_ok=True)
             svg.write_text(SVG.format(r=10 + 2 * k, c=f"{(40 * k) % 256:02x}8040"))
     (folders["emoji-datasource"]).mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ def test_fixture_build_is_byte_identical_when_rerun(built, tmp_path):
 
 def test_stems_join_genders_tones_and_names():
     items = [
-        B.Item(code, name, 0, name, "", "", True)
+        R.Item(code, name, 0, name, "", "", True)
         for code, name in [
             ("1F3C3", "person running"),
             ("1F3C3-200D-2642-FE0F", "man running"),
@@ -122,7 +123,7 @@ def test_stems_join_genders_tones_and_names():
             ("1F436", "dog face"),
         ]
     ]
-    stems = B.assign_stems(items)
+    stems = R.assign_stems(items)
     assert stems[0] == stems[1] == stems[2] and stems[3] == stems[4]
     assert len({stems[0], stems[3], stems[5]}) == 3
 
