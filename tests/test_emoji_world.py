@@ -197,6 +197,7 @@ def test_emoji_captions_name_class_always_emoji_and_style_by_their_shares():
     assert unk not in data.tokenizer("an emoji, mammal, black line art").input_ids  # prompts users write
 
 
+@pytest.mark.slow  # the emoji world end to end (the digits run is tests/test_pipeline.py)
 def test_emoji_config_runs_end_to_end(tmp_path):
     """`diffdfkd run --config configs/emoji.yaml` with tiny budgets: guided synthesis with the shipped
     generator, the online student, KD of the world's student, the PRIVATE test split, the style mix."""

@@ -426,6 +426,7 @@ CMI_ADV = {**ADV, "synth.source": "cmi", "cmi.iterations": 3, "cmi.width": 8, "c
            "cmi.head_dim": 8, "cmi.negatives": 6}  # fmt: skip
 
 
+@pytest.mark.slow  # a SIGKILLed subprocess
 def test_cmi_with_the_online_student_resumes_byte_identical_after_sigkill(make_config, tmp_path) -> None:
     full = synthesize(make_config(tmp_path / "full", **CMI_ADV), progress=False)
     plain = synthesize(

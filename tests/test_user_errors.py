@@ -685,6 +685,7 @@ def _synthesize_argv(user: User, folder: Path, *overrides: str) -> list:
     ]
 
 
+@pytest.mark.slow  # a subprocess holds the lock while three synthesize commands run
 def test_a_second_writer_of_another_config_is_refused_while_the_first_writes(user, tmp_path, capsys):
     folder = tmp_path / "busy"
     shutil.copytree(user.datasets["a"], folder)
