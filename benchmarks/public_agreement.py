@@ -79,7 +79,9 @@ def main() -> None:
     order = sorted(rows, key=lambda r: -statistics.mean(x["student_top1_private_test"] for x in rows[r]))
     for name in order:
         runs = rows[name]
-        mean = {k: statistics.mean(x["public_agreement"][k] for x in runs) for k in runs[0]["public_agreement"]}
+        mean = {
+            k: statistics.mean(x["public_agreement"][k] for x in runs) for k in runs[0]["public_agreement"]
+        }
         top1 = [100 * x["student_top1_private_test"] for x in runs]
         spread = f" +- {statistics.stdev(top1):.1f}" if len(top1) > 1 else ""
         cost = statistics.mean(x["synthesis_s_per_image"] for x in runs)
