@@ -438,7 +438,7 @@ def test_cmi_with_the_online_student_resumes_byte_identical_after_sigkill(make_c
     config = make_config(out, **CMI_ADV)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(to_dict(config)))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # HF_HUB_OFFLINE: conftest.py
     # die writing the 4th PNG of batch 2: the rerun replays CMI's rounds 0-1 (its head and memory
     # bank) beside the student it rebuilds from the saved images
     result = subprocess.run(
