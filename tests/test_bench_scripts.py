@@ -1,5 +1,5 @@
 """The benchmark scripts' own logic: ``goals.py``'s budget curve read from the comparison folders, and
-``tune_digits.py``'s default sweep being configs the library accepts."""
+``tune_digits.py``'s default sweep being configs the library accepts, ``pooled_agreement.py``'s scoring."""
 
 import importlib.util
 import json
@@ -65,3 +65,14 @@ def test_every_sweep_candidate_passes_the_up_front_checks(world):
     assert any("guidance.mode=none" in c for c in sweep)  # the unguided candidates are what can fail
     for candidate in sweep:
         check_online(load_config(WORLD_CONFIGS[world], candidate))
+
+
+def test_pooled_agreement_leaves_out_the_students_own_row_and_pools_each_rows_seeds():
+    pooled = _script("pooled_agreement").pooled
+    row_of = {"fast/seed0": "fast", "fast/seed1": "fast", "cmi/seed0": "cmi", "unguided/seed0": "unguided"}
+    per_set = {"fast/seed0": 0.5, "fast/seed1": 0.7, "cmi/seed0": 0.4, "unguided/seed0": 0.9}
+    per_row, score = pooled(per_set, row_of, "diffdfkd")
+    assert per_row == pytest.approx({"fast": 0.6, "cmi": 0.4, "unguided": 0.9})
+    assert score == pytest.approx((0.6 + 0.4 + 0.9) / 3)  # each row counts once, whatever its seeds
+    per_row, score = pooled(per_set, row_of, "fast")  # a baseline is not scored on its own images
+    assert set(per_row) == {"cmi", "unguided"} and score == pytest.approx(0.65)

@@ -77,6 +77,18 @@ ROWS: tuple[Row, ...] = (
         PAPER,
     ),
     Row(
+        "diffdfkd_adv3",
+        ABLATION,
+        "DiffDFKD with the adversarial term at weight 3 (harder images: the lever the emoji figures point to)",
+        {"guidance.adv_weight": 3.0},
+    ),
+    Row(
+        "diffdfkd_ce03",
+        ABLATION,
+        "DiffDFKD with the cross-entropy term at weight 0.3 (less confident images), adversarial 1",
+        {"guidance.adv_weight": 1.0, "guidance.ce_weight": 0.3},
+    ),
+    Row(
         "diffdfkd_classfree",
         ABLATION,
         "DiffDFKD with the paper's class-free prompt (the teacher alone carries the class)",
