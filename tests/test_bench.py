@@ -119,12 +119,14 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder, nam
     # Each row's overrides change what it makes: rows whose synthesis settings differ make other
     # images (an ignored override would repeat another row's set); kd_real and scratch_real differ only
     # in the distillation (KD vs CE without the teacher), so they share their images, not their student.
-    # The adversarial row is the exception: this budget's two rounds lie inside the online student's
+    # The adversarial rows (weight 1 and 3) are the exception: this budget's two rounds lie inside the online student's
     # warm-up, so L_adv is off and its images are diffdfkd_no_adv's (tests/test_synth.py shows L_adv at
     # work); here it must at least have run with its override.
     prints = {row.name: synthesis_fingerprint(out / "runs" / row.name / "seed0") for row in rows}
-    assert prints.pop("diffdfkd") == prints["diffdfkd_no_adv"]
-    assert load_config(out / "runs" / "diffdfkd" / "seed0" / "config.yaml").guidance.adv_weight == 1.0
+    for name, weight in (("diffdfkd", 1.0), ("diffdfkd_adv3", 3.0)):
+        if name in prints:
+            assert prints.pop(name) == prints["diffdfkd_no_adv"], name
+            assert load_config(out / "runs" / name / "seed0" / "config.yaml").guidance.adv_weight == weight
     assert prints["kd_real"] == prints["scratch_real"]
     assert len(set(prints.values())) == len(prints) - 1
     students = [(out / "runs" / n / "seed0" / "student" / "student.safetensors").read_bytes() for n in ("kd_real", "scratch_real")]  # fmt: skip
