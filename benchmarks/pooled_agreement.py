@@ -81,7 +81,9 @@ def main() -> None:
             teacher_preds[key] = predictions(teacher, images[key])
     missing = sorted(set(args.pool) - {records[k]["row"] for k in images})
     if missing:
-        raise SystemExit(f"error: no finished run of pool rows {', '.join(missing)} in {args.benches}")
+        parser.error(
+            f"no finished run of pool rows {', '.join(missing)} in {', '.join(map(str, args.benches))}"
+        )
     row_of = {key: record["row"] for key, record in records.items()}
     for key, student in students.items():
         per_set = {
@@ -91,6 +93,7 @@ def main() -> None:
         per_row, score = pooled(per_set, row_of, row_of[key])
         records[key]["agreement_per_pool_row"] = per_row
         records[key]["pooled_agreement"] = score
+    out.mkdir(parents=True, exist_ok=True)
     (out / "pooled_agreement.json").write_text(json.dumps(list(records.values()), indent=2) + "\n")
     lines = [
         "# Student-teacher agreement on the OTHER rows' synthetic images beside PRIVATE top-1",
