@@ -119,12 +119,12 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder, nam
     # Each row's overrides change what it makes: rows whose synthesis settings differ make other
     # images (an ignored override would repeat another row's set); kd_real and scratch_real differ only
     # in the distillation (KD vs CE without the teacher), so they share their images, not their student.
-    # The adversarial rows (weights 1 and 3) are the exception: this budget's two rounds lie inside the
+    # The adversarial rows (weights 1, 3 and 10) are the exception: this budget's two rounds lie inside the
     # online student's warm-up, so L_adv is off and its images are diffdfkd_no_adv's (tests/test_synth.py shows L_adv at
     # work); here it must at least have run with its override.
     prints = {row.name: synthesis_fingerprint(out / "runs" / row.name / "seed0") for row in rows}
     assert "diffdfkd" in prints
-    for name, weight in (("diffdfkd", 1.0), ("diffdfkd_adv3", 3.0)):
+    for name, weight in (("diffdfkd", 1.0), ("diffdfkd_adv3", 3.0), ("diffdfkd_adv10", 10.0)):
         if name in prints:
             assert prints.pop(name) == prints["diffdfkd_no_adv"], name
             assert load_config(out / "runs" / name / "seed0" / "config.yaml").guidance.adv_weight == weight

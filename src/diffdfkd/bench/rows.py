@@ -83,6 +83,12 @@ ROWS: tuple[Row, ...] = (
         {"guidance.adv_weight": 3.0},
     ),
     Row(
+        "diffdfkd_adv10",
+        ABLATION,
+        "DiffDFKD with the adversarial term at weight 10 (the same lever pushed further)",
+        {"guidance.adv_weight": 10.0},
+    ),
+    Row(
         "diffdfkd_ce03",
         ABLATION,
         "DiffDFKD with the cross-entropy term at weight 0.3 (less confident images), adversarial 1",
