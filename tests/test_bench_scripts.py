@@ -67,12 +67,45 @@ def test_every_sweep_candidate_passes_the_up_front_checks(world):
         check_online(load_config(WORLD_CONFIGS[world], candidate))
 
 
-def test_pooled_agreement_leaves_out_the_students_own_row_and_pools_each_rows_seeds():
+def test_pooled_agreement_leaves_out_the_students_own_rows_and_pools_each_rows_seeds():
     pooled = _script("pooled_agreement").pooled
     row_of = {"fast/seed0": "fast", "fast/seed1": "fast", "cmi/seed0": "cmi", "unguided/seed0": "unguided"}
     per_set = {"fast/seed0": 0.5, "fast/seed1": 0.7, "cmi/seed0": 0.4, "unguided/seed0": 0.9}
-    per_row, score = pooled(per_set, row_of, "diffdfkd")
+    per_row, score = pooled(per_set, row_of, {"diffdfkd"})
     assert per_row == pytest.approx({"fast": 0.6, "cmi": 0.4, "unguided": 0.9})
     assert score == pytest.approx((0.6 + 0.4 + 0.9) / 3)  # each row counts once, whatever its seeds
-    per_row, score = pooled(per_set, row_of, "fast")  # a baseline is not scored on its own images
+    per_row, score = pooled(per_set, row_of, {"fast"})  # a baseline is not scored on its own images
     assert set(per_row) == {"cmi", "unguided"} and score == pytest.approx(0.65)
+    # the foreign score: a DiffDFKD student leaves out unguided too (the same diffusion generator)
+    assert pooled(per_set, row_of, {"diffdfkd", "unguided"})[1] == pytest.approx(0.5)
+
+
+def test_cross_source_check_compares_two_rows_on_the_pools_foreign_to_both():
+    check = _script("pooled_agreement").cross_source_check
+    source_of = {"diffdfkd": "diffusion", "unguided": "diffusion", "fast": "fast", "cmi": "cmi"}
+
+    def run(row, top1, **agreement):
+        return {"row": row, "seed": 0, "student_top1_private_test": top1, "private_test_n": 600,
+                "agreement_per_pool_row": agreement}  # fmt: skip
+
+    records = [
+        run("diffdfkd", 0.50, fast=0.51, cmi=0.37, unguided=0.66),
+        run("fast", 0.58, cmi=0.42, unguided=0.53),
+        run("cmi", 0.56, fast=0.56, unguided=0.45),
+        run("unguided", 0.44, fast=0.40, cmi=0.28),
+    ]
+    pairs = {tuple(p["rows"]): p for p in check(records, source_of)}
+    # cmi vs fast: 2 points apart, inside 2 standard errors (about 5.7 here), so not checked;
+    # diffdfkd vs unguided: one source, not a cross-source pair
+    assert set(pairs) == {
+        ("cmi", "diffdfkd"),
+        ("cmi", "unguided"),
+        ("diffdfkd", "fast"),
+        ("fast", "unguided"),
+    }
+    assert pairs[("diffdfkd", "fast")]["pool_rows"] == ["cmi"]  # unguided shares diffdfkd's generator
+    assert pairs[("diffdfkd", "fast")]["foreign_agreement"] == pytest.approx([0.37, 0.42])
+    assert all(p["ordered_as_private"] for p in pairs.values())
+    records[1]["agreement_per_pool_row"]["cmi"] = 0.30  # now fast looks worse than diffdfkd on cmi's images
+    pairs = {tuple(p["rows"]): p for p in check(records, source_of)}
+    assert not pairs[("diffdfkd", "fast")]["ordered_as_private"]
