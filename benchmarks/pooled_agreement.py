@@ -30,19 +30,15 @@ from pathlib import Path
 
 import torch
 
+from diffdfkd.bench.run import finished_runs, run_student
 from diffdfkd.config import load_config
-from diffdfkd.models import create_model
-from diffdfkd.models.teacher import build_teacher, load_weights
+from diffdfkd.evaluate import predict_logits
+from diffdfkd.models.teacher import build_teacher
 from diffdfkd.synth.dataset import load_synthetic
 from diffdfkd.worlds import emoji, get_world
 
 # The data-free baselines' sets: every DiffDFKD variant is scored on the same images, none its own.
 POOL = ("fast", "cmi", "unguided", "deepinversion")
-
-
-@torch.no_grad()
-def predictions(model, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(images[i : i + 500]).argmax(1) for i in range(0, len(images), 500)])
 
 
 def pooled(
@@ -102,18 +98,12 @@ def main() -> None:
     out = args.out or args.benches[0]
     torch.set_num_threads(1)
     teacher = build_teacher(get_world("emoji").teacher_spec())
-    runs = []
-    for bench in args.benches:
-        for run in sorted((bench / "runs").glob("*/seed*")):
-            weights, results = run / "student" / "student.safetensors", run / "results.json"
-            if weights.is_file() and results.is_file():
-                runs.append(run)
+    runs = [run for bench in args.benches for run in finished_runs(bench)]
     images, teacher_preds, students, records, source_of = {}, {}, {}, {}, {}
     for run in runs:
         key = f"{run.parent.name}/{run.name}"
         config = load_config(run / "config.yaml")
-        student = create_model(config.distill.student, num_classes=len(emoji.CLASS_NAMES))
-        students[key] = load_weights(student, run / "student" / "student.safetensors").eval()
+        students[key] = run_student(run, num_classes=len(emoji.CLASS_NAMES))
         summary = json.loads((run / "results.json").read_text())
         records[key] = {
             "row": run.parent.name,
@@ -125,7 +115,7 @@ def main() -> None:
         source_of[run.parent.name] = config.synth.source
         if run.parent.name in args.pool and (run / "synth" / "classes.json").is_file():
             images[key] = load_synthetic(run / "synth", kinds=("final",)).images
-            teacher_preds[key] = predictions(teacher, images[key])
+            teacher_preds[key] = predict_logits(teacher, images[key]).argmax(1)
     missing = sorted(set(args.pool) - {records[k]["row"] for k in images})
     if missing:
         parser.error(
@@ -134,7 +124,9 @@ def main() -> None:
     row_of = {key: record["row"] for key, record in records.items()}
     for key, student in students.items():
         per_set = {
-            other: float((predictions(student, images[other]) == teacher_preds[other]).float().mean())
+            other: float(
+                (predict_logits(student, images[other]).argmax(1) == teacher_preds[other]).float().mean()
+            )
             for other in images
         }
         own = row_of[key]

@@ -20,15 +20,11 @@ from pathlib import Path
 
 import torch
 
+from diffdfkd.bench.run import finished_runs, run_student
 from diffdfkd.config import load_config
-from diffdfkd.models import create_model
-from diffdfkd.models.teacher import build_teacher, load_weights
+from diffdfkd.evaluate import predict_logits
+from diffdfkd.models.teacher import build_teacher
 from diffdfkd.worlds import emoji, get_world
-
-
-@torch.no_grad()
-def predictions(model, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(images[i : i + 500]).argmax(1) for i in range(0, len(images), 500)])
 
 
 def agreement(student_preds: torch.Tensor, teacher_preds: torch.Tensor, styles: torch.Tensor) -> dict:
@@ -46,22 +42,20 @@ def main() -> None:
     torch.set_num_threads(1)
     images, _, styles = emoji.load_public_styled("test")
     teacher = build_teacher(get_world("emoji").teacher_spec())
-    teacher_preds = predictions(teacher, images)
+    teacher_preds = predict_logits(teacher, images).argmax(1)
     rows: dict[str, list[dict]] = {}
-    for run in sorted((args.bench / "runs").glob("*/seed*")):
-        weights, results = run / "student" / "student.safetensors", run / "results.json"
-        if not (weights.is_file() and results.is_file()):
-            continue
+    for run in finished_runs(args.bench):
         config = load_config(run / "config.yaml")
-        student = create_model(config.distill.student, num_classes=len(emoji.CLASS_NAMES))
-        load_weights(student, weights).eval()
-        summary = json.loads(results.read_text())
+        student = run_student(run, num_classes=len(emoji.CLASS_NAMES))
+        summary = json.loads((run / "results.json").read_text())
         rows.setdefault(run.parent.name, []).append(
             {
                 "seed": config.seed,
                 "student_top1_private_test": summary["student_top1"],
                 "synthesis_s_per_image": summary["seconds"]["synthesis"] / summary["synthetic_images"],
-                "public_agreement": agreement(predictions(student, images), teacher_preds, styles),
+                "public_agreement": agreement(
+                    predict_logits(student, images).argmax(1), teacher_preds, styles
+                ),
             }
         )
     (args.bench / "public_agreement.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from diffdfkd.bench import (
     FULL_BUDGET,
@@ -20,7 +22,10 @@ from diffdfkd.bench import (
     run_record,
     select_rows,
 )
+from diffdfkd.bench.rows import WORLD_CONFIGS
+from diffdfkd.bench.run import finished_runs, run_student
 from diffdfkd.config import ConfigError, load_config, replace, to_dict
+from diffdfkd.models import create_model
 from diffdfkd.pipeline import DEMO_CONFIG
 
 TINY_BUDGET = {
@@ -243,3 +248,21 @@ def test_a_run_folder_of_another_row_of_the_same_name_is_not_reported():
     assert not overrides_hold(ours, {"guidance": {"adv_weight": 0.0}})
     (paper,) = select_rows(["diffdfkd_paper"], quick=False)
     assert paper.overrides["guidance.step_norm"] == "none" and paper.overrides["guidance.step_size"] == 1.0
+
+
+def test_finished_runs_lists_the_run_folders_with_a_student_and_run_student_loads_it(tmp_path):
+    config = load_config(WORLD_CONFIGS["emoji"])
+    model = create_model(config.distill.student, num_classes=12).eval()
+    for name, done in (("fast/seed0", True), ("fast/seed1", False), ("cmi/seed0", True)):
+        run = tmp_path / "runs" / name
+        (run / "student").mkdir(parents=True)
+        (run / "config.yaml").write_text(Path(WORLD_CONFIGS["emoji"]).read_text())
+        save_file(model.state_dict(), run / "student" / "student.safetensors")
+        if done:  # an interrupted run has its student but no results.json yet
+            (run / "results.json").write_text("{}")
+    runs = finished_runs(tmp_path)
+    assert [r.relative_to(tmp_path / "runs").as_posix() for r in runs] == ["cmi/seed0", "fast/seed0"]
+    student = run_student(runs[0], num_classes=12)
+    images = torch.randn(4, 3, 32, 32)
+    assert not student.training
+    assert torch.equal(student(images), model(images))

@@ -33,7 +33,8 @@ from diffdfkd.bench.statistics import aggregate, comparison
 from diffdfkd.check.folders import saved_config
 from diffdfkd.config import ConfigError, ExperimentConfig, from_dict, load_config, to_dict
 from diffdfkd.evaluate import bn_statistics_distance
-from diffdfkd.models import build_teacher
+from diffdfkd.models import build_teacher, create_model
+from diffdfkd.models.teacher import load_weights
 from diffdfkd.pipeline import run_experiment, world_look_mix
 from diffdfkd.runtime import changed_keys
 from diffdfkd.synth.dataset import load_synthetic, read_rows
@@ -51,6 +52,22 @@ def run_row(row: Row, config: ExperimentConfig, *, overwrite: bool = False, prog
         if not changed_keys(saved_config(saved), to_dict(config)):
             return json.loads(results.read_text())
     return run_experiment(config, overwrite=overwrite, progress=progress)
+
+
+def finished_runs(bench: Path) -> list[Path]:
+    """A bench folder's run folders (``runs/<row>/seed<k>``) whose student and ``results.json`` are written."""
+    return [
+        run
+        for run in sorted((bench / "runs").glob("*/seed*"))
+        if (run / "student" / "student.safetensors").is_file() and (run / "results.json").is_file()
+    ]
+
+
+def run_student(run_dir: Path, num_classes: int, in_channels: int = 3) -> torch.nn.Module:
+    """The student a finished run folder holds (its config's architecture, its saved weights), in eval mode."""
+    arch = load_config(run_dir / "config.yaml").distill.student
+    student = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    return load_weights(student, run_dir / "student" / "student.safetensors").eval()
 
 
 def synthetic_stats(run_dir: Path) -> dict[str, float]:
