@@ -97,6 +97,7 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder, nam
             "distill.student": "lenet5",
             "distill.holdout_fraction": 0.25,
             "generator.prompt_template": "a handwritten digit {label}",  # as shipped: class prompts
+            "guidance.adv_weight": 1.0,  # as shipped: the diffdfkd row runs the world's weight
         },
     )
     out = tmp_path / "bench"
@@ -245,7 +246,11 @@ def test_a_run_folder_of_another_row_of_the_same_name_is_not_reported():
 
     (ours,) = select_rows(["diffdfkd"], quick=False)
     assert overrides_hold(ours, {"guidance": {"adv_weight": 1.0, "bn_weight": 1.0}})
+    assert overrides_hold(ours, {"guidance": {"adv_weight": 3.0}})  # the world's weight, whatever it is
     assert not overrides_hold(ours, {"guidance": {"adv_weight": 0.0}})
+    (no_adv,) = select_rows(["diffdfkd_no_adv"], quick=False)
+    assert overrides_hold(no_adv, {"guidance": {"adv_weight": 0.0}})
+    assert not overrides_hold(no_adv, {"guidance": {"adv_weight": 1.0}})
     (paper,) = select_rows(["diffdfkd_paper"], quick=False)
     assert paper.overrides["guidance.step_norm"] == "none" and paper.overrides["guidance.step_size"] == 1.0
 
