@@ -26,7 +26,6 @@ from diffdfkd.bench.rows import WORLD_CONFIGS
 from diffdfkd.bench.run import finished_runs, run_student
 from diffdfkd.config import ConfigError, load_config, replace, to_dict
 from diffdfkd.models import create_model
-from diffdfkd.pipeline import DEMO_CONFIG
 
 TINY_BUDGET = {
     "synth.images_per_class": 2,
@@ -41,13 +40,21 @@ TINY_BUDGET = {
 }
 
 
-def test_every_row_is_its_own_experiment_on_one_budget_and_one_recipe(tmp_path):
-    """No two rows run the same config (a row whose overrides were lost or repeat another's would), every
-    row keeps the shared budget, and the KD recipe is one for all (the from-scratch row only drops KD)."""
-    base = load_config(DEMO_CONFIG)
+@pytest.mark.parametrize("world", sorted(WORLD_CONFIGS))
+def test_every_row_is_its_own_experiment_on_one_budget_and_one_recipe(tmp_path, world):
+    """No two rows run the same config (a row whose overrides were lost or repeat another's would), except
+    that ``diffdfkd`` (the world's config) is the adversarial-weight lever row of the world's own weight;
+    every row keeps the shared budget, and the KD recipe is one for all (the from-scratch row only drops
+    KD)."""
+    base = load_config(WORLD_CONFIGS[world])
     configs = {row.name: row_config(base, row, 2, FULL_BUDGET, tmp_path) for row in ROWS}
-    experiments = {json.dumps({**to_dict(c), "out_dir": ""}, sort_keys=True) for c in configs.values()}
-    assert len(experiments) == len(ROWS)
+    experiments: dict[str, list[str]] = {}
+    for name, config in configs.items():
+        experiments.setdefault(json.dumps({**to_dict(config), "out_dir": ""}, sort_keys=True), []).append(
+            name
+        )
+    same = [names for names in experiments.values() if len(names) > 1]
+    assert same == [["diffdfkd", f"diffdfkd_adv{base.guidance.adv_weight:g}"]]
     recipe = configs["diffdfkd"].distill
     for row in ROWS:
         config = configs[row.name]
@@ -125,12 +132,17 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder, nam
     # Each row's overrides change what it makes: rows whose synthesis settings differ make other
     # images (an ignored override would repeat another row's set); kd_real and scratch_real differ only
     # in the distillation (KD vs CE without the teacher), so they share their images, not their student.
-    # The adversarial rows (weights 1, 3 and 10) are the exception: this budget's two rounds lie inside the
-    # online student's warm-up, so L_adv is off and its images are diffdfkd_no_adv's (tests/test_synth.py shows L_adv at
-    # work); here it must at least have run with its override.
+    # The adversarial rows (weights 1, 3 and 10) are the exception: this budget's two rounds lie inside
+    # the online student's warm-up, so L_adv is off and their images are diffdfkd_no_adv's
+    # (tests/test_synth.py shows L_adv at work); here each must at least have run with its weight.
     prints = {row.name: synthesis_fingerprint(out / "runs" / row.name / "seed0") for row in rows}
     assert "diffdfkd" in prints
-    for name, weight in (("diffdfkd", 1.0), ("diffdfkd_adv3", 3.0), ("diffdfkd_adv10", 10.0)):
+    for name, weight in (
+        ("diffdfkd", 1.0),
+        ("diffdfkd_adv1", 1.0),
+        ("diffdfkd_adv3", 3.0),
+        ("diffdfkd_adv10", 10.0),
+    ):
         if name in prints:
             assert prints.pop(name) == prints["diffdfkd_no_adv"], name
             assert load_config(out / "runs" / name / "seed0" / "config.yaml").guidance.adv_weight == weight

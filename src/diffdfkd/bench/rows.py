@@ -76,6 +76,12 @@ ROWS: tuple[Row, ...] = (
         PAPER,
     ),
     Row(
+        "diffdfkd_adv1",
+        ABLATION,
+        "DiffDFKD with the adversarial term at weight 1 (the digits worlds' weight; emoji's before it moved to 3)",
+        {"guidance.adv_weight": 1.0},
+    ),
+    Row(
         "diffdfkd_adv3",
         ABLATION,
         "DiffDFKD with the adversarial term at weight 3 (harder images: the lever the emoji figures point to)",
