@@ -51,7 +51,7 @@ def pooled(
         if row_of[run] not in left_out:
             per_row.setdefault(row_of[run], []).append(value)
     means = {row: statistics.mean(values) for row, values in per_row.items()}
-    return means, statistics.mean(means.values())
+    return means, statistics.mean(means.values()) if means else math.nan  # nan: no pool row left
 
 
 def cross_source_check(records: list[dict], source_of: dict[str, str]) -> list[dict]:
@@ -152,7 +152,9 @@ def main() -> None:
         + " |",
         "|---|---|---|---|---|---|" + "---|" * len(args.pool),
     ]
-    for record in sorted(records.values(), key=lambda r: -r["foreign_agreement"]):
+    for record in sorted(
+        records.values(), key=lambda r: -(r["foreign_agreement"] if r["foreign_agreement"] >= 0 else -1)
+    ):
         cells = " | ".join(
             f"{record['agreement_per_pool_row'][r]:.3f}" if r in record["agreement_per_pool_row"] else "-"
             for r in args.pool

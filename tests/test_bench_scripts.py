@@ -3,6 +3,7 @@
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,7 @@ def test_pooled_agreement_leaves_out_the_students_own_rows_and_pools_each_rows_s
     assert set(per_row) == {"cmi", "unguided"} and score == pytest.approx(0.65)
     # the foreign score: a DiffDFKD student leaves out unguided too (the same diffusion generator)
     assert pooled(per_set, row_of, {"diffdfkd", "unguided"})[1] == pytest.approx(0.5)
+    assert math.isnan(pooled(per_set, row_of, {"fast", "cmi", "unguided"})[1])  # nothing left to score on
 
 
 def test_cross_source_check_compares_two_rows_on_the_pools_foreign_to_both():
