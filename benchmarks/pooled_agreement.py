@@ -152,8 +152,9 @@ def main() -> None:
         + " |",
         "|---|---|---|---|---|---|" + "---|" * len(args.pool),
     ]
+    # best first; a student with no foreign pool row (nan) last
     for record in sorted(
-        records.values(), key=lambda r: -(r["foreign_agreement"] if r["foreign_agreement"] >= 0 else -1)
+        records.values(), key=lambda r: (math.isnan(r["foreign_agreement"]), -r["foreign_agreement"])
     ):
         cells = " | ".join(
             f"{record['agreement_per_pool_row'][r]:.3f}" if r in record["agreement_per_pool_row"] else "-"
