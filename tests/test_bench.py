@@ -47,7 +47,8 @@ def test_every_row_is_its_own_experiment_on_one_budget_and_one_recipe(tmp_path, 
     every row keeps the shared budget, and the KD recipe is one for all (the from-scratch row only drops
     KD)."""
     base = load_config(WORLD_CONFIGS[world])
-    configs = {row.name: row_config(base, row, 2, FULL_BUDGET, tmp_path) for row in ROWS}
+    rows = select_rows(None, quick=False, world=world)
+    configs = {row.name: row_config(base, row, 2, FULL_BUDGET, tmp_path) for row in rows}
     experiments: dict[str, list[str]] = {}
     for name, config in configs.items():
         experiments.setdefault(json.dumps({**to_dict(config), "out_dir": ""}, sort_keys=True), []).append(
@@ -56,11 +57,17 @@ def test_every_row_is_its_own_experiment_on_one_budget_and_one_recipe(tmp_path, 
     same = [names for names in experiments.values() if len(names) > 1]
     assert same == [["diffdfkd", f"diffdfkd_adv{base.guidance.adv_weight:g}"]]
     recipe = configs["diffdfkd"].distill
-    for row in ROWS:
+    for row in rows:
         config = configs[row.name]
         assert all(str(budget) == str(_get(config, key)) for key, budget in FULL_BUDGET.items()), row.name
-        assert all(str(value) == str(_get(config, key)) for key, value in row.overrides.items()), row.name
+        assert all(_plain(value) == _plain(_get(config, key)) for key, value in row.overrides.items()), (
+            row.name
+        )
         assert dataclasses.replace(config.distill, kd=True) == recipe, row.name
+
+
+def _plain(value):
+    return str(list(value) if isinstance(value, tuple) else value)
 
 
 def _get(config, dotted: str):
@@ -86,6 +93,13 @@ def test_row_selection():
     ]
     with pytest.raises(ConfigError, match="unknown bench rows nope"):
         select_rows(["nope"], quick=False)
+    emoji_only = [r.name for r in ROWS if r.worlds == ("emoji",)]
+    assert emoji_only and not set(emoji_only) & {r.name for r in select_rows(None, False, world="digits")}
+    assert set(emoji_only) <= {r.name for r in select_rows(None, False, world="emoji")}
+    with pytest.raises(
+        ConfigError, match=f"bench rows {emoji_only[0]} \\(runs in emoji\\) do not run in the digits"
+    ):
+        select_rows(emoji_only[:1], quick=False, world="digits")
 
 
 # Fast: the rows whose images pair up (L_adv inside its warm-up; KD vs CE on the same real images) and two

@@ -24,7 +24,7 @@ from diffdfkd.models.teacher import build_teacher
 from diffdfkd.runtime import sample_seed
 from diffdfkd.synth import writer as writer_module
 from diffdfkd.synth.dataset import load_synthetic
-from diffdfkd.synth.diffusion_source import DiffusionSource
+from diffdfkd.synth.diffusion_source import DiffusionSource, class_prompts, prompt_rows
 from diffdfkd.synth.online_student import OnlineStudent
 from diffdfkd.synth.run import SynthPlan, dataset_signature, resolve_shard, synthesize
 from diffdfkd.synth.writer import (
@@ -35,6 +35,7 @@ from diffdfkd.synth.writer import (
     merge_manifest,
     sanitise_class_name,
 )
+from diffdfkd.synthetic import layout_rank
 from diffdfkd.worlds import teacher_spec
 
 # 3 classes x 4 images = 12 = 3 batches of 4; CutMix at steps 1, 2 of 3, intermediates kept.
@@ -71,6 +72,59 @@ def test_plan_layout_totals_and_shards() -> None:
     shards = [list(plan.shard_batches(s, 2)) for s in range(2)]
     assert shards == [[0], [1, 2]]
     assert [b for s in range(3) for b in plan.shard_batches(s, 3)] == [0, 1, 2]
+
+
+def test_layout_rank_numbers_each_class_s_samples_in_index_order() -> None:
+    indices = torch.arange(36)  # 3 classes, 2 per class in a group: 6 groups of 6
+    classes = (indices // 2) % 3
+    ranks = layout_rank(indices, 2, 3)
+    for c in range(3):
+        assert ranks[classes == c].tolist() == list(range(12))
+
+
+def test_prompt_styles_take_turns_within_each_class(make_config, tmp_path) -> None:
+    config = make_config(
+        tmp_path,
+        **{
+            "generator.prompt_template": "a {style} digit {label}",
+            "generator.prompt_styles": ["bold", "thin", "tall"],
+        },
+    )
+    prompts = class_prompts(config.generator, ["zero", "one"])
+    assert prompts == [f"a {s} digit {n}" for n in ("zero", "one") for s in ("bold", "thin", "tall")]
+    indices = torch.arange(24)  # 2 classes, 2 per class in a group
+    classes = (indices // 2) % 2
+    chosen = [prompts[r] for r in prompt_rows(config.generator, indices, classes, 2, 2)]
+    assert chosen[:4] == ["a bold digit zero", "a thin digit zero", "a bold digit one", "a thin digit one"]
+    for c, name in enumerate(("zero", "one")):
+        mine = [p for p, k in zip(chosen, classes, strict=True) if k == c]
+        assert mine == [f"a {s} digit {name}" for s in ("bold", "thin", "tall")] * 4
+    plain = make_config(tmp_path, **{"generator.prompt_template": "a digit {label}"}).generator
+    assert torch.equal(prompt_rows(plain, indices, classes, 2, 2), classes)
+
+
+def test_styled_images_do_not_depend_on_the_batch_size_and_take_their_style(
+    make_config, tmp_path, tiny_components
+) -> None:
+    styled = {
+        "generator.prompt_template": "a {style} digit {label}",
+        "generator.prompt_styles": ["bold", "thin"],
+    }
+    teacher = build_teacher(teacher_spec(make_config(tmp_path)))
+    source = DiffusionSource(make_config(tmp_path, **styled), teacher, tiny_components)
+    plan = SynthPlan.from_config(source.config, 3)
+    indices = torch.arange(8)
+    whole = source.generate(indices, plan.targets(indices)).images
+    halves = [source.generate(indices[i : i + 4], plan.targets(indices[i : i + 4])).images for i in (0, 4)]
+    assert torch.allclose(whole, torch.cat(halves), atol=1e-4)
+    # unguided, without CutMix, each image depends on its own prompt only: rank 0 of each class is bold
+    alone = {"guidance.mode": "none", "cutmix.enabled": False, "guidance.adv_weight": 0.0}
+    styled_alone = DiffusionSource(make_config(tmp_path, **styled, **alone), teacher, tiny_components)
+    bold = {**alone, "generator.prompt_template": "a bold digit {label}"}
+    bold_alone = DiffusionSource(make_config(tmp_path, **bold), teacher, tiny_components)
+    mixed, plain = (s.generate(indices, plan.targets(indices)).images for s in (styled_alone, bold_alone))
+    assert torch.allclose(mixed[0::2], plain[0::2], atol=1e-5)
+    assert not torch.allclose(mixed[1::2], plain[1::2], atol=1e-3)
 
 
 def test_layout_is_validated(make_config, tmp_path) -> None:

@@ -291,6 +291,21 @@ CASES = [
         ["unknown placeholders", "animal"],
     ),
     (
+        "prompt-style-without-styles",
+        _check("generator.prompt_template=a {style} of a {label}"),
+        ["names {style}", "generator.prompt_styles is empty"],
+    ),
+    (
+        "prompt-styles-without-style",
+        _check("generator.prompt_template=a photo of a {label}", "generator.prompt_styles=[sketch]"),
+        ["must contain '{style}'", "generator.prompt_styles is set"],
+    ),
+    (
+        "prompt-styles-empty-phrase",
+        _check("generator.prompt_template=a {style} of a {label}", 'generator.prompt_styles=[sketch, " "]'),
+        ["generator.prompt_styles", "empty phrase"],
+    ),
+    (
         "teacher-cannot-take-the-input",
         _check("teacher.in_channels=1", "teacher.mean=[0.5]", "teacher.std=[0.5]"),
         ["cannot take inputs of shape [1, 1, 24, 24]", "teacher.in_channels"],

@@ -90,6 +90,12 @@ def layout_targets(indices: torch.Tensor, per_class: int, num_classes: int) -> t
     return torch.nn.functional.one_hot((indices // per_class) % num_classes, num_classes).float()
 
 
+def layout_rank(indices: torch.Tensor, per_class: int, num_classes: int) -> torch.Tensor:
+    """Each sample's rank among its class's samples in that layout (0, 1, 2, ... in index order):
+    ``(i // (m K)) m + i % m``."""
+    return indices // (per_class * num_classes) * per_class + indices % per_class
+
+
 def require_adversary(config, student: Adversary | None) -> None:
     """Refuse ``guidance.adv_weight > 0`` without the online student (``config``: an ExperimentConfig)."""
     from diffdfkd.config import ConfigError

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from diffdfkd.config import ConfigError, ExperimentConfig, replace
+from diffdfkd.worlds.emoji import STYLE_PHRASES
 
 OURS, ABLATION, BASELINE, UPPER_BOUND = (
     "ours",
@@ -28,12 +29,14 @@ OURS, ABLATION, BASELINE, UPPER_BOUND = (
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the comparison: ``overrides`` (dotted keys) on the shipped config."""
+    """One line of the comparison: ``overrides`` (dotted keys) on the shipped config, in ``worlds`` (empty:
+    every world)."""
 
     name: str
     kind: str
     description: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    worlds: tuple[str, ...] = ()
 
 
 # The adversarial term is DiffDFKD's (teacher guidance with an online student): rows without teacher
@@ -98,6 +101,17 @@ ROWS: tuple[Row, ...] = (
         ABLATION,
         "DiffDFKD with the cross-entropy term at weight 0.3 (less confident images), adversarial 1",
         {"guidance.adv_weight": 1.0, "guidance.ce_weight": 0.3},
+    ),
+    Row(
+        "diffdfkd_styles",
+        ABLATION,
+        "DiffDFKD with style-naming prompts: each class's samples name the six PUBLIC styles in turn, as "
+        "the generator's captions did ('an emoji, {label}, black line art')",
+        {
+            "generator.prompt_template": "an emoji, {label}, {style}",
+            "generator.prompt_styles": list(STYLE_PHRASES.values()),
+        },
+        worlds=("emoji",),
     ),
     Row(
         "diffdfkd_classfree",
@@ -249,14 +263,22 @@ def overrides_hold(row: Row, saved: dict[str, Any]) -> bool:
     return all(_saved_value(saved, key) == value for key, value in row.overrides.items())
 
 
-def select_rows(only: Sequence[str] | None, quick: bool, rows: Sequence[Row] = ROWS) -> list[Row]:
-    """The ``rows`` named in ``only`` (in table order), else ``QUICK_ROWS`` when ``quick``, else all."""
+def select_rows(
+    only: Sequence[str] | None, quick: bool, rows: Sequence[Row] = ROWS, world: str | None = None
+) -> list[Row]:
+    """The ``rows`` named in ``only`` (in table order), else ``QUICK_ROWS`` when ``quick``, else all; with
+    ``world``, only the rows that run in it (naming another world's row is an error)."""
     names = [r.name for r in rows]
     wanted = list(only) if only else (list(QUICK_ROWS) if quick else names)
     unknown = sorted(set(wanted) - set(names))
     if unknown:
         raise ConfigError(f"unknown bench rows {', '.join(unknown)}; choose from {', '.join(names)}")
-    return [r for r in rows if r.name in wanted]
+    chosen = [r for r in rows if r.name in wanted]
+    elsewhere = [r for r in chosen if world is not None and r.worlds and world not in r.worlds]
+    if only and elsewhere:
+        named = ", ".join(f"{r.name} (runs in {', '.join(r.worlds)})" for r in elsewhere)
+        raise ConfigError(f"bench rows {named} do not run in the {world} world")
+    return [r for r in chosen if r not in elsewhere]
 
 
 def row_config(

@@ -160,7 +160,7 @@ def run_bench(
     out = Path(out)
     base = base if base is not None else load_config(WORLD_CONFIGS[world])
     budget = dict(budget if budget is not None else bench_budget(world, quick))
-    rows = select_rows(only, quick, rows)
+    rows = select_rows(only, quick, rows, world)
     start = time.perf_counter()
     runs: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
     # Seed-major: after each pass every row has one more seed, and the outputs are rewritten, so an

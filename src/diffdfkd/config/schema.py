@@ -92,6 +92,9 @@ class GeneratorSettings:
     prompt: str = "a realistic photo"
     # A class template such as "a realistic photo of a {label}"; empty means the class-free prompt.
     prompt_template: str = ""
+    # Style phrases for a template that also names {style} ("a {style} of a {label}"): each class's
+    # samples take them in turn (diffdfkd.synthetic.layout_rank), so every class gets every style.
+    prompt_styles: tuple[str, ...] = ()
     # The unconditional prompt of CFG.
     negative_prompt: str = ""
     resolution: int = 0  # 0: the pipeline's native resolution
@@ -118,8 +121,10 @@ class GeneratorSettings:
         check_positive("generator.num_steps", self.num_steps)
         check_positive("generator.cfg_scale", self.cfg_scale, allow_zero=True)
         check_positive("generator.resolution", self.resolution, allow_zero=True)
-        if self.prompt_template:
-            check_prompt_template(self.prompt_template)
+        if self.prompt_template or self.prompt_styles:
+            check_prompt_template(self.prompt_template, styled=bool(self.prompt_styles))
+        if any(not style.strip() for style in self.prompt_styles):
+            raise ConfigError(f"generator.prompt_styles={list(self.prompt_styles)} holds an empty phrase")
 
 
 @dataclass(frozen=True)

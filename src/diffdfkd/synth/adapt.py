@@ -53,7 +53,7 @@ from diffdfkd.experiment import resolve_config
 from diffdfkd.files import load_checkpoint, torch_bytes
 from diffdfkd.guidance.guide import TeacherGuide
 from diffdfkd.models.teacher import build_teacher
-from diffdfkd.synth.diffusion_source import class_prompts
+from diffdfkd.synth.diffusion_source import class_prompts, prompt_rows
 from diffdfkd.synth.writer import atomic_write
 from diffdfkd.worlds import teacher_spec
 
@@ -124,7 +124,10 @@ def adapt_generator(
     num_classes = len(teacher.class_names)
     classes = torch.arange(num_classes).repeat_interleave(config.synth.samples_per_class_in_group)
     targets = F.one_hot(classes, num_classes).float().to(device)
-    cond = encode_prompts(components, class_prompts(gen, teacher.class_names))[classes]
+    per_class = config.synth.samples_per_class_in_group
+    # conditioned as synthesis conditions its first mixing group (with prompt_styles: the first m styles)
+    rows = prompt_rows(gen, torch.arange(len(classes)), classes, per_class, num_classes)
+    cond = encode_prompts(components, class_prompts(gen, teacher.class_names))[rows]
     denoiser = CFGDenoiser(components, cond, encode_prompts(components, [gen.negative_prompt]), gen.cfg_scale)
     guide = TeacherGuide(
         teacher.to(device),

@@ -28,14 +28,38 @@ from diffdfkd.diffusion.speed import apply_speed_settings
 from diffdfkd.guidance.guide import TeacherGuide
 from diffdfkd.guidance.modes import build_mode
 from diffdfkd.runtime import generators_for, group_seed, sample_seed
-from diffdfkd.synthetic import Adversary, SynthBatch, SyntheticSource, SynthExtra, check_groups
+from diffdfkd.synthetic import (
+    Adversary,
+    SynthBatch,
+    SyntheticSource,
+    SynthExtra,
+    check_groups,
+    layout_rank,
+)
 
 
 def class_prompts(generator: GeneratorSettings, class_names: Sequence[str]) -> list[str]:
-    """One prompt per class: ``generator.prompt_template`` with the class name (underscores as spaces),
-    or the class-free ``generator.prompt`` for every class when the template is empty."""
+    """One prompt per class and style, class-major (class ``c`` in style ``s`` at ``c * S + s``, ``S`` the
+    number of ``generator.prompt_styles``, 1 without): ``generator.prompt_template`` with the class name
+    (underscores as spaces) and the style, or the class-free ``generator.prompt`` when the template is empty."""
     template = generator.prompt_template
-    return [template.format(label=n.replace("_", " ")) if template else generator.prompt for n in class_names]
+    if not template:
+        return [generator.prompt] * len(class_names)
+    styles = generator.prompt_styles or ("",)
+    return [template.format(label=n.replace("_", " "), style=s) for n in class_names for s in styles]
+
+
+def prompt_rows(
+    generator: GeneratorSettings,
+    indices: torch.Tensor,
+    classes: torch.Tensor,
+    per_class: int,
+    num_classes: int,
+) -> torch.Tensor:
+    """Which of ``class_prompts`` conditions each sample: its class's prompt in style ``rank % S``, its rank
+    among its class's samples (``layout_rank``), so each class takes the styles in turn."""
+    styles = max(len(generator.prompt_styles), 1)
+    return classes * styles + layout_rank(indices, per_class, num_classes).to(classes.device) % styles
 
 
 class DiffusionSource(SyntheticSource):
@@ -89,7 +113,7 @@ class DiffusionSource(SyntheticSource):
                 f"generator.resolution={resolution} is not a multiple of the VAE factor {components.vae_scale_factor}"
             )
         self.latent_size = resolution // components.vae_scale_factor
-        self.class_embeds = encode_prompts(components, class_prompts(gen, self.class_names))  # [K, L, D]
+        self.class_embeds = encode_prompts(components, class_prompts(gen, self.class_names))  # [K S, L, D]
         self.negative_embeds = encode_prompts(components, [gen.negative_prompt])  # [1, L, D]
         self.group_size = config.synth.group_size
         self.guide = self.warmup_guide = None
@@ -119,9 +143,10 @@ class DiffusionSource(SyntheticSource):
         seed = self.config.seed
         classes = targets.argmax(dim=1).to(self.class_embeds.device)
         gen = self.config.generator
-        denoiser = CFGDenoiser(
-            self.components, self.class_embeds[classes], self.negative_embeds, gen.cfg_scale
+        rows = prompt_rows(
+            gen, indices, classes, self.config.synth.samples_per_class_in_group, len(self.class_names)
         )
+        denoiser = CFGDenoiser(self.components, self.class_embeds[rows], self.negative_embeds, gen.cfg_scale)
         guide = self.guide if self.student is not None and self.student.active else self.warmup_guide
         out = sample(
             self.components,
