@@ -1,0 +1,76 @@
+"""Single runs of the emoji world's bench rows, one per ``ROW:SEED``, into one bench folder.
+
+How the runs of ``benchmarks/results/emoji-pool/`` were made (the bench's own ``row_config`` and
+``run_row``, the world's bench budget of 100 images per class, one torch thread; a rerun skips a
+finished run and resumes an unfinished one), so that they can be run two at a time on a 2-core machine
+and scored together by ``pooled_agreement.py``. Besides ``diffdfkd.bench.ROWS``: ``diffdfkd_adapted``,
+the shipped config on a generator adapted to the teacher without data, made first with
+``diffdfkd adapt-generator --config configs/emoji.yaml --out <out>/adapted_generator`` (150 steps,
+lr 1e-4, anchor 1, seed 0; used by every seed).
+
+Usage: python benchmarks/emoji_pool.py [--out benchmarks/results/emoji-pool] ROW:SEED [ROW:SEED ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from diffdfkd.bench import ABLATION, WORLD_CONFIGS, Row, bench_budget, row_config, run_row, select_rows  # noqa: E402
+from diffdfkd.config import ConfigError, load_config  # noqa: E402
+
+ADAPTED_GENERATOR = "adapted_generator"
+
+
+def adapted_row(out: Path) -> Row:
+    """The shipped config on the generator adapted to the teacher in ``out``."""
+    return Row(
+        "diffdfkd_adapted",
+        ABLATION,
+        "DiffDFKD as shipped on a generator whose UNet was first adapted to the teacher without data "
+        "(diffdfkd adapt-generator: 150 steps of the guidance's CE + BN loss on one-step predictions, seed 0)",
+        {"generator.path": str(out / ADAPTED_GENERATOR)},
+        worlds=("emoji",),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="benchmarks/results/emoji-pool", help="the bench folder")
+    parser.add_argument("runs", nargs="+", help="ROW:SEED, e.g. diffdfkd:0")
+    args = parser.parse_args()
+    out = Path(args.out)
+    rows = {"diffdfkd_adapted": adapted_row(out)}
+    try:
+        specs = [(name, int(seed)) for name, seed in (spec.split(":") for spec in args.runs)]
+    except ValueError:
+        parser.error(f"runs are ROW:SEED with a whole-number seed, got {' '.join(args.runs)}")
+    if (
+        "diffdfkd_adapted" in {name for name, _ in specs}
+        and not (out / ADAPTED_GENERATOR / "adapt_info.json").is_file()
+    ):
+        parser.error(f"diffdfkd_adapted needs {out / ADAPTED_GENERATOR}: make it first (see --help)")
+    torch.set_num_threads(1)
+    base = load_config(WORLD_CONFIGS["emoji"])
+    budget = bench_budget("emoji")
+    try:
+        for name, seed in specs:
+            row = rows.get(name) or select_rows([name], False, world="emoji")[0]
+            summary = run_row(
+                row, row_config(base, row, seed, dict(budget), out), overwrite=False, progress=True
+            )
+            print(f"{name} seed {seed}: student top-1 {summary['student_top1']:.4f}", flush=True)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
