@@ -97,6 +97,13 @@ ROWS: tuple[Row, ...] = (
         {"guidance.adv_weight": 10.0},
     ),
     Row(
+        "diffdfkd_online_kd60",
+        ABLATION,
+        "DiffDFKD with the online student trained 60 KD steps per round instead of 20 (a student closer to "
+        "the final one for the adversarial term to push against)",
+        {"online.kd_steps": 60},
+    ),
+    Row(
         "diffdfkd_ce03",
         ABLATION,
         "DiffDFKD with the cross-entropy term at weight 0.3 (less confident images), adversarial 1",
