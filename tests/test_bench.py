@@ -123,7 +123,7 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder, nam
     )
     out = tmp_path / "bench"
     report = run_bench(seeds=1, out=out, base=base, budget=TINY_BUDGET, progress=False, only=names)
-    rows = select_rows(names, quick=False)
+    rows = select_rows(names, quick=False, world="digits")  # run_bench's world: no emoji-only row
     assert [r["name"] for r in report["rows"]] == [r.name for r in rows]
     for name in ("results.json", "results.md", "accuracy.png"):
         assert (out / name).is_file(), name
@@ -146,20 +146,24 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder, nam
     # Each row's overrides change what it makes: rows whose synthesis settings differ make other
     # images (an ignored override would repeat another row's set); kd_real and scratch_real differ only
     # in the distillation (KD vs CE without the teacher), so they share their images, not their student.
-    # The adversarial rows (weights 1, 3 and 10) are the exception: this budget's two rounds lie inside
-    # the online student's warm-up, so L_adv is off and their images are diffdfkd_no_adv's
-    # (tests/test_synth.py shows L_adv at work); here each must at least have run with its weight.
+    # The adversarial rows (weights 1, 3 and 10, and 60 online KD steps) are the exception: this budget's
+    # two rounds lie inside the online student's warm-up, so L_adv is off and their images are
+    # diffdfkd_no_adv's (tests/test_synth.py shows L_adv at work); here each must at least have run with
+    # its setting.
     prints = {row.name: synthesis_fingerprint(out / "runs" / row.name / "seed0") for row in rows}
     assert "diffdfkd" in prints
-    for name, weight in (
-        ("diffdfkd", 1.0),
-        ("diffdfkd_adv1", 1.0),
-        ("diffdfkd_adv3", 3.0),
-        ("diffdfkd_adv10", 10.0),
+    for name, key, value in (
+        ("diffdfkd", "adv_weight", 1.0),
+        ("diffdfkd_adv1", "adv_weight", 1.0),
+        ("diffdfkd_adv3", "adv_weight", 3.0),
+        ("diffdfkd_adv10", "adv_weight", 10.0),
+        ("diffdfkd_online_kd60", "online_kd_steps", 60),
     ):
         if name in prints:
             assert prints.pop(name) == prints["diffdfkd_no_adv"], name
-            assert load_config(out / "runs" / name / "seed0" / "config.yaml").guidance.adv_weight == weight
+            config = load_config(out / "runs" / name / "seed0" / "config.yaml")
+            setting = config.online.kd_steps if key == "online_kd_steps" else config.guidance.adv_weight
+            assert setting == value and config.guidance.adv_weight > 0, name
     assert prints["kd_real"] == prints["scratch_real"]
     assert len(set(prints.values())) == len(prints) - 1
     students = [(out / "runs" / n / "seed0" / "student" / "student.safetensors").read_bytes() for n in ("kd_real", "scratch_real")]  # fmt: skip
