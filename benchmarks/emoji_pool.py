@@ -58,16 +58,21 @@ def main() -> None:
         and not (out / ADAPTED_GENERATOR / "adapt_info.json").is_file()
     ):
         parser.error(f"diffdfkd_adapted needs {out / ADAPTED_GENERATOR}: make it first (see --help)")
+    try:  # every row resolved before the first run: a bad name is a usage error, not a late failure
+        runs = [
+            (rows.get(name) or select_rows([name], False, world="emoji")[0], seed) for name, seed in specs
+        ]
+    except ConfigError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)
     base = load_config(WORLD_CONFIGS["emoji"])
     budget = bench_budget("emoji")
     try:
-        for name, seed in specs:
-            row = rows.get(name) or select_rows([name], False, world="emoji")[0]
+        for row, seed in runs:
             summary = run_row(
                 row, row_config(base, row, seed, dict(budget), out), overwrite=False, progress=True
             )
-            print(f"{name} seed {seed}: student top-1 {summary['student_top1']:.4f}", flush=True)
+            print(f"{row.name} seed {seed}: student top-1 {summary['student_top1']:.4f}", flush=True)
     except ConfigError as error:
         sys.exit(f"error: {error}")
 
