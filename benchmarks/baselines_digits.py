@@ -13,6 +13,7 @@ images per run) and one torch thread:
   float rounding, and about 3x cheaper per image on a CPU);
 - ``fast`` in rounds of 20 (its batch is its round, so the batch size is part of the method), and
   ``fast_adv``: the same with Fast's online adversarial term;
+- ``cmi``: CMI, a generator per batch with the contrastive loss and the adversarial term (weight 0.5);
 - ``kd_real``: KD on the real PRIVATE training images (the upper bound; not data-free).
 
 Every (row, seed) keeps its folder under ``<out>/runs``: a rerun skips finished runs and resumes
@@ -64,6 +65,7 @@ ROW_NAMES = [
     "deepinversion",
     "fast",
     "fast_adv",
+    "cmi",
     "kd_real",
 ]
 # Issue 14's levers as rows at the same budget (run with --only; reported when present).

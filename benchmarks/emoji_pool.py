@@ -1,14 +1,16 @@
 """Single runs of the emoji world's bench rows, one per ``ROW:SEED``, into one bench folder.
 
 How the runs of ``benchmarks/results/emoji-pool/`` were made (the bench's own ``row_config`` and
-``run_row``, the world's bench budget of 100 images per class, one torch thread; a rerun skips a
+``run_row``, the world's bench budget of 100 images per class unless ``--images-per-class`` says
+otherwise, one torch thread; a rerun skips a
 finished run and resumes an unfinished one), so that they can be run two at a time on a 2-core machine
 and scored together by ``pooled_agreement.py``. Besides ``diffdfkd.bench.ROWS``: ``diffdfkd_adapted``,
 the shipped config on a generator adapted to the teacher without data, made first with
 ``diffdfkd adapt-generator --config configs/emoji.yaml --out <out>/adapted_generator`` (150 steps,
 lr 1e-4, anchor 1, seed 0; used by every seed).
 
-Usage: python benchmarks/emoji_pool.py [--out benchmarks/results/emoji-pool] ROW:SEED [ROW:SEED ...]
+Usage: python benchmarks/emoji_pool.py [--out benchmarks/results/emoji-pool] [--images-per-class N]
+ROW:SEED [ROW:SEED ...]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="benchmarks/results/emoji-pool", help="the bench folder")
+    parser.add_argument("--images-per-class", type=int, help="the budget (default: the bench's, 100)")
     parser.add_argument("runs", nargs="+", help="ROW:SEED, e.g. diffdfkd:0")
     args = parser.parse_args()
     out = Path(args.out)
@@ -62,11 +65,11 @@ def main() -> None:
         runs = [
             (rows.get(name) or select_rows([name], False, world="emoji")[0], seed) for name, seed in specs
         ]
+        budget = bench_budget("emoji", images_per_class=args.images_per_class)
     except ConfigError as error:
         parser.error(str(error))
     torch.set_num_threads(1)
     base = load_config(WORLD_CONFIGS["emoji"])
-    budget = bench_budget("emoji")
     try:
         for row, seed in runs:
             summary = run_row(

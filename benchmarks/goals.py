@@ -15,7 +15,7 @@ rows were renamed are read under today's names, see ``diffdfkd.bench.read_result
 4. the budget curve in ``digits`` (1,000 / 2,000 / 5,000 images): every row measured at each budget,
    also drawn to ``results/budget_curve.png``.
 
-Rows that never read the generator (``deepinversion``, ``fast``, ``kd_real``) have the same config in both
+Rows that never read the generator (``deepinversion``, ``fast``, ``fast_adv``, ``cmi``, ``kd_real``) have the same config in both
 digits worlds apart from the world's name (same teacher, private split, seeds and recipe), so their runs
 in one world stand for both; such a borrowed row is named with the folder it comes from. Differences of
 means come with their standard error over seeds.
@@ -25,6 +25,7 @@ Usage: python benchmarks/goals.py
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 from diffdfkd.bench import mean_difference, read_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
-GENERATOR_FREE = ("deepinversion", "fast", "fast_adv", "kd_real")
+GENERATOR_FREE = ("deepinversion", "fast", "fast_adv", "cmi", "kd_real")
 DATA_FREE_BASELINES = ("deepinversion", "fast", "fast_adv", "unguided")
 WORLDS = ("digits", "digits-mnist")
 CURVE_BUDGETS = (100, 200, 500)  # images per class
@@ -224,6 +225,9 @@ def markdown(block: dict[str, Any], curve: dict[str, list[dict[str, Any]]]) -> s
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     block, curve = goal_block(), budget_curve()
     (RESULTS / "goals.json").write_text(json.dumps({**block, "budget_curve": curve}, indent=2) + "\n")
     (RESULTS / "goals.md").write_text(markdown(block, curve))

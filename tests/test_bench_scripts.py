@@ -1,9 +1,11 @@
 """The benchmark scripts' own logic: ``goals.py``'s budget curve read from the comparison folders, and
-``tune_digits.py``'s default sweep being configs the library accepts, ``pooled_agreement.py``'s scoring."""
+``tune_digits.py``'s default sweep being configs the library accepts, ``pooled_agreement.py``'s scoring;
+and every script still importing what it names from the library."""
 
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,16 @@ def _script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.parametrize("path", sorted(BENCHMARKS.glob("*.py")), ids=lambda p: p.stem)
+def test_every_benchmark_script_imports(path, monkeypatch):
+    """A script naming what the library no longer exports fails here, not hours into a bench."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # scripts import their neighbours (tune_digits)
+    spec = importlib.util.spec_from_file_location(f"bench_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
 
 
 def _row(name: str, mean: float, seeds: int = 1, kind: str = "baseline") -> dict:
