@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from diffdfkd.bench import WORLD_CONFIGS
-from diffdfkd.config import load_config
+from diffdfkd.config import load_config, replace
 from diffdfkd.synth.online_student import check_online
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -123,3 +123,25 @@ def test_cross_source_check_compares_two_rows_on_the_pools_foreign_to_both():
     records[1]["agreement_per_pool_row"]["cmi"] = 0.30  # now fast looks worse than diffdfkd on cmi's images
     pairs = {tuple(p["rows"]): p for p in check(records, source_of)}
     assert not pairs[("diffdfkd", "fast")]["ordered_as_private"]
+
+
+def test_row_flops_averages_each_kind_of_round_over_the_run(monkeypatch):
+    """Warm-up rounds of the online student cost less than later ones; Fast's unwritten warm-up rounds
+    cost as much as written ones: both enter the per-image figure in proportion."""
+    row_flops = _script("row_flops")
+    counted = []
+
+    def fake_count(config):
+        counted.append(config)
+        assert config.synth.images_per_class * 12 == config.synth.batch_size  # one round
+        return 100.0 if config.guidance.adv_weight and config.online.warmup_rounds == 0 else 60.0
+
+    monkeypatch.setattr(row_flops, "counted_flops", fake_count)
+    base = load_config(WORLD_CONFIGS["emoji"])  # 1,200 images in 50 rounds of 24, 5 warm-up rounds
+    ours = row_flops.row_flops(base, 12)
+    assert ours["rounds"] == 50 and ours["online_warmup_rounds"] == 5
+    assert ours["flops_per_image"] == pytest.approx((5 * 60 + 45 * 100) / 1200)
+    fast = replace(base, **{"synth.source": "fast", "guidance.adv_weight": 0.0})
+    record = row_flops.row_flops(fast, 12)
+    assert counted[-1].fast.warmup_rounds == 0  # the counted round is a written one
+    assert record["flops_per_image"] == pytest.approx((50 + 20) * 60 / 1200)
