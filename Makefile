@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 # CPU smoke run by default; on a GPU: make bench-speed SPEED_ARGS="--device cuda"
 SPEED_ARGS ?= --tiny --threads 1
 
-.PHONY: install lock demo test test-all docs bench bench-demo bench-goals bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed bench-guidance-cost lint format clean
+.PHONY: install lock demo test test-all docs bench bench-demo bench-goals bench-world bench-synth bench-digits bench-baselines bench-tune-baselines bench-speed bench-guidance-cost bench-cost lint format clean
 
 install: $(STAMP)
 
@@ -48,7 +48,7 @@ test-all: install
 	$(BIN)/python -m pytest -m "not gpu"
 
 # Benchmarks write under benchmarks/results/ and are summarised in BENCHMARKS.md.
-bench: bench-world bench-synth bench-digits bench-baselines bench-speed bench-guidance-cost bench-demo bench-goals
+bench: bench-world bench-synth bench-digits bench-baselines bench-speed bench-guidance-cost bench-cost bench-demo bench-goals
 
 # Both digits worlds (the broad one with its two KD rows) and the emoji world (its KD rows); each KD row
 # reads the PRIVATE test split once. The emoji world's PUBLIC arrays come from `diffdfkd world build-data`.
@@ -71,7 +71,7 @@ bench-digits: install
 bench-baselines: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits --seeds 3 --only diffdfkd_raw_step,diffdfkd_look_prompt
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits-mnist --seeds 3 --only diffdfkd,diffdfkd_no_adv
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_digits.py --world digits-mnist --seeds 3 --only diffdfkd,diffdfkd_no_adv,diffdfkd_paper
 	for w in digits digits-mnist; do \
 	  test -f benchmarks/results/baselines/$$w-100/adapted_generator/adapt_info.json || \
 	    OMP_NUM_THREADS=1 $(BIN)/python benchmarks/adapt_generator.py --world $$w --json benchmarks/results/tuning/adapt-$$w-150.json \
@@ -93,6 +93,10 @@ GUIDANCE_COST_ARGS ?= --seeds 3
 bench-guidance-cost: install
 	$(BIN)/python benchmarks/guidance_cost.py --world digits $(GUIDANCE_COST_ARGS)
 	$(BIN)/python benchmarks/guidance_cost.py --world digits-mnist $(GUIDANCE_COST_ARGS)
+
+# FLOPs per synthetic image of each bench row (counts, not timings; minutes per world on one thread).
+bench-cost: install
+	for w in emoji digits digits-mnist; do OMP_NUM_THREADS=1 $(BIN)/python benchmarks/row_flops.py --world $$w || exit 1; done
 
 # The demo's figure (wall time and student, from scratch) and issue 14's goal block from the committed benches.
 bench-demo: install

@@ -36,6 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json  # noqa: E402
 
+import torch  # noqa: E402
+
 from diffdfkd.bench import (  # noqa: E402
     ABLATION,
     BASELINE,
@@ -49,13 +51,17 @@ from diffdfkd.bench import (  # noqa: E402
     machine,
     overrides_hold,
     read_results,
-    run_bench,
+    row_config,
     run_record,
+    run_row,
+    select_rows,
     write_outputs,
 )
 from diffdfkd.check.folders import saved_config  # noqa: E402
-from diffdfkd.config import load_config, to_dict  # noqa: E402
+from diffdfkd.config import ConfigError, load_config, to_dict  # noqa: E402
 from diffdfkd.worlds.looks import LOOK_PROMPTS  # noqa: E402
+
+logger = logging.getLogger("baselines_digits")
 
 ROW_NAMES = [
     "diffdfkd",
@@ -182,14 +188,28 @@ def main() -> None:
             f"diffdfkd_adapted needs {out / ADAPTED_GENERATOR}: make it first with "
             f"python benchmarks/adapt_generator.py --world {args.world} --save {out / ADAPTED_GENERATOR}"
         )
-    committed = committed_rows(out)  # run_bench rewrites out/results.json with the rows it ran
-    for name in [] if args.report_only else wanted:
-        run_bench(world=args.world, seeds=args.seeds, out=out, only=[name],
-                  budget=row_budget(name, args.images_per_class), progress=False, threads=1,
-                  rows=(*ROWS, *script_rows(out)))  # fmt: skip
-    write_outputs(
-        out, saved_report(out, ROW_NAMES + LEVER_ROWS, args.world, args.images_per_class, committed)
-    )
+    committed = committed_rows(out)  # read once, before any run: the report keeps what has no run here
+    rows = (*ROWS, *script_rows(out))
+    try:
+        todo = (
+            [] if args.report_only else [select_rows([name], False, rows, args.world)[0] for name in wanted]
+        )
+    except ConfigError as error:
+        parser.error(str(error))
+    base = load_config(WORLD_CONFIGS[args.world])
+    torch.set_num_threads(1)
+
+    def report() -> None:
+        names = ROW_NAMES + LEVER_ROWS
+        write_outputs(out, saved_report(out, names, args.world, args.images_per_class, committed))
+
+    for row in todo:
+        for seed in range(args.seeds):
+            config = row_config(base, row, seed, row_budget(row.name, args.images_per_class), out)
+            summary = run_row(row, config, overwrite=False, progress=False)
+            logger.info("%s seed %d: student top-1 %.4f", row.name, seed, summary["student_top1"])
+            report()  # after every run: every row, committed ones included, stays in the report
+    report()
 
 
 if __name__ == "__main__":
