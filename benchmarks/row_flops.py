@@ -16,7 +16,8 @@ Prompt encoding is part of every diffusion round. CMI's memory bank is empty in 
 contrastive matmuls against the bank (feature vectors of ``cmi.head_dim``) are not in the count.
 Each counted round runs the full computation of one batch (minutes for the guided rows on one thread).
 
-Writes ``<out>/<world>.json`` and ``<out>/<world>.md``.
+The budget is the one the world's comparison runs the row at (``row_budget``). Writes
+``<out>/<world>.json`` and ``<out>/<world>.md``.
 
 Usage: python benchmarks/row_flops.py [--world emoji] [--rows diffdfkd,fast] [--images-per-class N]
 [--out benchmarks/results/cost]
@@ -43,7 +44,16 @@ from diffdfkd.synth.run import SynthPlan, synthesize  # noqa: E402
 from diffdfkd.worlds import get_world  # noqa: E402
 
 ROWS = ("diffdfkd", "diffdfkd_paper", "diffdfkd_no_adv", "unguided", "fast", "cmi", "deepinversion")
-DEEPINVERSION_BATCH = {"digits": 100, "digits-mnist": 100}  # benchmarks/baselines_digits.py's batch
+
+
+def row_budget(world: str, name: str, images_per_class: int | None) -> dict[str, Any]:
+    """The budget the world's comparison runs ``name`` at: the emoji bench's, or in the digits worlds
+    ``baselines_digits.py``'s (100 per class on the shipped config; DeepInversion in batches of 100)."""
+    if world == "emoji":
+        return bench_budget(world, images_per_class=images_per_class)
+    from baselines_digits import row_budget as digits_budget
+
+    return digits_budget(name, images_per_class or 100)
 
 
 def one_round(config: ExperimentConfig, num_classes: int, **overrides: Any) -> ExperimentConfig:
@@ -123,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         rows = select_rows(args.rows.split(","), False, world=args.world)
-        budget = bench_budget(args.world, images_per_class=args.images_per_class)
+        budgets = {row.name: row_budget(args.world, row.name, args.images_per_class) for row in rows}
     except ConfigError as error:
         parser.error(str(error))
     if any(r.overrides.get("synth.source") == "real" for r in rows):
@@ -133,7 +143,7 @@ def main() -> None:
     num_classes = len(get_world(args.world).class_names)
     report: dict[str, Any] = {
         "world": args.world,
-        "images_per_class": budget["synth.images_per_class"],
+        "images_per_class": budgets[rows[0].name]["synth.images_per_class"],
         "command": f"python benchmarks/row_flops.py --world {args.world} --rows {args.rows}",
         "machine": machine(),
         "method": (
@@ -145,10 +155,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for row in rows:
-        extra = {"synth.batch_size": DEEPINVERSION_BATCH[args.world]} if (
-            row.name == "deepinversion" and args.world in DEEPINVERSION_BATCH
-        ) else {}  # fmt: skip
-        config = row_config(base, row, 0, {**budget, **extra}, out)
+        config = row_config(base, row, 0, budgets[row.name], out)
         report["rows"][row.name] = row_flops(config, num_classes)
         print(f"{row.name}: {report['rows'][row.name]['flops_per_image'] / 1e9:.2f} GFLOP/image", flush=True)
         (out / f"{args.world}.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -128,7 +128,14 @@ def test_cross_source_check_compares_two_rows_on_the_pools_foreign_to_both():
 def test_row_flops_averages_each_kind_of_round_over_the_run(monkeypatch):
     """Warm-up rounds of the online student cost less than later ones; Fast's unwritten warm-up rounds
     cost as much as written ones: both enter the per-image figure in proportion."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     row_flops = _script("row_flops")
+    # each world's rows are counted at the budget its comparison runs them at
+    assert row_flops.row_budget("digits", "deepinversion", None) == {
+        "synth.images_per_class": 100,
+        "synth.batch_size": 100,
+    }
+    assert row_flops.row_budget("emoji", "fast", None)["synth.images_per_class"] == 100
     counted = []
 
     def fake_count(config):
