@@ -152,3 +152,35 @@ def test_row_flops_averages_each_kind_of_round_over_the_run(monkeypatch):
     record = row_flops.row_flops(fast, 12)
     assert counted[-1].fast.warmup_rounds == 0  # the counted round is a written one
     assert record["flops_per_image"] == pytest.approx((50 + 20) * 60 / 1200)
+
+
+def test_emoji_goal_rows_pool_each_rows_seeds_across_its_records(tmp_path):
+    """A row's seeds come from every record EMOJI_RUNS names, a seed once (the first file's); kd_real
+    stands at another budget only where that budget has rows; a win must also clear 2 s.e."""
+    goals = _script("goals")
+    (tmp_path / "emoji-pool" / "levers").mkdir(parents=True)
+    (tmp_path / "emoji").mkdir()
+    pool = [
+        {"row": "diffdfkd_adv3", "seed": k, "student_top1_private_test": v}
+        for k, v in enumerate([0.60, 0.62, 0.61])
+    ]
+    pool += [{"row": "kd_real", "seed": 1, "student_top1_private_test": 0.66}]
+    pool += [{"row": "kd_real", "seed": 0, "student_top1_private_test": 0.10}]  # the bench's seed 0 wins
+    (tmp_path / goals.POOL).write_text(json.dumps({"runs": pool}))
+    bench = {"fast": [{"seed": 0, "student_top1_private_test": 0.55}, {"seed": 1, "student_top1_private_test": 0.59}],
+             "kd_real": [{"seed": 0, "student_top1_private_test": 0.64}]}  # fmt: skip
+    (tmp_path / goals.BENCH_SEEDS).write_text(json.dumps(bench))
+    rows = goals.emoji_rows(100, tmp_path)
+    assert rows["diffdfkd"]["kind"] == "ours" and rows["diffdfkd"]["seeds"] == 3
+    assert rows["diffdfkd"]["student_top1_mean"] == pytest.approx(0.61)
+    assert rows["kd_real"]["seed_ids"] == [0, 1] and rows["kd_real"]["student_top1_mean"] == pytest.approx(
+        0.65
+    )
+    assert goals.emoji_rows(500, tmp_path) == {}  # nothing run at 500: no borrowed kd_real either
+    block = goals.goal_block(tmp_path)["emoji"]
+    assert block["100_per_class"]["against"] == "fast" and block["100_per_class"]["points"] == pytest.approx(
+        4.0
+    )
+    # +4 points, but the standard error (about 2.1) makes it less than 2 s.e.: not met
+    assert block["100_per_class"]["se_points"] > 2 and block["100_per_class"]["met"] is False
+    assert block["500_per_class"]["measured"] is False
