@@ -9,6 +9,9 @@ the shipped config on a generator adapted to the teacher without data, made firs
 ``diffdfkd adapt-generator --config configs/emoji.yaml --out <out>/adapted_generator`` (150 steps,
 lr 1e-4, anchor 1, seed 0; used by every seed).
 
+After every run ``<out>/runs.json`` records each finished run of the folder (row, seed, PRIVATE top-1,
+synthesis s/image): the run folders are not committed, this file is (``goals.py`` reads it).
+
 Usage: python benchmarks/emoji_pool.py [--out benchmarks/results/emoji-pool] [--images-per-class N]
 ROW:SEED [ROW:SEED ...]
 """
@@ -16,6 +19,7 @@ ROW:SEED [ROW:SEED ...]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from diffdfkd.bench import ABLATION, WORLD_CONFIGS, Row, bench_budget, row_config, run_row, select_rows  # noqa: E402
+from diffdfkd.bench.run import finished_runs  # noqa: E402
 from diffdfkd.config import ConfigError, load_config  # noqa: E402
 
 ADAPTED_GENERATOR = "adapted_generator"
@@ -40,6 +45,22 @@ def adapted_row(out: Path) -> Row:
         {"generator.path": str(out / ADAPTED_GENERATOR)},
         worlds=("emoji",),
     )
+
+
+def record_runs(out: Path) -> None:
+    """``out/runs.json``: every finished run under ``out/runs``, in the ``{"runs": [...]}`` form
+    ``goals.py`` reads (as ``pooled_agreement.py`` writes it)."""
+    runs = []
+    for folder in finished_runs(out):
+        result = json.loads((folder / "results.json").read_text())
+        runs.append({
+            "row": folder.parent.name,
+            "seed": int(folder.name.removeprefix("seed")),
+            "student_top1_private_test": result["student_top1"],
+            "synthesis_s_per_image": result["synthesis_s_per_image"],
+            "synthetic_images": result["synthetic_images"],
+        })  # fmt: skip
+    (out / "runs.json").write_text(json.dumps({"runs": runs}, indent=1) + "\n")
 
 
 def main() -> None:
@@ -76,6 +97,7 @@ def main() -> None:
                 row, row_config(base, row, seed, dict(budget), out), overwrite=False, progress=True
             )
             print(f"{row.name} seed {seed}: student top-1 {summary['student_top1']:.4f}", flush=True)
+            record_runs(out)
     except ConfigError as error:
         sys.exit(f"error: {error}")
 
