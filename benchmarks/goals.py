@@ -3,7 +3,7 @@
 Reads the comparison folders of ``benchmarks/baselines_digits.py`` (``results/baselines/<world>-<N>/
 results.json``), the emoji world's committed per-run records (``EMOJI_RUNS``: its runs were made by
 ``diffdfkd bench --world emoji`` and ``benchmarks/emoji_pool.py`` and are scored in the files named there;
-``results/emoji-500/results.json`` for 500 images per class) and the demo record
+``results/emoji-500/runs.json``, ``benchmarks/emoji_pool.py``'s record, for 500 images per class) and the demo record
 (``results/demo/results.json``, written by ``make bench-demo``), and writes ``results/goals.json`` and
 ``results/goals.md``:
 
@@ -103,10 +103,13 @@ def seeds_row(name: str, kind: str, accuracy: dict[int, float]) -> dict[str, Any
 
 def emoji_rows(per_class: int, root: Path = RESULTS) -> dict[str, dict[str, Any]]:
     """The emoji rows at ``per_class`` images per class: at 100 from ``EMOJI_RUNS``; otherwise from
-    ``results/emoji-<per_class>/results.json``, with ``kd_real`` (the same at every budget) from 100's."""
+    ``results/emoji-<per_class>/runs.json``, with ``kd_real`` (the same at every budget) from 100's."""
     if per_class != 100:
-        path = root / f"emoji-{per_class}" / "results.json"
-        rows = {r["name"]: r for r in read_results(path)["rows"]} if path.is_file() else {}
+        path = root / f"emoji-{per_class}" / "runs.json"  # benchmarks/emoji_pool.py's record
+        names = sorted({r["row"] for r in json.loads(path.read_text())["runs"]}) if path.is_file() else []
+        rows = {
+            n: seeds_row(n, "ours" if n == "diffdfkd" else "baseline", recorded_runs(path, n)) for n in names
+        }
         real = emoji_rows(100, root).get("kd_real")
         return rows | ({"kd_real": real} if rows and real and "kd_real" not in rows else {})
     rows = {}

@@ -177,10 +177,15 @@ def test_emoji_goal_rows_pool_each_rows_seeds_across_its_records(tmp_path):
         0.65
     )
     assert goals.emoji_rows(500, tmp_path) == {}  # nothing run at 500: no borrowed kd_real either
+    (tmp_path / "emoji-500").mkdir()
+    at_500 = [{"row": "diffdfkd", "seed": 0, "student_top1_private_test": 0.645}]
+    (tmp_path / "emoji-500" / "runs.json").write_text(json.dumps({"runs": at_500}))
+    rows_500 = goals.emoji_rows(500, tmp_path)
+    assert rows_500["diffdfkd"]["kind"] == "ours" and rows_500["kd_real"] == rows["kd_real"]
     block = goals.goal_block(tmp_path)["emoji"]
     assert block["100_per_class"]["against"] == "fast" and block["100_per_class"]["points"] == pytest.approx(
         4.0
     )
     # +4 points, but the standard error (about 2.1) makes it less than 2 s.e.: not met
     assert block["100_per_class"]["se_points"] > 2 and block["100_per_class"]["met"] is False
-    assert block["500_per_class"]["measured"] is False
+    assert block["500_per_class"]["against"] == "kd_real" and block["500_per_class"]["met"] is True  # -0.5
