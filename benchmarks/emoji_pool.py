@@ -49,18 +49,25 @@ def adapted_row(out: Path) -> Row:
 
 def record_runs(out: Path) -> None:
     """``out/runs.json``: every finished run under ``out/runs``, in the ``{"runs": [...]}`` form
-    ``goals.py`` reads (as ``pooled_agreement.py`` writes it)."""
-    runs = []
+    ``goals.py`` reads (as ``pooled_agreement.py`` writes it). The run folders are not committed, so a
+    record already in the file whose folder is absent here (a fresh checkout) is kept, not dropped."""
+    record = out / "runs.json"
+    runs = {
+        (run["row"], run["seed"]): run
+        for run in (json.loads(record.read_text())["runs"] if record.is_file() else [])
+    }
     for folder in finished_runs(out):
         result = json.loads((folder / "results.json").read_text())
-        runs.append({
+        run = {
             "row": folder.parent.name,
             "seed": int(folder.name.removeprefix("seed")),
             "student_top1_private_test": result["student_top1"],
             "synthesis_s_per_image": result["synthesis_s_per_image"],
             "synthetic_images": result["synthetic_images"],
-        })  # fmt: skip
-    (out / "runs.json").write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+        }  # fmt: skip
+        runs[run["row"], run["seed"]] = run
+    ordered = [runs[key] for key in sorted(runs)]
+    record.write_text(json.dumps({"runs": ordered}, indent=1) + "\n")
 
 
 def main() -> None:

@@ -189,3 +189,28 @@ def test_emoji_goal_rows_pool_each_rows_seeds_across_its_records(tmp_path):
     # +4 points, but the standard error (about 2.1) makes it less than 2 s.e.: not met
     assert block["100_per_class"]["se_points"] > 2 and block["100_per_class"]["met"] is False
     assert block["500_per_class"]["against"] == "kd_real" and block["500_per_class"]["met"] is True  # -0.5
+
+
+def test_emoji_pool_record_keeps_committed_runs_whose_folders_are_absent(tmp_path, monkeypatch):
+    """runs.json is the committed record; a fresh checkout has no run folders: a new run joins the
+    record, it does not replace it, and a run present both ways takes its folder's figures."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    emoji_pool = _script("emoji_pool")
+    old = [
+        {"row": "fast", "seed": 0, "student_top1_private_test": 0.64},
+        {"row": "diffdfkd", "seed": 1, "student_top1_private_test": 0.10},
+    ]
+    (tmp_path / "runs.json").write_text(json.dumps({"runs": old}))
+    for row, seed, top1 in [("diffdfkd", 1, 0.66), ("diffdfkd", 2, 0.65)]:
+        folder = tmp_path / "runs" / row / f"seed{seed}"
+        (folder / "student").mkdir(parents=True)
+        (folder / "student" / "student.safetensors").write_bytes(b"")
+        result = {"student_top1": top1, "synthesis_s_per_image": 0.9, "synthetic_images": 6000}
+        (folder / "results.json").write_text(json.dumps(result))
+    emoji_pool.record_runs(tmp_path)
+    runs = json.loads((tmp_path / "runs.json").read_text())["runs"]
+    assert [(r["row"], r["seed"], r["student_top1_private_test"]) for r in runs] == [
+        ("diffdfkd", 1, 0.66),
+        ("diffdfkd", 2, 0.65),
+        ("fast", 0, 0.64),
+    ]
