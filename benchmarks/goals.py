@@ -18,7 +18,7 @@ rows were renamed are read under today's names, see ``diffdfkd.bench.read_result
 4. ``digits-mnist`` at 1,000 images: DiffDFKD >= 3 points above DeepInversion and within 2 points of Fast;
 5. the demo: student >= 0.95 in at most 15 minutes on 2 cores;
 
-and the budget curves (every row measured at each budget; ``digits`` also drawn to
+and the budget curves (every row measured at each budget; both worlds also drawn to
 ``results/budget_curve.png``).
 
 Rows that never read the generator (``deepinversion``, ``fast``, ``fast_adv``, ``cmi``, ``kd_real``) have
@@ -50,6 +50,8 @@ POOL = "emoji-pool/levers/pooled_agreement.json"  # {"runs": [{"row", "seed", "s
 BENCH_SEEDS = "emoji/public_agreement.json"  # {row: [{"seed", "student_top1_private_test"}]}
 EMOJI_RUNS: dict[str, list[tuple[str, str]]] = {
     "diffdfkd": [(POOL, "diffdfkd_adv3")],
+    "diffdfkd_no_adv": [(POOL, "diffdfkd_no_adv")],
+    "diffdfkd_paper": [(BENCH_SEEDS, "diffdfkd_paper"), ("emoji-pool/runs.json", "diffdfkd_paper")],
     "fast": [(BENCH_SEEDS, "fast"), (POOL, "fast")],
     "cmi": [(POOL, "cmi"), (BENCH_SEEDS, "cmi")],
     "deepinversion": [(POOL, "deepinversion"), (BENCH_SEEDS, "deepinversion")],
@@ -58,6 +60,7 @@ EMOJI_RUNS: dict[str, list[tuple[str, str]]] = {
 }
 WORLDS = ("digits", "digits-mnist")
 CURVE_BUDGETS = (100, 200, 500)  # images per class
+REAL_IMAGES = {"digits": "1,200", "emoji": "653"}  # kd_real's training set, every budget
 CURVE_ROWS = (
     "diffdfkd",
     "diffdfkd_no_adv",
@@ -217,7 +220,7 @@ def budget_curve(root: Path = RESULTS, world: str = "digits") -> dict[str, list[
 
 def curve_markdown(curve: dict[str, list[dict[str, Any]]], world: str = "digits") -> list[str]:
     images = sorted({p["images"] for points in curve.values() for p in points})
-    real = {"digits": "1,200", "emoji": "653"}[world]
+    real = REAL_IMAGES[world]
     lines = ["", f"Budget curve in `{world}` (student top-1 % on the PRIVATE test split, mean +- std over seeds; "
              f"kd_real: always the {real} private training images):", "",
              "| row | " + " | ".join(f"{n:,} images" for n in images) + " |", "|---|" + "---|" * len(images)]  # fmt: skip
@@ -235,27 +238,32 @@ def _point(point: dict[str, Any], unit: str = "") -> str:
     return f"{100 * point['mean']:.1f} +- {100 * point['std']:.1f}{unit} ({point['seeds']} seeds)"
 
 
-def plot_curve(curve: dict[str, list[dict[str, Any]]], path: Path) -> None:
+def plot_curves(curves: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
+    """One panel per world of ``curves``: each row's top-1 over its budgets, kd_real as a level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in curve.items():
-        if name == "kd_real":  # the real training set at every budget: a level, not a curve
-            ax.axhline(
-                100 * points[0]["mean"], color="black", linestyle="--", label="kd_real (1,200 private images)"
-            )
-            continue
-        ax.errorbar([p["images"] for p in points], [100 * p["mean"] for p in points],
-                    yerr=[100 * p["std"] for p in points], marker="o", capsize=3, label=name)  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("synthetic images")
-    ax.set_ylabel("student top-1 %, PRIVATE test")
-    ax.set_title("digits: budget curve (error bars: std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+    for ax, (world, curve) in zip(axes[0], curves.items(), strict=True):
+        for name, points in curve.items():
+            if name == "kd_real":  # the real training set at every budget: a level, not a curve
+                label = f"kd_real ({REAL_IMAGES[world]} private images)"
+                ax.axhline(100 * points[0]["mean"], color="black", linestyle="--", label=label)
+                continue
+            ax.errorbar([p["images"] for p in points], [100 * p["mean"] for p in points],
+                        yerr=[100 * p["std"] for p in points], marker="o", capsize=3, label=name,
+                        color=f"C{CURVE_ROWS.index(name)}")  # fmt: skip
+        ax.set_xscale("log")
+        budgets = sorted({p["images"] for points in curve.values() for p in points})
+        ax.set_xticks(budgets, [f"{n:,}" for n in budgets], minor=False)
+        ax.minorticks_off()
+        ax.set_xlabel("synthetic images")
+        ax.set_ylabel("student top-1 %, PRIVATE test")
+        ax.set_title(f"{world}: budget curve (error bars: std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -299,7 +307,7 @@ def main() -> None:
     curves = {world: budget_curve(world=world) for world in ("emoji", "digits")}
     (RESULTS / "goals.json").write_text(json.dumps({**block, "budget_curves": curves}, indent=2) + "\n")
     (RESULTS / "goals.md").write_text(markdown(block, curves))
-    plot_curve(curves["digits"], RESULTS / "budget_curve.png")
+    plot_curves(curves, RESULTS / "budget_curve.png")
     print(markdown(block, curves))
 
 

@@ -60,7 +60,7 @@ def test_budget_curve_collects_each_row_over_budgets_and_borrows_generator_free_
     table = "\n".join(goals.curve_markdown(curve))
     assert "| diffdfkd | 94.0 +- 1.0 (3 seeds) | 98.0 (1 seed) |" in table
     assert "| kd_real | 99.0 +- 1.0 (3 seeds) | - |" in table
-    goals.plot_curve(curve, tmp_path / "curve.png")
+    goals.plot_curves({"digits": curve, "emoji": curve}, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
