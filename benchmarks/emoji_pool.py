@@ -67,7 +67,9 @@ def record_runs(out: Path) -> None:
         }  # fmt: skip
         runs[run["row"], run["seed"]] = run
     ordered = [runs[key] for key in sorted(runs)]
-    record.write_text(json.dumps({"runs": ordered}, indent=1) + "\n")
+    partial = record.with_name(f"runs.json.{os.getpid()}.partial")  # two runs may finish at once
+    partial.write_text(json.dumps({"runs": ordered}, indent=1) + "\n")
+    os.replace(partial, record)
 
 
 def main() -> None:
