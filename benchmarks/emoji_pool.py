@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from diffdfkd.bench import ABLATION, WORLD_CONFIGS, Row, bench_budget, row_config, run_row, select_rows  # noqa: E402
 from diffdfkd.bench.run import finished_runs  # noqa: E402
 from diffdfkd.config import ConfigError, load_config  # noqa: E402
+from diffdfkd.files import replace_atomically  # noqa: E402
 
 ADAPTED_GENERATOR = "adapted_generator"
 
@@ -47,15 +48,22 @@ def adapted_row(out: Path) -> Row:
     )
 
 
+def recorded_runs(record: Path) -> dict[tuple[str, int], dict]:
+    """(row, seed) -> run of a ``runs.json`` (none if absent); ``ValueError`` naming the file if damaged."""
+    if not record.is_file():
+        return {}
+    try:
+        return {(run["row"], int(run["seed"])): run for run in json.loads(record.read_text())["runs"]}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{record} is not a runs record ({error!r}): repair or remove it") from error
+
+
 def record_runs(out: Path) -> None:
     """``out/runs.json``: every finished run under ``out/runs``, in the ``{"runs": [...]}`` form
     ``goals.py`` reads (as ``pooled_agreement.py`` writes it). The run folders are not committed, so a
     record already in the file whose folder is absent here (a fresh checkout) is kept, not dropped."""
     record = out / "runs.json"
-    runs = {
-        (run["row"], run["seed"]): run
-        for run in (json.loads(record.read_text())["runs"] if record.is_file() else [])
-    }
+    runs = recorded_runs(record)
     for folder in finished_runs(out):
         result = json.loads((folder / "results.json").read_text())
         run = {
@@ -67,9 +75,8 @@ def record_runs(out: Path) -> None:
         }  # fmt: skip
         runs[run["row"], run["seed"]] = run
     ordered = [runs[key] for key in sorted(runs)]
-    partial = record.with_name(f"runs.json.{os.getpid()}.partial")  # two runs may finish at once
-    partial.write_text(json.dumps({"runs": ordered}, indent=1) + "\n")
-    os.replace(partial, record)
+    text = json.dumps({"runs": ordered}, indent=1) + "\n"
+    replace_atomically(record, lambda tmp: Path(tmp).write_text(text))  # two runs may finish at once
 
 
 def main() -> None:
@@ -96,7 +103,8 @@ def main() -> None:
             (rows.get(name) or select_rows([name], False, world="emoji")[0], seed) for name, seed in specs
         ]
         budget = bench_budget("emoji", images_per_class=args.images_per_class)
-    except ConfigError as error:
+        recorded_runs(out / "runs.json")  # a damaged record fails here, not after the first run
+    except (ConfigError, ValueError) as error:
         parser.error(str(error))
     torch.set_num_threads(1)
     base = load_config(WORLD_CONFIGS["emoji"])

@@ -238,8 +238,9 @@ def _point(point: dict[str, Any], unit: str = "") -> str:
     return f"{100 * point['mean']:.1f} +- {100 * point['std']:.1f}{unit} ({point['seeds']} seeds)"
 
 
-def plot_curves(curves: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
-    """One panel per world of ``curves``: each row's top-1 over its budgets, kd_real as a level."""
+def plot_curves(curves: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> Any:
+    """One panel per world of ``curves``: each row's top-1 over its budgets, kd_real as a level; a row
+    has one colour in every panel. Returns the (closed) figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,6 +268,7 @@ def plot_curves(curves: dict[str, dict[str, list[dict[str, Any]]]], path: Path) 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def leaves(block: dict[str, Any], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:

@@ -60,8 +60,19 @@ def test_budget_curve_collects_each_row_over_budgets_and_borrows_generator_free_
     table = "\n".join(goals.curve_markdown(curve))
     assert "| diffdfkd | 94.0 +- 1.0 (3 seeds) | 98.0 (1 seed) |" in table
     assert "| kd_real | 99.0 +- 1.0 (3 seeds) | - |" in table
-    goals.plot_curves({"digits": curve, "emoji": curve}, tmp_path / "curve.png")
+    other = {
+        "kd_real": curve["kd_real"],
+        "fast": curve["fast"],
+    }  # fewer rows: the default colours would shift
+    fig = goals.plot_curves({"digits": curve, "emoji": other}, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
+    digits, emoji = fig.axes
+    assert [digits.get_title().split(":")[0], emoji.get_title().split(":")[0]] == ["digits", "emoji"]
+
+    def colours(ax):
+        return {c.get_label(): c.lines[0].get_color() for c in ax.containers}
+
+    assert colours(emoji)["fast"] == colours(digits)["fast"] != colours(digits)["diffdfkd"]
 
 
 def test_the_goal_block_reads_the_committed_results_under_todays_names():
@@ -214,3 +225,6 @@ def test_emoji_pool_record_keeps_committed_runs_whose_folders_are_absent(tmp_pat
         ("diffdfkd", 2, 0.65),
         ("fast", 0, 0.64),
     ]
+    (tmp_path / "runs.json").write_text('{"runs": [')  # cut short: named, not a traceback after hours of work
+    with pytest.raises(ValueError, match="is not a runs record"):
+        emoji_pool.recorded_runs(tmp_path / "runs.json")
