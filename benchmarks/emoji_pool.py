@@ -10,7 +10,8 @@ the shipped config on a generator adapted to the teacher without data, made firs
 lr 1e-4, anchor 1, seed 0; used by every seed).
 
 After every run ``<out>/runs.json`` records each finished run of the folder (row, seed, PRIVATE top-1,
-synthesis s/image): the run folders are not committed, this file is (``goals.py`` reads it).
+per-class top-1, synthesis s/image, the teacher's accuracy on the synthetic set, its style mix and its
+BN-statistics distance): the run folders are not committed, this file is (``goals.py`` reads it).
 
 Usage: python benchmarks/emoji_pool.py [--out benchmarks/results/emoji-pool] [--images-per-class N]
 ROW:SEED [ROW:SEED ...]
@@ -66,12 +67,19 @@ def record_runs(out: Path) -> None:
     runs = recorded_runs(record)
     for folder in finished_runs(out):
         result = json.loads((folder / "results.json").read_text())
+        class_names = json.loads((folder / "synth" / "classes.json").read_text())
         run = {
             "row": folder.parent.name,
             "seed": int(folder.name.removeprefix("seed")),
             "student_top1_private_test": result["student_top1"],
+            "student_per_class_private_test": dict(
+                zip(class_names, result["student_eval"]["per_class"], strict=True)
+            ),
             "synthesis_s_per_image": result["synthesis_s_per_image"],
             "synthetic_images": result["synthetic_images"],
+            "teacher_accuracy_on_synthetic": result.get("teacher_accuracy_on_synthetic"),
+            "style_mix_of_synthetic": result.get("look_mix_of_synthetic"),
+            "bn_distance_of_synthetic": result.get("bn_distance_of_synthetic"),
         }  # fmt: skip
         runs[run["row"], run["seed"]] = run
     ordered = [runs[key] for key in sorted(runs)]

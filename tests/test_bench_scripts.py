@@ -204,7 +204,8 @@ def test_emoji_goal_rows_pool_each_rows_seeds_across_its_records(tmp_path):
 
 def test_emoji_pool_record_keeps_committed_runs_whose_folders_are_absent(tmp_path, monkeypatch):
     """runs.json is the committed record; a fresh checkout has no run folders: a new run joins the
-    record, it does not replace it, and a run present both ways takes its folder's figures."""
+    record, it does not replace it, and a run present both ways takes its folder's figures, per class
+    and of its synthetic set too."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     emoji_pool = _script("emoji_pool")
     old = [
@@ -216,7 +217,16 @@ def test_emoji_pool_record_keeps_committed_runs_whose_folders_are_absent(tmp_pat
         folder = tmp_path / "runs" / row / f"seed{seed}"
         (folder / "student").mkdir(parents=True)
         (folder / "student" / "student.safetensors").write_bytes(b"")
-        result = {"student_top1": top1, "synthesis_s_per_image": 0.9, "synthetic_images": 6000}
+        (folder / "synth").mkdir()
+        (folder / "synth" / "classes.json").write_text(json.dumps(["face", "hand"]))
+        result = {
+            "student_top1": top1,
+            "student_eval": {"per_class": [top1 + 0.1, top1 - 0.1]},
+            "synthesis_s_per_image": 0.9,
+            "synthetic_images": 6000,
+            "look_mix_of_synthetic": {"noto": 0.8, "fluent_flat": 0.2},
+            "bn_distance_of_synthetic": 3.5,
+        }
         (folder / "results.json").write_text(json.dumps(result))
     emoji_pool.record_runs(tmp_path)
     runs = json.loads((tmp_path / "runs.json").read_text())["runs"]
@@ -225,6 +235,9 @@ def test_emoji_pool_record_keeps_committed_runs_whose_folders_are_absent(tmp_pat
         ("diffdfkd", 2, 0.65),
         ("fast", 0, 0.64),
     ]
+    assert runs[0]["student_per_class_private_test"] == {"face": 0.76, "hand": 0.56}  # named by class
+    assert runs[0]["style_mix_of_synthetic"]["noto"] == 0.8 and runs[0]["bn_distance_of_synthetic"] == 3.5
+    assert runs[0]["teacher_accuracy_on_synthetic"] is None  # absent from this results.json: not invented
     (tmp_path / "runs.json").write_text('{"runs": [')  # cut short: named, not a traceback after hours of work
     with pytest.raises(ValueError, match="is not a runs record"):
         emoji_pool.recorded_runs(tmp_path / "runs.json")
