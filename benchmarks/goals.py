@@ -56,7 +56,7 @@ EMOJI_RUNS: dict[str, list[tuple[str, str]]] = {
     "cmi": [(POOL, "cmi"), (BENCH_SEEDS, "cmi")],
     "deepinversion": [(POOL, "deepinversion"), (BENCH_SEEDS, "deepinversion")],
     "unguided": [(POOL, "unguided"), (BENCH_SEEDS, "unguided")],
-    "kd_real": [(BENCH_SEEDS, "kd_real"), (POOL, "kd_real")],
+    "kd_real": [(BENCH_SEEDS, "kd_real"), (POOL, "kd_real"), ("emoji-pool/runs.json", "kd_real")],
 }
 WORLDS = ("digits", "digits-mnist")
 CURVE_BUDGETS = (100, 200, 500)  # images per class
