@@ -12,8 +12,8 @@ rows were renamed are read under today's names, see ``diffdfkd.bench.read_result
 
 1. ``emoji`` at 100 images per class: DiffDFKD >= 3 points above the strongest full-strength data-free
    baseline (``fast``, ``cmi``, ``deepinversion``, ``unguided``), the difference >= 2 standard errors;
-2. ``emoji`` at 500 per class: DiffDFKD within 1 point of ``kd_real`` (all the real PRIVATE training
-   images: the same rows at every budget) or above it;
+2. ``emoji`` at 500 per class: DiffDFKD within 1 point of ``kd_real`` (KD on all the real PRIVATE
+   training images, drawn by class to the budget's number of images: the same KD steps) or above it;
 3. ``digits`` at 1,000 and 2,000 images: DiffDFKD's mean at least Fast's;
 4. ``digits-mnist`` at 1,000 images: DiffDFKD >= 3 points above DeepInversion and within 2 points of Fast;
 5. the demo: student >= 0.95 in at most 15 minutes on 2 cores;
@@ -60,7 +60,7 @@ EMOJI_RUNS: dict[str, list[tuple[str, str]]] = {
 }
 WORLDS = ("digits", "digits-mnist")
 CURVE_BUDGETS = (100, 200, 500)  # images per class
-REAL_IMAGES = {"digits": "1,200", "emoji": "653"}  # kd_real's training set, every budget
+REAL_IMAGES = {"digits": "1,200", "emoji": "653"}  # kd_real's real images, drawn to each budget
 CURVE_ROWS = (
     "diffdfkd",
     "diffdfkd_no_adv",
@@ -106,15 +106,14 @@ def seeds_row(name: str, kind: str, accuracy: dict[int, float]) -> dict[str, Any
 
 def emoji_rows(per_class: int, root: Path = RESULTS) -> dict[str, dict[str, Any]]:
     """The emoji rows at ``per_class`` images per class: at 100 from ``EMOJI_RUNS``; otherwise from
-    ``results/emoji-<per_class>/runs.json``, with ``kd_real`` (the same at every budget) from 100's."""
+    ``results/emoji-<per_class>/runs.json``. ``kd_real`` is measured at each budget, never borrowed from
+    another: its real images are drawn by class to the budget's number, so a larger budget gives its
+    student more KD steps, as it gives every other row's."""
     if per_class != 100:
         path = root / f"emoji-{per_class}" / "runs.json"  # benchmarks/emoji_pool.py's record
         names = sorted({r["row"] for r in json.loads(path.read_text())["runs"]}) if path.is_file() else []
-        rows = {
-            n: seeds_row(n, "ours" if n == "diffdfkd" else "baseline", recorded_runs(path, n)) for n in names
-        }
-        real = emoji_rows(100, root).get("kd_real")
-        return rows | ({"kd_real": real} if rows and real and "kd_real" not in rows else {})
+        kinds = {"diffdfkd": "ours", "kd_real": "upper_bound"}
+        return {n: seeds_row(n, kinds.get(n, "baseline"), recorded_runs(path, n)) for n in names}
     rows = {}
     for name, sources in EMOJI_RUNS.items():
         accuracy: dict[int, float] = {}
@@ -222,7 +221,7 @@ def curve_markdown(curve: dict[str, list[dict[str, Any]]], world: str = "digits"
     images = sorted({p["images"] for points in curve.values() for p in points})
     real = REAL_IMAGES[world]
     lines = ["", f"Budget curve in `{world}` (student top-1 % on the PRIVATE test split, mean +- std over seeds; "
-             f"kd_real: always the {real} private training images):", "",
+             f"kd_real: KD on the {real} private training images, drawn to each budget's number):", "",
              "| row | " + " | ".join(f"{n:,} images" for n in images) + " |", "|---|" + "---|" * len(images)]  # fmt: skip
     for name, points in curve.items():
         at = {p["images"]: p for p in points}
@@ -249,13 +248,12 @@ def plot_curves(curves: dict[str, dict[str, list[dict[str, Any]]]], path: Path) 
     fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
     for ax, (world, curve) in zip(axes[0], curves.items(), strict=True):
         for name, points in curve.items():
-            if name == "kd_real":  # the real training set at every budget: a level, not a curve
-                label = f"kd_real ({REAL_IMAGES[world]} private images)"
-                ax.axhline(100 * points[0]["mean"], color="black", linestyle="--", label=label)
-                continue
+            real = name == "kd_real"  # not data-free: the real private images, black and dashed
+            label = f"kd_real ({REAL_IMAGES[world]} private images)" if real else name
             ax.errorbar([p["images"] for p in points], [100 * p["mean"] for p in points],
-                        yerr=[100 * p["std"] for p in points], marker="o", capsize=3, label=name,
-                        color=f"C{CURVE_ROWS.index(name)}")  # fmt: skip
+                        yerr=[100 * p["std"] for p in points], marker="o", capsize=3, label=label,
+                        color="black" if real else f"C{CURVE_ROWS.index(name)}",
+                        linestyle="--" if real else "-")  # fmt: skip
         ax.set_xscale("log")
         budgets = sorted({p["images"] for points in curve.values() for p in points})
         ax.set_xticks(budgets, [f"{n:,}" for n in budgets], minor=False)
