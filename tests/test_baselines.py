@@ -203,9 +203,11 @@ def test_fast_meta_learned_generator_reaches_a_lower_loss_in_k_steps_than_a_fres
     assert best[1] < 0.75 * best[0], f"meta-learnt {best[1]:.2f} vs fresh {best[0]:.2f}"
 
 
-def test_adversarial_term_lowers_the_online_students_agreement_on_the_next_batch(digits):
+def test_adversarial_term_drives_the_next_batch_away_from_the_online_student(digits):
     # One online student, trained on 3 warm-up rounds; each next round made against it with L_adv and,
-    # from the same source state and seeds, without: with L_adv the student agrees less with the teacher.
+    # from the same source state and seeds, without: with L_adv the teacher-student KL on the new images is
+    # higher in every batch (the quantity L_adv raises; argmax agreement on 20 images per batch moves in steps of 0.05 and
+    # ties on some CPUs).
     config, teacher = digits
     config = replace(config, **{"synth.batch_size": 20, "synth.group_size": 20, "guidance.adv_weight": 3.0,
                                 "online.warmup_rounds": 3, "online.kd_steps": 100, "online.lr": 0.1,
@@ -214,9 +216,11 @@ def test_adversarial_term_lowers_the_online_students_agreement_on_the_next_batch
     student = OnlineStudent(config, 10, 32, torch.device("cpu"))
     source = FastSource(config, teacher, student=student)
 
-    def agreement(images: torch.Tensor) -> float:
+    def divergence(images: torch.Tensor) -> float:
         with torch.no_grad():
-            return (student(images).argmax(dim=1) == teacher(images).argmax(dim=1)).float().mean().item()
+            log_p_t = torch.log_softmax(teacher(images), dim=1)
+            log_p_s = torch.log_softmax(student(images), dim=1)
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean().item()
 
     for b in range(3):
         images = source.generate(*_batch(config, 10, batch=b)).images
@@ -229,9 +233,9 @@ def test_adversarial_term_lowers_the_online_students_agreement_on_the_next_batch
     for b in (3, 4, 5):
         plain = copy.deepcopy(source)
         plain.adv_weight = 0.0
-        without.append(agreement(plain.generate(*_batch(config, 10, batch=b)).images))
-        with_adv.append(agreement(source.generate(*_batch(config, 10, batch=b)).images))
-    assert sum(with_adv) < sum(without), (with_adv, without)
+        without.append(divergence(plain.generate(*_batch(config, 10, batch=b)).images))
+        with_adv.append(divergence(source.generate(*_batch(config, 10, batch=b)).images))
+    assert all(a > b for a, b in zip(with_adv, without)), (with_adv, without)
 
 
 # ----------------------------------------------------------------------------------------------------
