@@ -235,7 +235,7 @@ def test_adversarial_term_drives_the_next_batch_away_from_the_online_student(dig
         plain.adv_weight = 0.0
         without.append(divergence(plain.generate(*_batch(config, 10, batch=b)).images))
         with_adv.append(divergence(source.generate(*_batch(config, 10, batch=b)).images))
-    assert all(a > b for a, b in zip(with_adv, without)), (with_adv, without)
+    assert all(a > b for a, b in zip(with_adv, without, strict=True)), (with_adv, without)
 
 
 # ----------------------------------------------------------------------------------------------------
