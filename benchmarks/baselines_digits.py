@@ -40,7 +40,6 @@ import torch  # noqa: E402
 
 from diffdfkd.bench import (  # noqa: E402
     ABLATION,
-    BASELINE,
     NO_ADV,
     ROW_NAMES_VERSION,
     ROWS,
@@ -77,22 +76,12 @@ ROW_NAMES = [
 # Issue 14's levers as rows at the same budget (run with --only; reported when present).
 LEVER_ROWS = ["diffdfkd_raw_step", "diffdfkd_look_prompt", "diffdfkd_adapted"]
 ADAPTED_GENERATOR = "adapted_generator"  # in the out folder: adapt_generator.py --save
-# Fast's adversarial weight, chosen on public signals like DiffDFKD's (tuning/guidance_step.md).
-FAST_ADV_WEIGHT = 1.0
 LOOK_PROMPT = LOOK_PROMPTS["scan"].replace("{name}", "{label}")  # the teacher's look, named
 
 
 def script_rows(out: Path) -> tuple[Row, ...]:
-    """This bench's rows beside ``diffdfkd.bench.ROWS``: Fast with its adversarial term, DiffDFKD with
-    prompts naming the teacher's look (digits only), and DiffDFKD on the generator adapted to the
+    """This bench's rows beside ``diffdfkd.bench.ROWS``: DiffDFKD with prompts naming the teacher's look (digits only), and DiffDFKD on the generator adapted to the
     teacher (made beforehand in ``out``)."""
-    fast_adv = Row(
-        "fast_adv",
-        BASELINE,
-        f"Fast with its online adversarial term (weight {FAST_ADV_WEIGHT:g}, against the same online student "
-        "and with the same L_adv and warm-up as DiffDFKD's)",
-        {"synth.source": "fast", "guidance.adv_weight": FAST_ADV_WEIGHT},
-    )
     adapted = Row(
         "diffdfkd_adapted",
         ABLATION,
@@ -108,7 +97,7 @@ def script_rows(out: Path) -> tuple[Row, ...]:
         "teacher's domain: low-resolution scans)",
         {**NO_ADV, "generator.prompt_template": LOOK_PROMPT},
     )
-    return fast_adv, look_prompt, adapted
+    return look_prompt, adapted
 
 
 BUDGET_NOTE = """\
