@@ -22,7 +22,7 @@ from diffdfkd.bench import (
     run_record,
     select_rows,
 )
-from diffdfkd.bench.rows import WORLD_CONFIGS
+from diffdfkd.bench.rows import FAST_ADV_WEIGHT, WORLD_CONFIGS
 from diffdfkd.bench.run import finished_runs, run_student
 from diffdfkd.config import ConfigError, load_config, replace, to_dict
 from diffdfkd.models import create_model
@@ -148,7 +148,7 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder, nam
     # in the distillation (KD vs CE without the teacher), so they share their images, not their student.
     # The adversarial rows (weights 1, 3 and 10, and 60 online KD steps) are the exception: this budget's
     # two rounds lie inside the online student's warm-up, so L_adv is off and their images are
-    # diffdfkd_no_adv's (tests/test_synth.py shows L_adv at work); here each must at least have run with
+    # diffdfkd_no_adv's (fast_adv's are fast's) (tests/test_synth.py shows L_adv at work); here each must at least have run with
     # its setting.
     prints = {row.name: synthesis_fingerprint(out / "runs" / row.name / "seed0") for row in rows}
     assert "diffdfkd" in prints
@@ -164,6 +164,10 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder, nam
             config = load_config(out / "runs" / name / "seed0" / "config.yaml")
             setting = config.online.kd_steps if key == "online_kd_steps" else config.guidance.adv_weight
             assert setting == value and config.guidance.adv_weight > 0, name
+    if "fast_adv" in prints:  # the same warm-up: Fast's adversarial term is off here too
+        assert prints.pop("fast_adv") == prints["fast"]
+        config = load_config(out / "runs" / "fast_adv" / "seed0" / "config.yaml")
+        assert config.guidance.adv_weight == FAST_ADV_WEIGHT > 0 and config.synth.source == "fast"
     assert prints["kd_real"] == prints["scratch_real"]
     assert len(set(prints.values())) == len(prints) - 1
     students = [(out / "runs" / n / "seed0" / "student" / "student.safetensors").read_bytes() for n in ("kd_real", "scratch_real")]  # fmt: skip
