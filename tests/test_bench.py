@@ -148,8 +148,8 @@ def test_run_bench_end_to_end_and_resume(make_config, tmp_path, eval_folder, nam
     # in the distillation (KD vs CE without the teacher), so they share their images, not their student.
     # The adversarial rows (weights 1, 3 and 10, and 60 online KD steps) are the exception: this budget's
     # two rounds lie inside the online student's warm-up, so L_adv is off and their images are
-    # diffdfkd_no_adv's (fast_adv's are fast's) (tests/test_synth.py shows L_adv at work); here each must at least have run with
-    # its setting.
+    # diffdfkd_no_adv's, and fast_adv's are fast's (tests/test_synth.py shows L_adv at work); here each
+    # must at least have run with its setting.
     prints = {row.name: synthesis_fingerprint(out / "runs" / row.name / "seed0") for row in rows}
     assert "diffdfkd" in prints
     for name, key, value in (
