@@ -7,7 +7,9 @@ finished run and resumes an unfinished one), so that they can be run two at a ti
 and scored together by ``pooled_agreement.py``. Besides ``diffdfkd.bench.ROWS``: ``diffdfkd_adapted``,
 the shipped config on a generator adapted to the teacher without data, made first with
 ``diffdfkd adapt-generator --config configs/emoji.yaml --out <out>/adapted_generator`` (150 steps,
-lr 1e-4, anchor 1, seed 0; used by every seed).
+lr 1e-4, anchor 1, seed 0; used by every seed); ``fast_adv3`` and ``fast_adv10``, Fast with its adversarial
+term at weight 3 and 10 (the weights DiffDFKD's was chosen among in this world,
+``results/tuning/emoji-fast-adv-weight.md``).
 
 After every run ``<out>/runs.json`` records each finished run of the folder (row, seed, PRIVATE top-1,
 per-class top-1, synthesis s/image, the teacher's accuracy on the synthetic set, its style mix and its
@@ -29,7 +31,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from diffdfkd.bench import ABLATION, WORLD_CONFIGS, Row, bench_budget, row_config, run_row, select_rows  # noqa: E402
+from diffdfkd.bench import (  # noqa: E402
+    ABLATION,
+    BASELINE,
+    WORLD_CONFIGS,
+    Row,
+    bench_budget,
+    row_config,
+    run_row,
+    select_rows,
+)
 from diffdfkd.bench.run import finished_runs  # noqa: E402
 from diffdfkd.config import ConfigError, load_config  # noqa: E402
 from diffdfkd.files import replace_atomically  # noqa: E402
@@ -45,6 +56,17 @@ def adapted_row(out: Path) -> Row:
         "DiffDFKD as shipped on a generator whose UNet was first adapted to the teacher without data "
         "(diffdfkd adapt-generator: 150 steps of the guidance's CE + BN loss on one-step predictions, seed 0)",
         {"generator.path": str(out / ADAPTED_GENERATOR)},
+        worlds=("emoji",),
+    )
+
+
+def fast_adv_row(weight: float) -> Row:
+    """``fast_adv`` at adversarial weight ``weight``: the lever DiffDFKD's weight was chosen on, for Fast."""
+    return Row(
+        f"fast_adv{weight:g}",
+        BASELINE,
+        f"Fast with its online adversarial term at weight {weight:g} (a candidate for the emoji world's weight)",
+        {"synth.source": "fast", "guidance.adv_weight": weight},
         worlds=("emoji",),
     )
 
@@ -96,7 +118,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="ROW:SEED, e.g. diffdfkd:0")
     args = parser.parse_args()
     out = Path(args.out)
-    rows = {"diffdfkd_adapted": adapted_row(out)}
+    rows = {row.name: row for row in (adapted_row(out), fast_adv_row(3.0), fast_adv_row(10.0))}
     try:
         specs = [(name, int(seed)) for name, seed in (spec.split(":") for spec in args.runs)]
     except ValueError:
