@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 import yaml
 
 from diffdfkd.config import (
@@ -114,6 +115,7 @@ def test_run_info_written(tmp_path):
     assert load_config(tmp_path / "config.yaml") == ExperimentConfig(seed=5)
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["seed"] == 5 and info["diffdfkd"] and info["git_sha"]
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_the_shipped_configs_are_the_packaged_ones_and_round_trip():

@@ -33,7 +33,9 @@ def git_sha() -> str:
 
 
 def run_info(config: Any) -> dict[str, Any]:
-    """Versions, git SHA and seed, for reproducibility."""
+    """Versions, git SHA, seed and the CPU kernels torch picked, for reproducibility: a run repeats
+    byte for byte on the same kernels, while another CPU's (e.g. AVX2 against AVX512) round floats
+    differently, and the long optimisations of synthesis can carry those last bits into the images."""
     return {
         "diffdfkd": __version__,
         "git_sha": git_sha(),
@@ -41,6 +43,7 @@ def run_info(config: Any) -> dict[str, Any]:
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 
