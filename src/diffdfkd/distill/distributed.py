@@ -35,13 +35,26 @@ def join_process_group(device: torch.device) -> ProcessGroup:
     return ProcessGroup(dist.get_rank(), dist.get_world_size())
 
 
+# The works of the latest collective call, kept until the next call (the last ones until the
+# interpreter's own teardown). A work holds its tensors, and whoever drops the last reference to it
+# frees them, which takes the GIL: were that one of gloo's worker threads while Python is
+# finalizing (a rank that exits right after its last collective), the process would abort with
+# "terminate called without an active exception". Held here, the main thread frees them.
+_latest_works: list[dist.Work] = []
+
+
+def _wait_and_hold(works: list[dist.Work]) -> None:
+    for work in works:
+        work.wait()
+    _latest_works[:] = works
+
+
 def broadcast(tensors: Iterable[torch.Tensor]) -> None:
     """Give every rank rank 0's values (in place)."""
-    for tensor in tensors:
-        dist.broadcast(tensor.data, src=0)
+    _wait_and_hold([dist.broadcast(tensor.data, src=0, async_op=True) for tensor in tensors])
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` summed over the ranks (in place)."""
-    dist.all_reduce(tensor)
+    _wait_and_hold([dist.all_reduce(tensor, async_op=True)])
     return tensor
