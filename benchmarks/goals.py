@@ -52,7 +52,7 @@ POOL = "emoji-pool/levers/pooled_agreement.json"  # {"runs": [{"row", "seed", "s
 BENCH_SEEDS = "emoji/public_agreement.json"  # {row: [{"seed", "student_top1_private_test"}]}
 EMOJI_RUNS: dict[str, list[tuple[str, str]]] = {
     "diffdfkd": [(POOL, "diffdfkd_adv3")],
-    "diffdfkd_no_adv": [(POOL, "diffdfkd_no_adv")],
+    "diffdfkd_no_adv": [(POOL, "diffdfkd_no_adv"), ("emoji-pool/runs.json", "diffdfkd_no_adv")],
     "diffdfkd_paper": [(BENCH_SEEDS, "diffdfkd_paper"), ("emoji-pool/runs.json", "diffdfkd_paper")],
     "fast": [(BENCH_SEEDS, "fast"), (POOL, "fast")],
     "fast_adv": [("emoji-pool/runs.json", "fast_adv")],
