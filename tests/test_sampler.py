@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import shutil
 from types import SimpleNamespace
@@ -187,6 +188,32 @@ def test_bf16_autocast_on_cpu_keeps_fp32_weights_and_the_fp32_images(
     assert out.images.dtype == torch.float32
     assert not torch.equal(out.images, reference.images), "bf16 compute really ran"
     assert (out.images - reference.images).abs().max() < BF16_TOLERANCE
+
+
+def test_a_folder_saved_in_fp16_loads_in_fp32_on_cpu_with_its_values_and_no_cast_warning(
+    tiny_pipeline_dir, tiny_components, tmp_path
+) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path / "fp16"
+    StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype=torch.float16).save_pretrained(
+        folder
+    )
+    warnings: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warnings.append  # diffusers' loggers do not propagate to the root logger
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        components = load_components(folder, device="cpu", dtype="fp32")
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert [r.getMessage() for r in warnings if "Casting directly" in r.getMessage()] == []
+    for part in ("unet", "vae", "text_encoder"):
+        loaded = getattr(components, part).state_dict()
+        for name, original in getattr(tiny_components, part).state_dict().items():
+            assert loaded[name].dtype == original.dtype
+            if original.is_floating_point():
+                assert torch.equal(loaded[name], original.half().float()), (part, name)
 
 
 def test_v_prediction_folder_is_read(tiny_pipeline_dir, tmp_path) -> None:

@@ -205,13 +205,15 @@ def load_components(
     param_dtype = dtype if device.type == "cuda" else torch.float32  # CPU: fp32 weights, autocast compute
     models = {}
     for part in ("unet", "vae", "text_encoder"):
+        # Loaded straight into param_dtype: a folder saved in fp16 (as SD's fp16 variants and the emoji
+        # generator are) runs in fp32 on the CPU. (A cast after loading makes diffusers warn.)
+        dtype_keyword = "torch_dtype" if index[part][0] == "diffusers" else "dtype"  # transformers: dtype
         try:
-            model = _part_class(index, part, path).from_pretrained(path / part, local_files_only=True)
+            model = _part_class(index, part, path).from_pretrained(
+                path / part, local_files_only=True, **{dtype_keyword: param_dtype}
+            )
         except (OSError, ValueError) as error:
             raise ComponentsError(f"cannot load the {part} from {path / part}: {error}") from None
-        # always cast: a folder saved in fp16 (as SD's fp16 variants and the emoji generator are) runs in
-        # fp32 on the CPU
-        model = model.to(dtype=param_dtype)
         models[part] = model.to(device).eval().requires_grad_(False)
     if gradient_checkpointing:
         models["unet"].enable_gradient_checkpointing()
