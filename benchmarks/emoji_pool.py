@@ -9,7 +9,8 @@ the shipped config on a generator adapted to the teacher without data, made firs
 ``diffdfkd adapt-generator --config configs/emoji.yaml --out <out>/adapted_generator`` (150 steps,
 lr 1e-4, anchor 1, seed 0; used by every seed); ``fast_adv3`` and ``fast_adv10``, Fast with its adversarial
 term at weight 3 and 10 (the weights DiffDFKD's was chosen among in this world,
-``results/tuning/emoji-fast-adv-weight.md``).
+``results/tuning/emoji-fast-adv-weight.md``); ``diffdfkd_cfg2``, the shipped config at CFG 2
+(``results/tuning/emoji-cfg-scale.md``).
 
 After every run ``<out>/runs.json`` records each finished run of the folder (row, seed, PRIVATE top-1,
 per-class top-1, synthesis s/image, the teacher's accuracy on the synthetic set, its style mix and its
@@ -71,6 +72,17 @@ def fast_adv_row(weight: float) -> Row:
     )
 
 
+def cfg_row(scale: float) -> Row:
+    """The shipped config sampling at CFG ``scale`` (``results/tuning/emoji-cfg-scale.md``)."""
+    return Row(
+        f"diffdfkd_cfg{scale:g}",
+        ABLATION,
+        f"DiffDFKD as shipped at CFG {scale:g} (a candidate for the emoji world's scale under guidance)",
+        {"generator.cfg_scale": scale},
+        worlds=("emoji",),
+    )
+
+
 def recorded_runs(record: Path) -> dict[tuple[str, int], dict]:
     """(row, seed) -> run of a ``runs.json`` (none if absent); ``ValueError`` naming the file if damaged."""
     if not record.is_file():
@@ -118,7 +130,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="ROW:SEED, e.g. diffdfkd:0")
     args = parser.parse_args()
     out = Path(args.out)
-    rows = {row.name: row for row in (adapted_row(out), fast_adv_row(3.0), fast_adv_row(10.0))}
+    rows = {row.name: row for row in (adapted_row(out), fast_adv_row(3.0), fast_adv_row(10.0), cfg_row(2.0))}
     try:
         specs = [(name, int(seed)) for name, seed in (spec.split(":") for spec in args.runs)]
     except ValueError:
