@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from diffdfkd import runinfo
 from diffdfkd.config import (
     ConfigError,
     ExperimentConfig,
@@ -15,7 +16,7 @@ from diffdfkd.config import (
     replace,
     to_dict,
 )
-from diffdfkd.runinfo import write_run_info
+from diffdfkd.runinfo import cpu_model, write_run_info
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):
@@ -116,6 +117,18 @@ def test_run_info_written(tmp_path):
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["seed"] == 5 and info["diffdfkd"] and info["git_sha"]
     assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["cpu_model"] == cpu_model() and info["cpu_model"].strip()
+
+
+def test_cpu_model_reads_the_model_name_line(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
+    real_path = runinfo.Path
+    monkeypatch.setattr(runinfo, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    assert cpu_model() == "AMD EPYC 7B13"
+    cpuinfo.unlink()
+    monkeypatch.setattr(runinfo.platform, "processor", lambda: "")
+    assert cpu_model() == "unknown"
 
 
 def test_the_shipped_configs_are_the_packaged_ones_and_round_trip():

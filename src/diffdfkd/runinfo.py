@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,19 @@ def git_sha() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``, else what ``platform`` knows, else 'unknown'):
+    two CPUs with the same torch capability can still round differently (math libraries pick code paths
+    by CPU model), so the capability alone does not say whether a run should repeat."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def run_info(config: Any) -> dict[str, Any]:
     """Versions, git SHA, seed and the CPU kernels torch picked, for reproducibility: a run repeats
     byte for byte on the same kernels, while another CPU's (e.g. AVX2 against AVX512) round floats
@@ -44,6 +58,7 @@ def run_info(config: Any) -> dict[str, Any]:
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model(),
     }
 
 
