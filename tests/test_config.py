@@ -123,12 +123,9 @@ def test_run_info_written(tmp_path):
 def test_cpu_model_reads_the_model_name_line(tmp_path, monkeypatch):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
-    real_path = runinfo.Path
-    monkeypatch.setattr(runinfo, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
-    assert cpu_model() == "AMD EPYC 7B13"
-    cpuinfo.unlink()
+    assert cpu_model(cpuinfo) == "AMD EPYC 7B13"
     monkeypatch.setattr(runinfo.platform, "processor", lambda: "")
-    assert cpu_model() == "unknown"
+    assert cpu_model(tmp_path / "absent") == "unknown"
 
 
 def test_the_shipped_configs_are_the_packaged_ones_and_round_trip():

@@ -33,12 +33,12 @@ def git_sha() -> str:
         return "unknown"
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux's ``/proc/cpuinfo``, else what ``platform`` knows, else 'unknown'):
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (Linux's ``cpuinfo``, else what ``platform`` knows, else 'unknown'):
     two CPUs with the same torch capability can still round differently (math libraries pick code paths
     by CPU model), so the capability alone does not say whether a run should repeat."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
