@@ -124,6 +124,9 @@ def test_cpu_model_reads_the_model_name_line(tmp_path, monkeypatch):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
     assert cpu_model(cpuinfo) == "AMD EPYC 7B13"
+    monkeypatch.setattr(runinfo.platform, "processor", lambda: "aarch64")
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # no model name line, as on some ARM CPUs
+    assert cpu_model(cpuinfo) == "aarch64"
     monkeypatch.setattr(runinfo.platform, "processor", lambda: "")
     assert cpu_model(tmp_path / "absent") == "unknown"
 
