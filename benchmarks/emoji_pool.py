@@ -10,7 +10,8 @@ the shipped config on a generator adapted to the teacher without data, made firs
 lr 1e-4, anchor 1, seed 0; used by every seed); ``fast_adv3`` and ``fast_adv10``, Fast with its adversarial
 term at weight 3 and 10 (the weights DiffDFKD's was chosen among in this world,
 ``results/tuning/emoji-fast-adv-weight.md``); ``diffdfkd_cfg2``, the shipped config at CFG 2
-(``results/tuning/emoji-cfg-scale.md``).
+(``results/tuning/emoji-cfg-scale.md``); ``diffdfkd_recurrence2``, the shipped config with each guided
+step taken twice (``results/tuning/emoji-recurrence.md``).
 
 After every run ``<out>/runs.json`` records each finished run of the folder (row, seed, PRIVATE top-1,
 per-class top-1, synthesis s/image, the teacher's accuracy on the synthetic set, its style mix and its
@@ -83,6 +84,18 @@ def cfg_row(scale: float) -> Row:
     )
 
 
+def recurrence_row(times: int) -> Row:
+    """The shipped config taking each guided step ``times`` times (``results/tuning/emoji-recurrence.md``)."""
+    return Row(
+        f"diffdfkd_recurrence{times}",
+        ABLATION,
+        f"DiffDFKD as shipped with each guided step taken {times} times (self-recurrence; "
+        f"{times}x the guided synthesis cost)",
+        {"guidance.recurrence": times},
+        worlds=("emoji",),
+    )
+
+
 def recorded_runs(record: Path) -> dict[tuple[str, int], dict]:
     """(row, seed) -> run of a ``runs.json`` (none if absent); ``ValueError`` naming the file if damaged."""
     if not record.is_file():
@@ -130,7 +143,10 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="ROW:SEED, e.g. diffdfkd:0")
     args = parser.parse_args()
     out = Path(args.out)
-    rows = {row.name: row for row in (adapted_row(out), fast_adv_row(3.0), fast_adv_row(10.0), cfg_row(2.0))}
+    rows = {
+        row.name: row
+        for row in (adapted_row(out), fast_adv_row(3.0), fast_adv_row(10.0), cfg_row(2.0), recurrence_row(2))
+    }
     try:
         specs = [(name, int(seed)) for name, seed in (spec.split(":") for spec in args.runs)]
     except ValueError:

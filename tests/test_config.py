@@ -66,6 +66,20 @@ def test_bad_values_fail_clearly(override, message):
 
 
 @pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["guidance.recurrence=0"], "guidance.recurrence=0 must be > 0"),
+        (["guidance.recurrence=2", "guidance.mode=none"], "mode none has none"),
+        (["guidance.recurrence=2", "generator.scheduler=dpmpp_2m"], "use generator.scheduler ddpm or ddim"),
+    ],
+)
+def test_recurrence_is_refused_where_it_cannot_run(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    assert load_config(None, ["guidance.recurrence=2", "generator.scheduler=ddim"]).guidance.recurrence == 2
+
+
+@pytest.mark.parametrize(
     "text, value", [("1e-3", 0.001), ("5e-4", 0.0005), (".5", 0.5), ("2", 2.0), ("1.5E+2", 150.0)]
 )
 def test_floats_are_read_as_yaml_1_2_reads_them(tmp_path, text, value):

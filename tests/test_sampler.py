@@ -25,7 +25,7 @@ from diffdfkd.diffusion.components import (
     load_components,
 )
 from diffdfkd.diffusion.denoiser import CFGDenoiser, alpha_bar, cfg_eps, predict_x0
-from diffdfkd.diffusion.sampler import sample
+from diffdfkd.diffusion.sampler import abar_after, renoise, sample
 from diffdfkd.guidance.guide import TeacherGuide
 from diffdfkd.guidance.modes import build_mode
 from diffdfkd.runtime import SettingError, generators_for
@@ -153,6 +153,9 @@ def test_v_prediction_output_is_converted_to_epsilon(tiny_components) -> None:
         ("one_pass", {}, 4, 0),
         ("full", {"window_start": 0.5}, 2, 4),  # guided at steps 2, 3
         ("full", {"every": 2}, 2, 4),  # guided at steps 0, 2
+        ("full", {"recurrence": 2}, 8, 8),  # every step taken twice
+        ("full", {"recurrence": 3, "window_start": 0.5}, 6, 8),  # steps 0, 1 once; 2, 3 three times
+        ("one_pass", {"recurrence": 2}, 8, 0),
     ],
 )
 def test_unet_passes_per_step(
@@ -233,3 +236,37 @@ def test_gradient_checkpointing_gives_the_same_images(
     plain = run(tiny_components, tiny_teacher, mode="full", steps=2)
     recomputed = run(checkpointed, tiny_teacher, mode="full", steps=2)
     assert torch.allclose(plain.images, recomputed.images, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim"])
+def test_abar_after_is_that_of_the_timestep_the_step_lands_on(tiny_pipeline_dir, name) -> None:
+    scheduler, _ = build_scheduler(tiny_pipeline_dir, name)
+    scheduler.set_timesteps(5)
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps[:-1]):
+        assert abar_after(scheduler, t) == alpha_bar(scheduler, i + 1, timesteps[i + 1])
+    assert abar_after(scheduler, timesteps[-1]) == pytest.approx(
+        1.0 if name == "ddpm" else float(scheduler.final_alpha_cumprod)
+    )
+
+
+def test_renoise_is_the_forward_process_from_t_minus_1_back_to_t() -> None:
+    # z_{t-1} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) e; re-noised, it must be distributed as z_t:
+    # mean sqrt(abar_t) x0, standard deviation sqrt(1 - abar_t).
+    abar_prev, abar_t = 0.8, 0.5
+    x0 = torch.full((4000, 1, 4, 4), 0.7)
+    z_prev = math.sqrt(abar_prev) * x0 + math.sqrt(1 - abar_prev) * torch.randn(x0.shape)
+    z_t = renoise(z_prev, abar_t / abar_prev, generators_for(list(range(4000))))
+    assert z_t.mean().item() == pytest.approx(math.sqrt(abar_t) * 0.7, abs=0.01)
+    assert z_t.std().item() == pytest.approx(math.sqrt(1 - abar_t), abs=0.01)
+    again = renoise(z_prev, abar_t / abar_prev, generators_for(list(range(4000))))
+    assert torch.equal(z_t, again), "the noise comes from each sample's own generator"
+
+
+def test_recurrence_redoes_each_guided_step_and_is_repeatable(tiny_components, tiny_teacher) -> None:
+    once = run(tiny_components, tiny_teacher, mode="full", augmentations=[LatentCutMix()])
+    twice = run(tiny_components, tiny_teacher, mode="full", recurrence=2, augmentations=[LatentCutMix()])
+    assert [log["step"] for log in twice.logs] == [0, 0, 1, 1, 2, 2], "two guided passes per step"
+    assert (once.images - twice.images).abs().max() > 1e-4, "the repeated passes change the images"
+    again = run(tiny_components, tiny_teacher, mode="full", recurrence=2, augmentations=[LatentCutMix()])
+    assert torch.equal(twice.images, again.images), "the re-noising draws from the per-sample generators"

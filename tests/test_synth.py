@@ -537,3 +537,14 @@ def test_online_keys_sign_the_dataset_only_with_the_adversarial_term(make_config
     assert sign(replace(adv, **{"online.kd_steps": 7})) != sign(adv)
     assert sign(adv)["resolved.online_student"] == "lenet5"
     assert sign(replace(adv, **{"distill.student": "cnn_small"}))["resolved.online_student"] == "cnn_small"
+
+
+def test_recurrence_signs_the_dataset_only_above_one(make_config, tmp_path) -> None:
+    config = make_config(tmp_path)
+    plan = SynthPlan.from_config(config, 3)
+
+    def sign(c: ExperimentConfig) -> dict:
+        return dataset_signature(c, plan, ("zero", "one", "two"), 32)
+
+    assert "guidance.recurrence" not in sign(config), "datasets made before the key existed resume"
+    assert sign(replace(config, **{"guidance.recurrence": 2}))["guidance.recurrence"] == 2

@@ -141,9 +141,11 @@ def _unet_calls(config: ExperimentConfig, plan: SynthPlan) -> str:
     steps = config.generator.num_steps
     mode = config.guidance.mode
     guided = guided_steps(config.guidance, steps)
-    per_batch = steps + (guided if mode in ("full", "detach_unet") else 0)
-    backward = guided if mode in ("full", "one_pass") else 0
+    takes = guided * config.guidance.recurrence  # each guided step is taken `recurrence` times
+    per_batch = steps - guided + takes * (2 if mode in ("full", "detach_unet") else 1)
+    backward = takes if mode in ("full", "one_pass") else 0
+    recurrence = f", each {config.guidance.recurrence} times" if config.guidance.recurrence > 1 else ""
     return (
-        f"{steps} sampling steps ({guided} guided, mode {mode}): about {per_batch * plan.num_batches} "
-        f"UNet calls and {backward * plan.num_batches} UNet backward passes"
+        f"{steps} sampling steps ({guided} guided{recurrence}, mode {mode}): about "
+        f"{per_batch * plan.num_batches} UNet calls and {backward * plan.num_batches} UNet backward passes"
     )

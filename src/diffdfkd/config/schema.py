@@ -17,6 +17,8 @@ GUIDANCE_MODES = ("none", "full", "detach_unet", "one_pass")
 STEP_NORMS = ("none", "sample")
 # Samplers whose noise comes from per-sample generators (see diffdfkd.diffusion.components.SCHEDULER_CLASSES).
 SCHEDULERS = ("ddpm", "ddim", "euler_ancestral", "euler", "dpmpp_2m")
+# Samplers whose step keeps no state, so that guidance.recurrence can redo it.
+RECURRENT_SCHEDULERS = ("ddpm", "ddim")
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,10 @@ class GuidanceConfig:
     window_end: float = 1.0
     # Guide every k-th step only.
     every: int = 1
+    # Take each guided step this many times (self-recurrence, Bansal et al. 2023): after the scheduler's
+    # step to z_{t-1}, z_t is drawn again from it and the step is redone; k times the cost of each guided
+    # step. 1: no recurrence. Needs generator.scheduler ddpm or ddim (a stateless step).
+    recurrence: int = 1
 
     def __post_init__(self) -> None:
         check_choice("guidance.mode", self.mode, GUIDANCE_MODES)
@@ -179,6 +185,9 @@ class GuidanceConfig:
         if not 0.0 <= self.window_start < self.window_end <= 1.0:
             raise ConfigError("guidance window must satisfy 0 <= window_start < window_end <= 1")
         check_positive("guidance.every", self.every)
+        check_positive("guidance.recurrence", self.recurrence)
+        if self.recurrence > 1 and self.mode == "none":
+            raise ConfigError("guidance.recurrence repeats guided steps: mode none has none (set it to 1)")
 
 
 @dataclass(frozen=True)
@@ -305,6 +314,11 @@ class ExperimentConfig:
             raise ConfigError(f"seed={self.seed} must lie in [0, 2**63)")
         if not self.out_dir:
             raise ConfigError("out_dir must name a folder")
+        if self.guidance.recurrence > 1 and self.generator.scheduler not in RECURRENT_SCHEDULERS:
+            raise ConfigError(
+                f"guidance.recurrence > 1 redoes a scheduler step, which {self.generator.scheduler!r} keeps "
+                f"state across; use generator.scheduler {' or '.join(RECURRENT_SCHEDULERS)}"
+            )
 
 
 __all__ = [

@@ -7,7 +7,11 @@ update and for ``eps``. Per step ``t`` (schedule of ``N`` steps):
    the modes that update them; ``z_t`` unchanged otherwise);
 2. the augmentations that apply at this step (Latent CutMix at N/5 .. 4N/5): ``z_t, y <- aug(z_t, y)``;
 3. ``eps <- mode.eps(z_t, t, y)`` at the (updated) ``z_t`` (plain CFG, or corrected by one-pass guidance);
-   then ``z_{t-1} = scheduler.step(eps, t, z_t, generator=<per-sample generators>)``.
+   then ``z_{t-1} = scheduler.step(eps, t, z_t, generator=<per-sample generators>)``;
+4. recurrence (``mode.repeats(t) = k > 1``, Universal Guidance's self-recurrence, Bansal et al. 2023):
+   ``z_t <- sqrt(a) z_{t-1} + sqrt(1 - a) noise`` with ``a = abar_t / abar_{t-1}`` (the forward process
+   from ``t-1`` back to ``t``), then (1) and (3) again; ``k`` passes in all, the augmentations only in
+   the first.
 
 The modes (``diffdfkd.guidance.modes``) and the CFG denoiser they wrap (``diffusion.denoiser``) state
 their own equations and costs.
@@ -15,6 +19,7 @@ their own equations and costs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -103,18 +108,39 @@ def sample(
     intermediates: list[Intermediate] = []
     for i, t in enumerate(scheduler.timesteps):
         step = Step(i, steps, t, alpha_bar(scheduler, i, t))
-        z = mode.update(z, step, targets)  # (1) the guidance update of z_t
-        mixed = False
-        for aug in augmentations:  # (2) Latent CutMix, after the update, before the re-denoise
-            if aug.applies(i, steps):
-                z, targets = aug(z, targets, group_generators)
-                mixed = True
-        eps = mode.eps(z, step, targets)  # (3) eps at the current z_t, then the scheduler step
-        if keep_intermediates and mixed:
-            with torch.no_grad():
-                x0 = predict_x0(scheduler.scale_model_input(z, t), eps, step.abar)
-                intermediates.append(Intermediate(i, decode_latents(components, x0), targets.clone()))
-        z = scheduler.step(eps, t, z, generator=list(generators)).prev_sample.detach()
+        for take in range(mode.repeats(step)):
+            if take:  # (4) recurrence: back from z_{t-1} to z_t by the forward process
+                z = renoise(z, step.abar / abar_after(scheduler, t), generators)
+            z = mode.update(z, step, targets)  # (1) the guidance update of z_t
+            mixed = False
+            for aug in augmentations:  # (2) Latent CutMix, before the re-denoise (first pass only)
+                if aug.applies(i, steps) and not take:
+                    z, targets = aug(z, targets, group_generators)
+                    mixed = True
+            eps = mode.eps(z, step, targets)  # (3) eps at the current z_t, then the scheduler step
+            if keep_intermediates and mixed:
+                with torch.no_grad():
+                    x0 = predict_x0(scheduler.scale_model_input(z, t), eps, step.abar)
+                    intermediates.append(Intermediate(i, decode_latents(components, x0), targets.clone()))
+            z = scheduler.step(eps, t, z, generator=list(generators)).prev_sample.detach()
     with torch.no_grad():
         images = decode_latents(components, z).clamp(0, 1)
     return SampleOutput(images, targets, z, intermediates, list(mode.logs))
+
+
+def abar_after(scheduler: object, timestep: torch.Tensor) -> float:
+    """``abar_{t-1}``: that of the timestep a DDPM or DDIM step from ``timestep`` lands on (1 or the
+    scheduler's final value after the last step); the schedulers ``guidance.recurrence`` supports."""
+    if hasattr(scheduler, "previous_timestep"):  # DDPM: the next timestep of its schedule
+        prev, final = int(scheduler.previous_timestep(timestep)), 1.0
+    else:  # DDIM: a fixed stride
+        prev = int(timestep) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        final = float(scheduler.final_alpha_cumprod)
+    return float(scheduler.alphas_cumprod[prev]) if prev >= 0 else final
+
+
+def renoise(z: torch.Tensor, ratio: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """``sqrt(ratio) z + sqrt(1 - ratio) noise``: the forward process over a step whose signal fraction
+    is ``ratio = abar_t / abar_{t-1}``; the noise is drawn from each sample's own generator."""
+    noise = randn_tensor(z.shape, generator=list(generators), device=z.device, dtype=z.dtype)
+    return math.sqrt(ratio) * z + math.sqrt(1.0 - ratio) * noise

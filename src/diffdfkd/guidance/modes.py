@@ -20,7 +20,9 @@ is the shift in noise standard deviations: ``full``/``detach_unet`` move ``z_t``
 (``sigma_t = sqrt(1 - abar_t)``, ``z_t``'s own noise level; ``CFGDenoiser.noise_std``), ``one_pass`` moves ``eps``
 (unit variance) by ``eta u``. One ``eta`` then means the same for any teacher, loss weights or generator.
 
-A mode guides only at the steps its ``Window`` admits; elsewhere it is the plain denoiser. Every guided
+A mode guides only at the steps its ``Window`` admits; elsewhere it is the plain denoiser. At a guided
+step the loop takes the whole step ``repeats(step)`` times (``guidance.recurrence``; the re-noising
+between the passes is the loop's, ``diffusion.sampler``). Every guided
 pass refuses a loss that does not reach ``z_t`` (the guide raises) and a non-finite loss or gradient,
 naming the step. Adding a mode is adding a class here (and to ``MODES``), with its test.
 """
@@ -63,6 +65,10 @@ class Unguided:
         with torch.no_grad():
             return self.denoiser(z, step)
 
+    def repeats(self, step: Step) -> int:
+        """How many times the loop takes this step (an unguided step once)."""
+        return 1
+
 
 def unit_rms(grad: torch.Tensor) -> torch.Tensor:
     """Each sample's ``grad [B, ...]`` scaled to unit root-mean-square (a zero gradient stays zero)."""
@@ -82,12 +88,18 @@ class _TeacherGuided(Unguided):
         step_size: float,
         window: Window,
         step_norm: str,
+        recurrence: int = 1,
     ) -> None:
         super().__init__(denoiser)
         self.guide = guide
         self.step_size = step_size
         self.window = window
         self.normalised = step_norm == "sample"
+        self.recurrence = recurrence
+
+    def repeats(self, step: Step) -> int:
+        """``recurrence`` times at a step the window guides, once elsewhere."""
+        return self.recurrence if self.window(step) else 1
 
     def guided_pass(
         self, z: torch.Tensor, step: Step, targets: torch.Tensor
@@ -154,7 +166,9 @@ def build_mode(guidance: GuidanceConfig, denoiser: CFGDenoiser, guide: Guide | N
         raise ValueError(f"unknown guidance mode {guidance.mode!r}; known: none, {', '.join(MODES)}")
     if guide is None:
         raise ValueError(f"guidance mode {guidance.mode!r} needs a guide")
-    return MODES[guidance.mode](denoiser, guide, guidance.step_size, window_of(guidance), guidance.step_norm)
+    return MODES[guidance.mode](
+        denoiser, guide, guidance.step_size, window_of(guidance), guidance.step_norm, guidance.recurrence
+    )
 
 
 def window_of(guidance: GuidanceConfig) -> Window:

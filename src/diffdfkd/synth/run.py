@@ -112,7 +112,8 @@ def dataset_signature(
 
     The ``online.*`` keys count only with ``guidance.adv_weight > 0``: without ``L_adv`` there is no
     online student, and datasets made before those keys existed keep their signature. Likewise the
-    ``cmi.*`` keys count only for ``synth.source=cmi`` (added after the other sources' datasets).
+    ``cmi.*`` keys count only for ``synth.source=cmi`` (added after the other sources' datasets), and
+    ``guidance.recurrence`` only when above 1 (added later still).
     """
     adv = config.guidance.adv_weight > 0
     signature = config_signature(
@@ -123,6 +124,8 @@ def dataset_signature(
         **({"online_student": online_arch(config)} if adv else {}),
     )
     unsigned = [p for p, used in (("online.", adv), ("cmi.", config.synth.source == "cmi")) if not used]
+    if config.guidance.recurrence == 1:
+        unsigned.append("guidance.recurrence")
     return {k: v for k, v in signature.items() if not k.startswith(tuple(unsigned))}
 
 
