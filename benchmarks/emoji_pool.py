@@ -11,7 +11,8 @@ lr 1e-4, anchor 1, seed 0; used by every seed); ``fast_adv3`` and ``fast_adv10``
 term at weight 3 and 10 (the weights DiffDFKD's was chosen among in this world,
 ``results/tuning/emoji-fast-adv-weight.md``); ``diffdfkd_cfg2``, the shipped config at CFG 2
 (``results/tuning/emoji-cfg-scale.md``); ``diffdfkd_recurrence2``, the shipped config with each guided
-step taken twice (``results/tuning/emoji-recurrence.md``).
+step taken twice (``results/tuning/emoji-recurrence.md``); ``diffdfkd_ddim10``, the shipped config under
+DDIM with 10 steps, half the guided cost (``results/tuning/emoji-ddim-steps.md``).
 
 After every run ``<out>/runs.json`` records each finished run of the folder (row, seed, PRIVATE top-1,
 per-class top-1, synthesis s/image, the teacher's accuracy on the synthetic set, its style mix and its
@@ -96,6 +97,17 @@ def recurrence_row(times: int) -> Row:
     )
 
 
+def sampler_row(scheduler: str, steps: int) -> Row:
+    """The shipped config sampling with ``scheduler`` in ``steps`` steps (``results/tuning/emoji-ddim-steps.md``)."""
+    return Row(
+        f"diffdfkd_{scheduler}{steps}",
+        ABLATION,
+        f"DiffDFKD as shipped, sampled by {scheduler} in {steps} steps (the shipped: DDPM, 20)",
+        {"generator.scheduler": scheduler, "generator.num_steps": steps},
+        worlds=("emoji",),
+    )
+
+
 def recorded_runs(record: Path) -> dict[tuple[str, int], dict]:
     """(row, seed) -> run of a ``runs.json`` (none if absent); ``ValueError`` naming the file if damaged."""
     if not record.is_file():
@@ -145,7 +157,14 @@ def main() -> None:
     out = Path(args.out)
     rows = {
         row.name: row
-        for row in (adapted_row(out), fast_adv_row(3.0), fast_adv_row(10.0), cfg_row(2.0), recurrence_row(2))
+        for row in (
+            adapted_row(out),
+            fast_adv_row(3.0),
+            fast_adv_row(10.0),
+            cfg_row(2.0),
+            recurrence_row(2),
+            sampler_row("ddim", 10),
+        )
     }
     try:
         specs = [(name, int(seed)) for name, seed in (spec.split(":") for spec in args.runs)]
