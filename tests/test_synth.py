@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 import yaml
 from PIL import Image
 
+from diffdfkd.baselines.fast import FastSource
 from diffdfkd.check import check
 from diffdfkd.config import ConfigError, ExperimentConfig, SynthConfig, replace, to_dict
 from diffdfkd.guidance.guide import GuidanceError, TeacherGuide
@@ -449,6 +451,18 @@ def test_resume_with_the_online_student_is_byte_identical(make_config, tmp_path,
     assert dataset_files(out) == dataset_files(adv_reference[1])
 
 
+def copy_losing_batch(root: Path, copy: Path, batch: int) -> Path:
+    """A copy of the dataset ``root`` without batch ``batch`` (its part, images and seconds), as a run
+    killed before writing it leaves it."""
+    shutil.copytree(root, copy)
+    part = copy / "parts" / f"{batch:06d}.jsonl"
+    for line in part.read_text().splitlines():
+        (copy / json.loads(line)["file"]).unlink()
+    part.unlink()
+    (copy / "seconds" / f"{batch:06d}.txt").unlink()
+    return copy
+
+
 FAST_ADV = {**ADV, "synth.source": "fast", "fast.steps": 3, "fast.width": 8, "fast.latent_dim": 16,
             "fast.warmup_rounds": 1}  # fmt: skip
 
@@ -466,14 +480,36 @@ def test_fast_takes_the_adversarial_term_and_a_resume_replays_its_rounds_beside_
     for b in (1, 2):
         assert batch_images(full, b) != batch_images(plain, b), f"L_adv changed no image of round {b}"
     # Batch 2 lost: the rerun rebuilds the student and replays Fast's rounds 0-1 beside it, in step.
-    resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed)
-    part = resumed / "parts" / "000002.jsonl"
-    for line in part.read_text().splitlines():
-        (resumed / json.loads(line)["file"]).unlink()
-    part.unlink()
+    resumed = copy_losing_batch(full, tmp_path / "resumed", 2)
     synthesize(replace(config, **{"synth.out_dir": str(resumed)}), progress=False)
     assert dataset_files(resumed) == dataset_files(full)
+
+
+def test_a_resume_keeps_the_time_of_redoing_written_rounds_out_of_the_dataset_s_cost(
+    make_config, tmp_path, monkeypatch
+) -> None:
+    # A clock that moves one second per Fast round and never otherwise: batch 0 costs the warm-up
+    # round and its own, batches 1 and 2 one round each.
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    make_round = FastSource.round
+
+    def one_second_round(self, *args):
+        clock[0] += 1.0
+        return make_round(self, *args)
+
+    monkeypatch.setattr(FastSource, "round", one_second_round)
+    config = make_config(tmp_path / "full", **{**FAST_ADV, "guidance.adv_weight": 0.0})
+    full = synthesize(config, progress=False)
+    # Batch 2 lost: the rerun redoes Fast's warm-up and rounds 0-1 (3 s) before making batch 2 (1 s).
+    resumed = copy_losing_batch(full, tmp_path / "resumed", 2)
+    synthesize(replace(config, **{"synth.out_dir": str(resumed)}), progress=False)
+    assert dataset_files(resumed) == dataset_files(full)
+    seconds = {f.name: float(f.read_text()) for f in (resumed / "seconds").iterdir()}
+    assert seconds == {"000000.txt": 2.0, "000001.txt": 1.0, "000002.txt": 1.0, "000002.redo.txt": 3.0}
+    summaries = [json.loads((root / "summary.json").read_text()) for root in (full, resumed)]
+    assert [s["seconds_all_processes"] for s in summaries] == [4.0, 4.0], "the dataset costs the same"
+    assert [s["seconds_redone"] for s in summaries] == [0.0, 3.0]
 
 
 CMI_ADV = {**ADV, "synth.source": "cmi", "cmi.iterations": 3, "cmi.width": 8, "cmi.latent_dim": 16,

@@ -176,6 +176,7 @@ def run_experiment(config: ExperimentConfig, *, overwrite: bool = False, progres
         "bn_distance_of_synthetic": bn_distance,
         "bn_distance_of_test_images": bn_distance_test,
         "synthesis_s_per_image": seconds_per_image,
+        "synthesis_redone_s": synth_summary.get("seconds_redone", 0.0),  # resumes redoing written rounds
         "holdout_agreement_last_epoch": distilled.fit.holdout_agreement,
         "holdout_top1_last_epoch": distilled.fit.holdout_top1,
         "seconds": {k: round(v, 3) for k, v in timings.items()},

@@ -48,6 +48,9 @@ class SynthBatch:
 class SyntheticSource(Protocol):
     """The one interface of every synthetic-data source (sources subclass it for ``replay``'s no-op)."""
 
+    #: whether a batch depends on the rounds before it (then ``replay`` redoes them on a resume)
+    builds_on_earlier_rounds: bool = False
+
     def generate(self, indices: torch.Tensor, targets: torch.Tensor) -> SynthBatch:
         """Make the batch of samples ``indices [B]`` with ``targets [B, K]``."""
         ...
@@ -55,8 +58,8 @@ class SyntheticSource(Protocol):
     def replay(self, indices: torch.Tensor, targets: torch.Tensor) -> None:  # noqa: B027 (a default)
         """Redo what making the already written batch ``indices`` did to the source's state, without
         keeping its images: called on a resume, in batch order, for every batch written before the
-        first one to make, when the batches are rounds (``guidance.adv_weight > 0``). Default: nothing
-        (a batch depends on its seeds alone)."""
+        last one to make, when the source ``builds_on_earlier_rounds`` or the batches are rounds of the
+        online student (``diffdfkd.synth.rounds``). Default: nothing (a batch depends on its seeds alone)."""
 
 
 class Adversary(Protocol):

@@ -149,6 +149,8 @@ class CMISource(SyntheticSource):
     student, for ``L_adv`` (``guidance.adv_weight > 0``; the one the synthesis rounds train).
     """
 
+    builds_on_earlier_rounds = True  # the head and the memory bank carry over
+
     def __init__(
         self, config: ExperimentConfig, teacher: torch.nn.Module, student: Adversary | None = None
     ) -> None:

@@ -95,6 +95,8 @@ class FastSource(SyntheticSource):
     ``L_adv`` (``guidance.adv_weight > 0``; the one the synthesis rounds train).
     """
 
+    builds_on_earlier_rounds = True  # the meta-generator carries over
+
     def __init__(
         self,
         config: ExperimentConfig,

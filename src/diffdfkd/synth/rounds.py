@@ -1,9 +1,9 @@
 """The synthesis rounds: each batch made by the source, written as saved, and the online student's
 step between batches, in one object (:class:`Rounds`).
 
-Without the adversarial term (``guidance.adv_weight = 0``) a batch depends on its seeds alone (or, for
-a source whose rounds build on each other, on rounds the source redoes itself: Fast, CMI), and the
-rounds are just the batches still to make, in order.
+Without the adversarial term (``guidance.adv_weight = 0``) a batch depends on its seeds alone, and the
+rounds are just the batches still to make, in order; unless the source builds on earlier rounds (Fast,
+CMI: ``SyntheticSource.builds_on_earlier_rounds``), whose rounds are all played as below.
 
 With it, every batch is a ROUND of the online student (:mod:`diffdfkd.synth.online_student`), made
 in batch order by one process. Round ``b``:
@@ -17,14 +17,17 @@ in batch order by one process. Round ``b``:
 
 On a resume, the rounds of the batches already written are REPLAYED in order before the first batch
 to make: the source redoes what that round did to its own state (``SyntheticSource.replay``: a no-op
-for DiffDFKD and DeepInversion; Fast and CMI redo their round and drop its images), and the student
-learns from the batch as a previous process saved it (the only time this module reads the folder).
-So the student, and every batch after it, is the same as in an uninterrupted run: byte-identical.
+for DiffDFKD and DeepInversion; Fast and CMI redo their round and drop its images), and the student,
+if any, learns from the batch as a previous process saved it (the only time this module reads the
+folder). So the student, and every batch after it, is the same as in an uninterrupted run:
+byte-identical. The replays' time is the resume's, not the dataset's: the writer keeps it apart from
+the next batch's seconds (``DatasetWriter.redone``).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -76,9 +79,10 @@ class Rounds:
 
     def schedule(self, batches: range) -> list[int]:
         """The rounds to play for this process's ``batches``: the unwritten ones; with the online
-        student, every batch up to the last unwritten one (the written ones are replayed)."""
+        student or a source that builds on earlier rounds, every batch up to the last unwritten one
+        (the written ones are replayed)."""
         todo = [b for b in batches if not self.writer.is_done(b)]
-        if self.student is None or not todo:
+        if (self.student is None and not self.source.builds_on_earlier_rounds) or not todo:
             return todo
         return [b for b in batches if b <= todo[-1]]
 
@@ -89,8 +93,10 @@ class Rounds:
         indices = self.plan.indices(batch)
         targets = self.plan.targets(indices)
         if self.writer.is_done(batch):
+            started = time.perf_counter()
             self.source.replay(indices, targets)
             logs = {} if self.student is None else self.student.learn(*read_saved(self.writer, batch))
+            self.writer.redone(time.perf_counter() - started)
             return False, logs
         made = self.source.generate(indices, targets)
         records = batch_records(self.writer, self.teacher, made, indices, self.seed, self.save_size)

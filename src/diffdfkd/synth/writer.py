@@ -7,13 +7,17 @@ Layout of ``<out>``::
     parts/<batch:06d>.jsonl                         one manifest part per finished batch
     manifest.jsonl                                  all parts in batch order, once every batch is done
     seconds/<batch:06d>.txt                         the time its process spent on each batch
+    seconds/<batch:06d>.redo.txt                    a resumed process's time redoing written rounds
     classes.json  signature.json  config.yaml  run_info.json  summary.json
 
 A batch is done iff its part exists. Its PNGs are written first (each to a temp file, then
 ``os.replace``), the part last, so a run killed at any point and started again redoes exactly the
 unfinished batches and ends byte-identical to an uninterrupted run. ``seconds/<batch:06d>.txt``
 holds the time its process spent on a batch (loading included for its first one), so that the
-dataset's cost counts every process that made it (not part of the dataset's bytes).
+dataset's cost counts every process that made it (not part of the dataset's bytes). A resumed process
+that first redoes the rounds already written (Fast, CMI, the online student: ``synth.rounds``) keeps
+that time apart, in ``seconds/<batch:06d>.redo.txt`` of the first batch it makes: it is the cost of
+the interruption, not of the dataset.
 
 A folder is claimed by its first finished batch: one that holds another config's signature but no
 finished batch (a run that failed before its first batch) is replaced without ``--overwrite``. The
@@ -144,6 +148,7 @@ class DatasetWriter:
         self.root = Path(root)
         self.class_names = tuple(class_names)
         self._clock = time.perf_counter() if started is None else started
+        self._redone = 0.0  # seconds spent redoing written rounds since the last written batch
         self._lock: FolderLock | None = None
 
     def part_path(self, batch: int) -> Path:
@@ -251,6 +256,12 @@ class DatasetWriter:
         for name in ("manifest.jsonl", "summary.json", SIGNATURE_FILE, "classes.json"):
             (self.root / name).unlink(missing_ok=True)
 
+    def redone(self, seconds: float) -> None:
+        """Count ``seconds`` spent redoing a written round as the resume's, not the next batch's: they
+        are written to that batch's ``seconds/<batch>.redo.txt`` instead of its ``seconds/<batch>.txt``."""
+        self._redone += seconds
+        self._clock += seconds
+
     def write_batch(self, batch: int, records: list[Record]) -> None:
         """Write the batch's PNGs, then its manifest part (each atomically); the part marks it done."""
         tmp_dir = self.root / "tmp" / f"{batch:06d}"
@@ -267,14 +278,18 @@ class DatasetWriter:
                 os.replace(staged, target)
             lines = "".join(json.dumps(r.row, separators=(",", ":")) + "\n" for r in records)
             now = time.perf_counter()
-            staged = tmp_dir / "seconds.txt"
-            staged.write_text(f"{now - self._clock:.3f}\n")
             (self.root / "seconds").mkdir(exist_ok=True)
-            os.replace(staged, self.root / "seconds" / f"{batch:06d}.txt")
+            timings = {f"{batch:06d}.txt": now - self._clock}
+            if self._redone:
+                timings[f"{batch:06d}.redo.txt"] = self._redone
+            for name, seconds in timings.items():
+                staged = tmp_dir / name
+                staged.write_text(f"{seconds:.3f}\n")
+                os.replace(staged, self.root / "seconds" / name)
             staged = tmp_dir / "part.jsonl"
             staged.write_text(lines)
             os.replace(staged, self.part_path(batch))
-            self._clock = now
+            self._clock, self._redone = now, 0.0
         except OSError as error:
             raise SynthWriteError(
                 f"could not write batch {batch} into {self.root}: {error} (disk full or not writable?); "
