@@ -135,9 +135,9 @@ def summarise(root: Path, seconds: float) -> dict[str, Any]:
     finals = [r for r in rows if r["kind"] == "final"]
     names = json.loads((root / "classes.json").read_text())
     per_class = Counter(r["class"] for r in finals)
-    timings: dict[bool, list[float]] = {False: [], True: []}  # redo -> seconds
-    for file in (root / "seconds").glob("*.txt"):
-        timings[file.name.endswith(".redo.txt")].append(float(file.read_text()))
+    files = list((root / "seconds").glob("*.txt"))
+    redone = sum(float(f.read_text()) for f in files if f.name.endswith(".redo.txt"))
+    made = sum(float(f.read_text()) for f in files if not f.name.endswith(".redo.txt"))
     return {
         "images": len(finals),
         "intermediates": len(rows) - len(finals),
@@ -146,9 +146,9 @@ def summarise(root: Path, seconds: float) -> dict[str, Any]:
         "teacher_accuracy": sum(r["teacher_pred"] == r["class"] for r in finals) / max(len(finals), 1),
         "seconds_last_process": round(seconds, 2),
         # every process that made a batch (resumes and shards included), from seconds/<batch>.txt
-        "seconds_all_processes": round(sum(timings[False]), 2),
+        "seconds_all_processes": round(made, 2),
         # what resumes spent redoing rounds already written, from seconds/<batch>.redo.txt
-        "seconds_redone": round(sum(timings[True]), 2),
+        "seconds_redone": round(redone, 2),
     }
 
 
