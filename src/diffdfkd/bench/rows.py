@@ -144,7 +144,8 @@ ROWS: tuple[Row, ...] = (
         "deepinversion",
         BASELINE,
         "DeepInversion by its published recipe (config.deepinversion): images optimised from N(0, 1) "
-        "with Adam and a cosine lr, BN statistics charged per image, first BN x10, TV + L2 priors, jitter",
+        "with Adam and a cosine lr, BN statistics pooled over each mixing group (synth.group_size "
+        "images), each image charged its group's distance, first BN x10, TV + L2 priors, jitter",
         {**NO_ADV, "synth.source": "deepinversion"},
     ),
     Row(
